@@ -1,0 +1,148 @@
+"""Chat templates: compiled once in Jinja's sandbox, rendered the way Hugging Face renders them."""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime
+from importlib import resources
+from typing import Any, Mapping, Sequence
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from qwenkit.chat.messages import normalize_messages, normalize_tools
+from qwenkit.chat.thinking import close_thinking
+from qwenkit.errors import QwenkitError, TemplateError
+
+# Official templates shipped as package data, by the name `official_template` takes.
+OFFICIAL = {
+    "qwen2.5": "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "qwen3": "Qwen-Qwen3-0.6B.jinja",
+    "qwen3-coder": "Qwen3-Coder.jinja",
+    "qwq": "Qwen-QwQ-32B.jinja",
+}
+
+_PROBE = "qwenkit-probe-reasoning"
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """Hugging Face's `tojson`: plain `json.dumps`, no HTML escaping, non-ASCII kept."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+_ENV.filters["tojson"] = _tojson
+_ENV.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+
+
+class ChatTemplate:
+    """A Jinja chat template turning OpenAI-shaped messages into a Qwen prompt."""
+
+    def __init__(self, source: str, name: str = "model") -> None:
+        self.source = source
+        self.name = name
+        try:
+            self._compiled = _ENV.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"chat template {name!r} does not compile: {e.message} (line {e.lineno})") from None
+
+    def __repr__(self) -> str:
+        return f"ChatTemplate(name={self.name!r})"
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """The prompt text for `messages`.
+
+        `enable_thinking` is passed to the template when not None. `False` on a thinking
+        template guarantees the prompt ends with the empty block `<think>\\n\\n</think>\\n\\n`,
+        whether or not the template implements the flag. Soft switches are not applied here
+        (see `qwenkit.chat.thinking.build_prompt`).
+        """
+        if enable_thinking is not None:
+            kwargs["enable_thinking"] = enable_thinking
+        text = self._render(normalize_messages(messages), normalize_tools(tools), add_generation_prompt, kwargs)
+        if enable_thinking is False and add_generation_prompt and (self.supports_thinking or self.opens_thinking):
+            text = close_thinking(text)
+        return text
+
+    @functools.cached_property
+    def supports_thinking(self) -> bool:
+        """A hybrid-thinking (Qwen3) template: it renders the current turn's reasoning and lets
+        the model decide to open `<think>` itself."""
+        text = self._probe(
+            [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!", "reasoning_content": _PROBE}],
+            add_generation_prompt=False,
+        )
+        return "<think>" in text and _PROBE in text and not self.opens_thinking
+
+    @functools.cached_property
+    def opens_thinking(self) -> bool:
+        """The generation prompt itself opens `<think>` (QwQ, Qwen3-2507-Thinking)."""
+        text = self._probe([{"role": "user", "content": "?"}], add_generation_prompt=True, enable_thinking=True)
+        return text.rstrip("\n").endswith("<think>")
+
+    def _probe(self, messages: list[dict[str, Any]], add_generation_prompt: bool, **kwargs: Any) -> str:
+        try:
+            return self._render(messages, None, add_generation_prompt, kwargs)
+        except QwenkitError:
+            return ""
+
+    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                add_generation_prompt: bool, kwargs: dict[str, Any]) -> str:
+        try:
+            return self._compiled.render(
+                messages=messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs
+            )
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError, LookupError) as e:
+            raise TemplateError(f"chat template {self.name!r} cannot render this conversation: {e}") from None
+
+
+def official_template(name: str) -> ChatTemplate:
+    """One of the official Qwen templates: 'qwen2.5', 'qwen3', 'qwen3-coder' or 'qwq'."""
+    key = name.lower()
+    if key not in OFFICIAL:
+        raise TemplateError(f"no official Qwen template named {name!r} (known: {', '.join(OFFICIAL)})")
+    return _official(key)
+
+
+@functools.cache
+def _official(key: str) -> ChatTemplate:
+    source = resources.files(__package__).joinpath("templates", OFFICIAL[key]).read_text(encoding="utf-8")
+    return ChatTemplate(source, name=key)
+
+
+def load_template(
+    model_template: str | None, *, architecture: str | None = None, name_hint: str | None = None
+) -> ChatTemplate:
+    """The model file's own template when it has one, else the official one for the model."""
+    if model_template and model_template.strip():
+        return ChatTemplate(model_template, name=name_hint or "model")
+    return official_template(fallback_name(architecture, name_hint))
+
+
+def fallback_name(architecture: str | None, name_hint: str | None) -> str:
+    """The official template for a model without one, from its architecture or name."""
+    arch, hint = (architecture or "").lower(), (name_hint or "").lower()
+    if "qwq" in arch or "qwq" in hint:
+        return "qwq"
+    qwen3 = arch.startswith("qwen3") or "qwen3" in hint
+    if qwen3 and ("coder" in arch or "coder" in hint):
+        return "qwen3-coder"
+    return "qwen3" if qwen3 else "qwen2.5"

@@ -1,0 +1,88 @@
+"""Qwen3 thinking mode: the hard switch, the `/think` and `/no_think` soft switches, the empty block.
+
+Precedence (as in the Qwen3 docs): an explicit `enable_thinking=False` always wins and soft
+switches are then ignored; otherwise the most recent soft switch in a user or system message
+decides, and with none thinking is on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from qwenkit.chat.messages import normalize_messages
+
+if TYPE_CHECKING:
+    from qwenkit.chat.template import ChatTemplate
+
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+_SOFT_SWITCH = re.compile(r"(?<!\S)/(no_think|think)(?![\w/])")
+_OPEN_TAIL = re.compile(r"<think>\s*(?:</think>\s*)?\Z")
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A rendered prompt and the thinking mode it puts the model in."""
+
+    text: str
+    thinking: bool  # the model is expected to reason before answering
+    starts_in_thinking: bool  # generation begins inside a <think> block: pass to OutputParser
+
+
+def soft_switch(messages: Sequence[Mapping[str, Any]]) -> bool | None:
+    """The most recent `/think` (True) or `/no_think` (False) in a user or system message."""
+    for message in reversed(messages):
+        if message.get("role") in ("user", "system") and isinstance(message.get("content"), str):
+            found = _SOFT_SWITCH.findall(message["content"])
+            if found:
+                return found[-1] == "think"
+    return None
+
+
+def resolve_thinking(enable_thinking: bool | None, messages: Sequence[Mapping[str, Any]]) -> bool:
+    """The effective mode of a hybrid model for this request (see the module docstring)."""
+    if enable_thinking is False:
+        return False
+    switch = soft_switch(messages)
+    return True if switch is None else switch
+
+
+def close_thinking(prompt: str) -> str:
+    """`prompt` ending with exactly one empty think block.
+
+    A `<think>` the generation prompt already opened (optionally closed) is replaced.
+    """
+    if prompt.endswith(EMPTY_THINK):
+        return prompt
+    tail = _OPEN_TAIL.search(prompt)
+    return (prompt[: tail.start()] if tail else prompt) + EMPTY_THINK
+
+
+def build_prompt(
+    template: ChatTemplate,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    enable_thinking: bool | None = None,
+    add_generation_prompt: bool = True,
+    **kwargs: Any,
+) -> ChatPrompt:
+    """Render `messages` with Qwen's thinking semantics applied.
+
+    Hybrid templates (Qwen3) follow the hard and soft switches; templates whose generation
+    prompt opens `<think>` (QwQ, 2507-Thinking) think unless `enable_thinking=False`, which
+    closes the block; other templates never think. Thinking templates always receive an
+    explicit `enable_thinking`.
+    """
+    normalized = normalize_messages(messages)
+    if template.supports_thinking:
+        thinking = resolve_thinking(enable_thinking, normalized)
+    else:
+        thinking = template.opens_thinking and enable_thinking is not False
+    flag = thinking if template.supports_thinking or template.opens_thinking else enable_thinking
+    text = template.render(
+        normalized, tools=tools, add_generation_prompt=add_generation_prompt, enable_thinking=flag, **kwargs
+    )
+    return ChatPrompt(text=text, thinking=thinking, starts_in_thinking=thinking and add_generation_prompt)
