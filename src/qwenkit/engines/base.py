@@ -1,0 +1,108 @@
+"""The engine protocol: what every backend (llama.cpp, transformers, vLLM) offers.
+
+Engines know tokens, not Qwen. The chat layer renders a conversation to token ids, hands them
+to `Engine.generate` with `SamplingParams`, and parses what comes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Protocol, Sequence, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token and when to stop.
+
+    `temperature <= 0` means greedy. `top_k = 0`, `top_p = 1`, `min_p = 0` and penalties of
+    1 (repetition) or 0 (presence, frequency) disable those samplers.
+    """
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None  # a GBNF grammar constraining the output, where supported
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if self.top_p <= 0 or self.top_p > 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+class StepController(Protocol):
+    """A per-step hook that may force the next tokens (the chat layer's thinking budget uses it).
+
+    After each sampled token the engine calls `after_token` with the ids generated so far
+    (forced ones included); a non-empty return is fed to the model as if it had produced those
+    tokens, and they are reported with `forced=True`.
+    """
+
+    def after_token(self, generated: Sequence[int]) -> Sequence[int]: ...
+
+
+@dataclass
+class Chunk:
+    """One step of output: the token(s) produced and the text they completed.
+
+    `text` may be empty while a multi-byte character is incomplete, or while text that could be
+    the start of a stop string is held back. The last chunk of a generation has
+    `finish_reason` set (its `token_ids` may be empty).
+    """
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    forced: bool = False
+    finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None  # the stop string that ended generation
+    error: str | None = None  # set with finish_reason "abort" when the engine failed the request
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A loaded model that turns token ids into a stream of `Chunk`s."""
+
+    name: str
+    n_ctx: int
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids for `text`; `special` parses control tokens like `<|im_start|>`."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def chat_template(self) -> str | None:
+        """The Jinja chat template the model file carries, if any."""
+        ...
+
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end a generation by themselves."""
+        ...
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        controller: StepController | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the continuation of `prompt`; closing the iterator cancels the request."""
+        ...
+
+    def close(self) -> None: ...

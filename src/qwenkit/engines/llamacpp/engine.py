@@ -1,0 +1,95 @@
+"""`LlamaCppEngine`: the engine protocol on llama.cpp (GGUF, CPU first)."""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from qwenkit.engines.base import Chunk, SamplingParams, StepController
+from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
+from qwenkit.engines.llamacpp.scheduler import Request, Scheduler
+
+DEFAULT_CTX = 8192
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    """How to run a GGUF: context per sequence, parallel sequences, threads, batch size."""
+
+    n_ctx: int | None = None  # per sequence; None: min(DEFAULT_CTX, the model's training context)
+    n_parallel: int = 1
+    n_threads: int | None = None  # None: every core this process may use
+    n_batch: int = 512
+    n_gpu_layers: int = 0
+    max_waiting: int = 64
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, path: str | Path, settings: LlamaCppSettings | None = None) -> None:
+        s = settings or LlamaCppSettings()
+        self.settings = s
+        self.model = LlamaModel(path, n_gpu_layers=s.n_gpu_layers)
+        self.n_ctx = min(s.n_ctx or DEFAULT_CTX, self.model.n_ctx_train or DEFAULT_CTX)
+        try:
+            self.scheduler = Scheduler(
+                self.model,
+                n_ctx=self.n_ctx,
+                n_parallel=s.n_parallel,
+                n_batch=s.n_batch,
+                n_threads=s.n_threads or default_threads(),
+                max_waiting=s.max_waiting,
+            )
+        except BaseException:
+            self.model.close()
+            raise
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return self.model.tokenize(text, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.model.detokenize(ids)
+
+    def chat_template(self) -> str | None:
+        return self.model.chat_template()
+
+    def architecture(self) -> str | None:
+        return self.model.meta("general.architecture")
+
+    def eos_token_ids(self) -> set[int]:
+        return set(self.scheduler.eog_ids)
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        emit,
+        controller: StepController | None = None,
+    ) -> Request:
+        """Queue a request whose chunks are passed to `emit` on the engine's thread."""
+        return self.scheduler.submit(Request(list(prompt), params, emit, controller))
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        controller: StepController | None = None,
+    ) -> Iterator[Chunk]:
+        chunks: queue.Queue[Chunk] = queue.Queue()
+        request = self.submit(prompt, params, chunks.put, controller)
+        try:
+            while True:
+                chunk = chunks.get()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            request.cancel()
+
+    def close(self) -> None:
+        if self.model.ptr:
+            self.scheduler.close()
+            self.model.close()

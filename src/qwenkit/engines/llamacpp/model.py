@@ -1,0 +1,115 @@
+"""A GGUF model loaded through llama.cpp's C API: weights, vocabulary, metadata."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import llama_cpp as C
+
+from qwenkit.errors import ModelLoadError
+
+log = logging.getLogger("qwenkit.llamacpp")
+
+_GGML_LOG_LEVEL_ERROR = 4
+
+
+@C.llama_log_callback
+def _route_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    """Send llama.cpp's chatter to Python logging: errors as errors, the rest at debug."""
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        log.log(logging.ERROR if level == _GGML_LOG_LEVEL_ERROR else logging.DEBUG, message)
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        C.llama_log_set(_route_log, ctypes.c_void_p(0))
+        C.llama_backend_init()
+        _backend_ready = True
+
+
+def default_threads() -> int:
+    """Cores this process may use (llama.cpp is fastest with one thread per physical core)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class LlamaModel:
+    """Owns a `llama_model`: tokenization, detokenization pieces and GGUF metadata."""
+
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        _init_backend()
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.ptr = C.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: not a valid GGUF file, truncated, "
+                "or an architecture this llama.cpp build does not know"
+            )
+        self.path = path
+        self.vocab = C.llama_model_get_vocab(self.ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
+        self._pieces: dict[int, bytes] = {}
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or None when the file lacks the key."""
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def chat_template(self) -> str | None:
+        raw = C.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8") if raw else None
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (C.llama_token * capacity)()
+        n = C.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, special)
+        if n < 0:  # cannot happen for BPE (at most one token per byte), kept for safety
+            capacity = -n
+            buf = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, special)
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token; control tokens render as b'' unless `special`."""
+        key = token if not special else ~token
+        cached = self._pieces.get(key)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = C.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+            cached = self._pieces[key] = buf.raw[:n]
+        return cached
+
+    def detokenize(self, ids: Sequence[int], *, special: bool = True) -> str:
+        return b"".join(self.piece(t, special=special) for t in ids).decode("utf-8", errors="replace")
+
+    def eog_ids(self) -> set[int]:
+        return {t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t)}
+
+    def close(self) -> None:
+        if self.ptr:
+            C.llama_model_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,345 @@
+"""Continuous batching on llama.cpp: every live sequence advances in one `llama_decode` per step.
+
+Each request holds a slot (one llama.cpp sequence id). A step gathers one token from every
+decoding slot plus chunks of pending prompt (chunked prefill), decodes them together, then
+samples each slot from its own row of logits with its own sampler chain. Requests join and
+leave between steps. A finished slot keeps its KV cache, so a new request that shares a prefix
+with it (a system prompt, the earlier turns of a chat) skips recomputing that prefix; a prefix
+held by a busy slot is shared by copying its cache cells (`llama_memory_seq_cp`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import llama_cpp as C
+
+from qwenkit.engines.base import Chunk, SamplingParams, StepController
+from qwenkit.engines.llamacpp.model import LlamaModel
+from qwenkit.engines.llamacpp.sampler import SamplerChain
+from qwenkit.engines.text import IncrementalDecoder, StopMatcher
+from qwenkit.errors import BadRequest, QwenkitError
+
+log = logging.getLogger("qwenkit.scheduler")
+
+
+class QueueFull(QwenkitError):
+    """Every slot is busy and the wait queue is at its bound."""
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+    emit: Callable[[Chunk], None]  # called on the scheduler thread; must not block
+    controller: StepController | None = None
+    id: int = field(default_factory=itertools.count().__next__)
+    cancelled: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class SchedulerStats:
+    running: int
+    waiting: int
+    kv_used_cells: int
+    kv_total_cells: int
+    prefix_hit_tokens: int
+    prompt_tokens: int
+
+
+class _Slot:
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []  # tokens whose KV is in the cache for this sequence
+        self.request: Request | None = None
+        self.feed: list[int] = []  # tokens to decode next (prompt rest, last sample, forced)
+        self.generated: list[int] = []
+        self.sampler: SamplerChain | None = None
+        self.decoder = IncrementalDecoder()
+        self.stopper = StopMatcher(())
+        self.last_used = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.request is not None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """Runs the step loop on a background thread; `submit` from any thread."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        n_ctx: int,
+        n_parallel: int = 1,
+        n_batch: int = 512,
+        n_threads: int,
+        max_waiting: int = 64,
+    ) -> None:
+        self.model = model
+        self.n_ctx = n_ctx
+        self.n_batch = max(n_batch, n_parallel)
+        self.max_waiting = max_waiting
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx * n_parallel
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_seq_max = n_parallel
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = True  # one cell pool: prefixes are shared between sequences
+        params.no_perf = True
+        self.ctx = C.llama_init_from_model(model.ptr, params)
+        if not self.ctx:
+            raise QwenkitError(f"llama.cpp could not create a context of {params.n_ctx} tokens (out of memory?)")
+        self.mem = C.llama_get_memory(self.ctx)
+        self.batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self.slots = [_Slot(i) for i in range(n_parallel)]
+        self.eog_ids = model.eog_ids()
+        self._waiting: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._prefix_hit_tokens = 0
+        self._prompt_tokens = 0
+        self._thread = threading.Thread(target=self._loop, name="qwenkit-scheduler", daemon=True)
+        self._thread.start()
+
+    # ----- public, any thread -----------------------------------------------------------
+
+    def submit(self, request: Request) -> Request:
+        if not request.prompt:
+            raise BadRequest("the prompt is empty")
+        if len(request.prompt) >= self.n_ctx:
+            raise BadRequest(
+                f"the prompt has {len(request.prompt)} tokens; this model was loaded with a "
+                f"context of {self.n_ctx} tokens"
+            )
+        with self._cv:
+            if self._closed:
+                raise QwenkitError("the engine is closed")
+            if len(self._waiting) >= self.max_waiting and all(s.busy for s in self.slots):
+                raise QueueFull(f"server busy: {len(self._waiting)} requests already waiting")
+            self._waiting.append(request)
+            self._cv.notify()
+        return request
+
+    def stats(self) -> SchedulerStats:
+        with self._cv:
+            running = sum(s.busy for s in self.slots)
+            waiting = len(self._waiting)
+        used = sum(len(s.cached) for s in self.slots)  # upper bound: shared cells count per sequence
+        return SchedulerStats(
+            running=running,
+            waiting=waiting,
+            kv_used_cells=min(used, self.n_ctx * len(self.slots)),
+            kv_total_cells=self.n_ctx * len(self.slots),
+            prefix_hit_tokens=self._prefix_hit_tokens,
+            prompt_tokens=self._prompt_tokens,
+        )
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+        C.llama_batch_free(self.batch)
+        for slot in self.slots:
+            if slot.sampler:
+                slot.sampler.close()
+        C.llama_free(self.ctx)
+        self.ctx = None
+
+    # ----- scheduler thread -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and not self._waiting and not any(s.busy for s in self.slots):
+                    self._cv.wait()
+                if self._closed:
+                    break
+                admitted = self._admit_locked()
+            for slot, request in admitted:
+                self._start(slot, request)
+            try:
+                self._step()
+            except Exception as exc:  # a broken step must not kill the thread: fail the requests
+                log.exception("decode step failed")
+                for slot in self.slots:
+                    if slot.busy:
+                        self._finish(slot, "abort", error=f"decode failed: {exc}")
+                        self._forget(slot)
+        for slot in self.slots:
+            if slot.busy:
+                self._finish(slot, "abort", error="the engine is shutting down")
+        for request in self._waiting:
+            request.emit(Chunk("", finish_reason="abort", error="the engine is shutting down"))
+
+    def _admit_locked(self) -> list[tuple[_Slot, Request]]:
+        admitted = []
+        while self._waiting:
+            free = [s for s in self.slots if not s.busy and all(s is not a for a, _ in admitted)]
+            if not free:
+                break
+            request = self._waiting.popleft()
+            if request.cancelled:
+                request.emit(Chunk("", finish_reason="abort"))
+                continue
+            best = max(free, key=lambda s: (_common_prefix(s.cached, request.prompt), -s.last_used))
+            admitted.append((best, request))
+        return admitted
+
+    def _start(self, slot: _Slot, request: Request) -> None:
+        prompt = request.prompt
+        reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)  # >= 1 token to decode
+        donor = max(
+            (s for s in self.slots if s is not slot),
+            key=lambda s: _common_prefix(s.cached, prompt),
+            default=None,
+        )
+        if donor is not None:
+            shared = min(_common_prefix(donor.cached, prompt), len(prompt) - 1)
+            if shared > reuse:
+                C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, 0, shared)
+                slot.cached = donor.cached[:shared]
+                reuse = shared
+        C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
+        del slot.cached[reuse:]
+        self._prefix_hit_tokens += reuse
+        self._prompt_tokens += len(prompt)
+        try:
+            slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, request.params)
+        except QwenkitError as exc:
+            request.emit(Chunk("", finish_reason="abort", error=str(exc)))
+            return
+        slot.request = request
+        slot.feed = prompt[reuse:]
+        slot.generated = []
+        slot.decoder = IncrementalDecoder()
+        slot.stopper = StopMatcher(request.params.stop)
+
+    def _step(self) -> None:
+        for slot in self.slots:
+            if slot.busy and slot.request.cancelled:
+                self._finish(slot, "abort")
+        active = [s for s in self.slots if s.busy and s.feed]
+        if not active:
+            return
+        # Decoding slots (one token) first so a long prompt never starves running streams.
+        active.sort(key=lambda s: len(s.feed))
+        batch, n, budget = self.batch, 0, self.n_batch
+        taken: list[tuple[_Slot, int, int | None]] = []  # slot, tokens taken, logits row
+        for slot in active:
+            take = min(len(slot.feed), budget - n)
+            if take <= 0:
+                break
+            pos0 = len(slot.cached)
+            for i in range(take):
+                batch.token[n + i] = slot.feed[i]
+                batch.pos[n + i] = pos0 + i
+                batch.n_seq_id[n + i] = 1
+                batch.seq_id[n + i][0] = slot.seq_id
+                batch.logits[n + i] = False
+            row = None
+            if take == len(slot.feed):
+                row = n + take - 1
+                batch.logits[row] = True
+            taken.append((slot, take, row))
+            n += take
+        batch.n_tokens = n
+        rc = C.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise QwenkitError(f"llama_decode returned {rc}")
+        now = time.monotonic()
+        for slot, take, row in taken:
+            slot.cached.extend(slot.feed[:take])
+            del slot.feed[:take]
+            slot.last_used = now
+            if row is not None:
+                self._on_token(slot, slot.sampler.sample(self.ctx, row))
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        request, params = slot.request, slot.request.params
+        slot.generated.append(token)
+        if token in self.eog_ids or token in params.stop_token_ids:
+            self._finish(slot, "stop", token_ids=[token])
+            return
+        text, stop = slot.stopper.feed(slot.decoder.feed(self.model.piece(token)))
+        if stop is not None:
+            self._finish(slot, "stop", text=text, token_ids=[token], stop=stop)
+            return
+        if self._out_of_room(slot):
+            self._finish(slot, "length", text=text, token_ids=[token])
+            return
+        request.emit(Chunk(text, [token]))
+        slot.feed = [token]
+        forced = list(request.controller.after_token(slot.generated)) if request.controller else []
+        if forced:
+            room = min(params.max_tokens - len(slot.generated), self.n_ctx - len(slot.cached) - 2)
+            forced = forced[: max(room, 0)]
+            for t in forced:
+                slot.sampler.accept(t)
+            slot.generated.extend(forced)
+            slot.feed.extend(forced)
+            piece = b"".join(self.model.piece(t) for t in forced)
+            text, stop = slot.stopper.feed(slot.decoder.feed(piece))
+            request.emit(Chunk(text, forced, forced=True))
+            if stop is not None:
+                self._finish(slot, "stop", stop=stop)
+            elif self._out_of_room(slot):
+                self._finish(slot, "length")
+
+    def _out_of_room(self, slot: _Slot) -> bool:
+        return (
+            len(slot.generated) >= slot.request.params.max_tokens
+            or len(slot.cached) + len(slot.feed) + 1 >= self.n_ctx
+        )
+
+    def _finish(
+        self,
+        slot: _Slot,
+        reason: str,
+        *,
+        text: str = "",
+        token_ids: list[int] | None = None,
+        stop: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        if stop is None and reason != "abort":
+            tail, late_stop = slot.stopper.feed(slot.decoder.flush())
+            text += tail if late_stop else tail + slot.stopper.flush()
+            if late_stop:
+                stop = late_stop
+        slot.request.emit(
+            Chunk(text, token_ids or [], finish_reason=reason, stop_sequence=stop, error=error)
+        )
+        slot.request = None
+        slot.feed = []
+        if slot.sampler:
+            slot.sampler.close()
+            slot.sampler = None
+
+    def _forget(self, slot: _Slot) -> None:
+        """Drop a slot's cache (after a failed step its contents are unknown)."""
+        C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        slot.cached = []

@@ -1,0 +1,176 @@
+"""A loaded Qwen model: render a conversation (chat), generate (engine), parse the output (chat).
+
+`Model.prepare` and `TurnDecoder` are the two halves every front end shares: the Python API
+below runs them synchronously, the server runs them around the engine's own thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+from qwenkit.chat import ChatTemplate, OutputParser, build_prompt, sampling_defaults, tool_format
+from qwenkit.engines.base import Chunk, Engine, SamplingParams
+from qwenkit.errors import BadRequest
+from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    """A conversation rendered to token ids, with how to sample and how to read the output."""
+
+    prompt: list[int]
+    params: SamplingParams
+    thinking: bool
+    starts_in_thinking: bool
+    tool_format: str | None
+    tools: Sequence[Mapping[str, Any]] | None
+
+
+class TurnDecoder:
+    """Turns engine chunks into reasoning/answer/tool-call deltas and keeps usage and timings."""
+
+    def __init__(self, model_name: str, turn: PreparedTurn, think_ids: tuple[int, int] | None) -> None:
+        self.model_name = model_name
+        self.turn = turn
+        self.parser = OutputParser(turn.starts_in_thinking, turn.tool_format, turn.tools)
+        self._think_open, self._think_close = think_ids or (None, None)
+        self._in_thinking = turn.starts_in_thinking
+        self.usage = Usage(prompt_tokens=len(turn.prompt))
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: list[Any] = []
+        self.started = time.perf_counter()
+        self._first: float | None = None
+
+    def feed(self, chunk: Chunk) -> ChatDelta:
+        if chunk.token_ids and self._first is None:
+            self._first = time.perf_counter()
+        self._count(chunk.token_ids)
+        parsed = self.parser.feed(chunk.text)
+        if chunk.finish_reason is not None:
+            last = self.parser.finish()
+            parsed.reasoning += last.reasoning
+            parsed.content += last.content
+            parsed.tool_calls += last.tool_calls
+        self.content.append(parsed.content)
+        self.reasoning.append(parsed.reasoning)
+        self.tool_calls += parsed.tool_calls
+        delta = ChatDelta(parsed.content, parsed.reasoning, parsed.tool_calls)
+        if chunk.finish_reason is not None:
+            delta.finish_reason = self._finish_reason(chunk)
+            delta.result = self.result(delta.finish_reason)
+        return delta
+
+    def _count(self, ids: Sequence[int]) -> None:
+        for token in ids:
+            self.usage.completion_tokens += 1
+            if token == self._think_open:
+                self._in_thinking = True
+            if self._in_thinking:
+                self.usage.reasoning_tokens += 1
+            if token == self._think_close:
+                self._in_thinking = False
+
+    def _finish_reason(self, chunk: Chunk) -> str:
+        if chunk.error:
+            return "error"
+        if chunk.finish_reason == "stop" and self.tool_calls:
+            return "tool_calls"
+        return chunk.finish_reason
+
+    def result(self, finish_reason: str) -> ChatResult:
+        end = time.perf_counter()
+        first = self._first or end
+        decoded = max(self.usage.completion_tokens - 1, 0)
+        reasoning = "".join(self.reasoning)
+        return ChatResult(
+            model=self.model_name,
+            content="".join(self.content),
+            reasoning=reasoning or None,
+            tool_calls=list(self.tool_calls),
+            finish_reason=finish_reason,
+            usage=self.usage,
+            timings=Timings(
+                ttft_s=first - self.started,
+                total_s=end - self.started,
+                decode_tokens_per_s=decoded / (end - first) if end > first and decoded else 0.0,
+            ),
+        )
+
+
+class Model:
+    """A Qwen model on an engine. Use `chat` (or `chat(..., stream=True)`)."""
+
+    def __init__(self, engine: Engine, template: ChatTemplate, *, name: str, architecture: str | None) -> None:
+        self.engine = engine
+        self.template = template
+        self.name = name
+        self.architecture = architecture
+        ids = engine.tokenize("<think></think>", special=True)
+        self._think_ids = (ids[0], ids[1]) if len(ids) == 2 else None  # single tokens in Qwen3 only
+
+    def prepare(
+        self,
+        messages: Messages | str,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        think: bool | None = None,
+        max_tokens: int = 1024,
+        **sampling: Any,
+    ) -> PreparedTurn:
+        """Render, tokenize and pick sampling settings (Qwen's defaults for what is unset)."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if not messages:
+            raise BadRequest("the conversation has no messages")
+        chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=think)
+        prompt = self.engine.tokenize(chat.text, special=True)
+        values = sampling_defaults(sampling, thinking=chat.thinking, architecture=self.architecture)
+        for key in ("stop", "stop_token_ids"):
+            values[key] = tuple(values.get(key) or ())
+        if isinstance(values.get("logit_bias"), Mapping):
+            values["logit_bias"] = tuple((int(k), float(v)) for k, v in values["logit_bias"].items())
+        try:
+            params = SamplingParams(max_tokens=max_tokens, **values)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return PreparedTurn(
+            prompt=prompt,
+            params=params,
+            thinking=chat.thinking,
+            starts_in_thinking=chat.starts_in_thinking,
+            tool_format=tool_format(self.template) if tools else None,
+            tools=tools or None,
+        )
+
+    def decoder(self, turn: PreparedTurn) -> TurnDecoder:
+        return TurnDecoder(self.name, turn, self._think_ids)
+
+    def chat(self, messages: Messages | str, *, stream: bool = False, **options: Any):
+        """One assistant turn: a `ChatResult`, or with `stream=True` an iterator of `ChatDelta`
+        whose last item carries `finish_reason` and the whole `result`."""
+        deltas = self._stream(self.prepare(messages, **options))
+        if stream:
+            return deltas
+        for delta in deltas:
+            if delta.result is not None:
+                return delta.result
+        raise RuntimeError("the engine ended without a final chunk")  # engines always send one
+
+    def _stream(self, turn: PreparedTurn) -> Iterator[ChatDelta]:
+        decoder = self.decoder(turn)
+        for chunk in self.engine.generate(turn.prompt, turn.params):
+            yield decoder.feed(chunk)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
