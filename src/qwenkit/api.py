@@ -15,6 +15,7 @@ def load(
     n_ctx: int | None = None,
     n_threads: int | None = None,
     n_parallel: int = 1,
+    max_waiting: int = 64,
     progress: bool = True,
 ) -> Model:
     """Fetch (if needed) and load a model.
@@ -29,7 +30,7 @@ def load(
         raise QwenkitError(f"{local.name} is a checkpoint directory; the llama.cpp engine needs a .gguf file")
     from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings
 
-    eng = LlamaCppEngine(local.path, LlamaCppSettings(n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel))
+    eng = LlamaCppEngine(local.path, LlamaCppSettings(n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel, max_waiting=max_waiting))
     try:
         architecture = eng.architecture()
         template = load_template(eng.chat_template(), architecture=architecture, name_hint=local.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -153,6 +154,51 @@ def chat(
             f"[dim]{result.usage.completion_tokens} tokens, {result.timings.decode_tps:.1f} tok/s, "
             f"first token {result.timings.ttft_s * 1000:.0f} ms, {result.finish_reason}[/]"
         )
+
+
+@app.command()
+def serve(
+    model: str = ModelOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1 unless told otherwise)."),
+    port: int = typer.Option(8000, "--port", "-p", min=1, max=65535),
+    parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests decoded together."),
+    ctx: Optional[int] = CtxOpt,
+    threads: Optional[int] = ThreadsOpt,
+    api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable)."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File of API keys, one per line."),
+    rpm: Optional[int] = typer.Option(None, "--rate-limit-rpm", min=1, help="Requests per minute per key."),
+    tpm: Optional[int] = typer.Option(None, "--rate-limit-tpm", min=1, help="Tokens per minute per key."),
+    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting for a slot before 429."),
+    max_body: int = typer.Option(1_000_000, "--max-body-bytes", min=1024, help="Largest request body."),
+    max_tokens_cap: int = typer.Option(8192, "--max-tokens-cap", min=1, help="Largest max_tokens a request may ask."),
+    cors: list[str] = typer.Option([], "--cors-origin", help="Allowed CORS origin (repeatable; none by default)."),
+    log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+) -> None:
+    """Serve an OpenAI-compatible API (and a web chat at /) with continuous batching."""
+    import logging
+
+    import uvicorn
+
+    from qwenkit import store
+    from qwenkit.api import load
+    from qwenkit.serve import ServeSettings, create_app
+    from qwenkit.serve.settings import read_api_keys
+
+    keys = read_api_keys(api_key, api_key_file)
+    store.resolve(model)  # fetch in the foreground, with progress, before binding the port
+    settings = ServeSettings(
+        host=host, port=port, api_keys=keys, requests_per_minute=rpm, tokens_per_minute=tpm,
+        max_body_bytes=max_body, max_tokens_cap=max_tokens_cap, cors_origins=tuple(cors), log_prompts=log_prompts,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app_ = create_app(
+        lambda: load(model, n_ctx=ctx, n_threads=threads, n_parallel=parallel, max_waiting=max_queue, progress=False),
+        settings,
+    )
+    where = f"http://{host}:{port}"
+    err.print(f"serving [bold]{model}[/] on {where} (web chat at {where}/, API at {where}/v1)"
+              + (f", {len(keys)} API key(s)" if keys else ", no API key required"))
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
-from qwenkit.chat import ChatTemplate, OutputParser, build_prompt, sampling_defaults, tool_format
+from qwenkit.chat import ChatTemplate, Delta, OutputParser, build_prompt, sampling_defaults, tool_format
 from qwenkit.engines.base import Chunk, Engine, SamplingParams
 from qwenkit.errors import BadRequest
 from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
@@ -28,6 +28,7 @@ class PreparedTurn:
     starts_in_thinking: bool
     tool_format: str | None
     tools: Sequence[Mapping[str, Any]] | None
+    raw: bool = False  # plain completion: the output is all content, nothing is parsed
 
 
 class TurnDecoder:
@@ -36,7 +37,7 @@ class TurnDecoder:
     def __init__(self, model_name: str, turn: PreparedTurn, think_ids: tuple[int, int] | None) -> None:
         self.model_name = model_name
         self.turn = turn
-        self.parser = OutputParser(turn.starts_in_thinking, turn.tool_format, turn.tools)
+        self.parser = None if turn.raw else OutputParser(turn.starts_in_thinking, turn.tool_format, turn.tools)
         self._think_open, self._think_close = think_ids or (None, None)
         self._in_thinking = turn.starts_in_thinking
         self.usage = Usage(prompt_tokens=len(turn.prompt))
@@ -50,8 +51,11 @@ class TurnDecoder:
         if chunk.token_ids and self._first is None:
             self._first = time.perf_counter()
         self._count(chunk.token_ids)
-        parsed = self.parser.feed(chunk.text)
-        if chunk.finish_reason is not None:
+        if self.parser is None:
+            parsed = Delta(content=chunk.text)
+        else:
+            parsed = self.parser.feed(chunk.text)
+        if chunk.finish_reason is not None and self.parser is not None:
             last = self.parser.finish()
             parsed.reasoning += last.reasoning
             parsed.content += last.content
@@ -128,24 +132,39 @@ class Model:
         if not messages:
             raise BadRequest("the conversation has no messages")
         chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=think)
-        prompt = self.engine.tokenize(chat.text, special=True)
-        values = sampling_defaults(sampling, thinking=chat.thinking, architecture=self.architecture)
-        for key in ("stop", "stop_token_ids"):
-            values[key] = tuple(values.get(key) or ())
-        if isinstance(values.get("logit_bias"), Mapping):
-            values["logit_bias"] = tuple((int(k), float(v)) for k, v in values["logit_bias"].items())
-        try:
-            params = SamplingParams(max_tokens=max_tokens, **values)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
         return PreparedTurn(
-            prompt=prompt,
-            params=params,
+            prompt=self.engine.tokenize(chat.text, special=True),
+            params=self._params(max_tokens, sampling, thinking=chat.thinking),
             thinking=chat.thinking,
             starts_in_thinking=chat.starts_in_thinking,
             tool_format=tool_format(self.template) if tools else None,
             tools=tools or None,
         )
+
+    def prepare_completion(self, text: str, *, max_tokens: int = 16, **sampling: Any) -> PreparedTurn:
+        """A raw text prompt (no chat template), for plain completions."""
+        if not text:
+            raise BadRequest("the prompt is empty")
+        return PreparedTurn(
+            prompt=self.engine.tokenize(text, special=True),
+            params=self._params(max_tokens, sampling, thinking=False),
+            thinking=False,
+            starts_in_thinking=False,
+            tool_format=None,
+            tools=None,
+            raw=True,
+        )
+
+    def _params(self, max_tokens: int, sampling: Mapping[str, Any], *, thinking: bool) -> SamplingParams:
+        values = sampling_defaults(sampling, thinking=thinking, architecture=self.architecture)
+        for key in ("stop", "stop_token_ids"):
+            values[key] = tuple(values.get(key) or ())
+        if isinstance(values.get("logit_bias"), Mapping):
+            values["logit_bias"] = tuple((int(k), float(v)) for k, v in values["logit_bias"].items())
+        try:
+            return SamplingParams(max_tokens=max_tokens, **values)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
 
     def decoder(self, turn: PreparedTurn) -> TurnDecoder:
         return TurnDecoder(self.name, turn, self._think_ids)

@@ -7,7 +7,7 @@ to `Engine.generate` with `SamplingParams`, and parses what comes back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -75,6 +75,22 @@ class Chunk:
     error: str | None = None  # set with finish_reason "abort" when the engine failed the request
 
 
+@dataclass
+class EngineStats:
+    """A snapshot of an engine's load, for metrics and health."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_used_cells: int = 0
+    kv_total_cells: int = 0
+    prefix_hit_tokens: int = 0  # prompt tokens served from cache, since start
+    prompt_tokens: int = 0  # prompt tokens submitted, since start
+
+
+class RequestHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A loaded model that turns token ids into a stream of `Chunk`s."""
@@ -104,5 +120,17 @@ class Engine(Protocol):
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt`; closing the iterator cancels the request."""
         ...
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        emit: Callable[[Chunk], None],
+        controller: StepController | None = None,
+    ) -> RequestHandle:
+        """Queue a request; its chunks go to `emit` (from the engine's thread, must not block)."""
+        ...
+
+    def stats(self) -> EngineStats: ...
 
     def close(self) -> None: ...

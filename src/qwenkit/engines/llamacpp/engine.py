@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from qwenkit.engines.base import Chunk, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, EngineStats, SamplingParams, StepController
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Request, Scheduler
 
@@ -71,6 +71,9 @@ class LlamaCppEngine:
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
         return self.scheduler.submit(Request(list(prompt), params, emit, controller))
+
+    def stats(self) -> EngineStats:
+        return self.scheduler.stats()
 
     def generate(
         self,

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, EngineStats, SamplingParams, StepController
 from qwenkit.engines.llamacpp.model import LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.text import IncrementalDecoder, StopMatcher
@@ -45,16 +45,6 @@ class Request:
 
     def cancel(self) -> None:
         self.cancelled = True
-
-
-@dataclass
-class SchedulerStats:
-    running: int
-    waiting: int
-    kv_used_cells: int
-    kv_total_cells: int
-    prefix_hit_tokens: int
-    prompt_tokens: int
 
 
 class _Slot:
@@ -142,12 +132,12 @@ class Scheduler:
             self._cv.notify()
         return request
 
-    def stats(self) -> SchedulerStats:
+    def stats(self) -> EngineStats:
         with self._cv:
             running = sum(s.busy for s in self.slots)
             waiting = len(self._waiting)
         used = sum(len(s.cached) for s in self.slots)  # upper bound: shared cells count per sequence
-        return SchedulerStats(
+        return EngineStats(
             running=running,
             waiting=waiting,
             kv_used_cells=min(used, self.n_ctx * len(self.slots)),

@@ -1,0 +1,41 @@
+"""Server settings: where to listen, who may call, and the limits on what they may ask."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwenkit.errors import QwenkitError
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: frozenset[str] = frozenset()
+    requests_per_minute: int | None = None  # per API key (or per client address without keys)
+    tokens_per_minute: int | None = None  # prompt + completion tokens, per key
+    max_body_bytes: int = 1_000_000
+    max_messages: int = 512
+    max_tokens_cap: int = 8192  # the most a request may ask for
+    default_max_tokens: int = 2048  # when a request names no limit
+    max_prompt_tokens: int | None = None  # None: the model's context
+    cors_origins: tuple[str, ...] = ()
+    log_prompts: bool = False
+    retry_after_s: int = 2
+    served_name: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def read_api_keys(keys: list[str], key_file: Path | None) -> frozenset[str]:
+    """Keys from the command line, a file (one per line, # comments) and QWENKIT_API_KEYS."""
+    found = [k.strip() for k in keys]
+    if key_file is not None:
+        try:
+            lines = key_file.read_text().splitlines()
+        except OSError as exc:
+            raise QwenkitError(f"cannot read the API key file {key_file}: {exc.strerror}") from None
+        found += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    found += [k.strip() for k in os.environ.get("QWENKIT_API_KEYS", "").split(",")]
+    return frozenset(k for k in found if k)
