@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from qwenkit.chat import ChatTemplate, Delta, OutputParser, build_prompt, sampling_defaults, tool_format
+from qwenkit.chat.budget import EFFORT_BUDGETS, ThinkingBudget, closing_text, resolve_budget
 from qwenkit.engines.base import Chunk, Engine, SamplingParams
 from qwenkit.errors import BadRequest
+from qwenkit.generation import merge_options
 from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
+from qwenkit.streaming import AsyncTurn, collect, run_batch
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -29,6 +32,7 @@ class PreparedTurn:
     tool_format: str | None
     tools: Sequence[Mapping[str, Any]] | None
     raw: bool = False  # plain completion: the output is all content, nothing is parsed
+    thinking_budget: int | None = None  # reasoning tokens before thinking is closed
 
 
 class TurnDecoder:
@@ -72,7 +76,9 @@ class TurnDecoder:
     def _count(self, ids: Sequence[int]) -> None:
         for token in ids:
             self.usage.completion_tokens += 1
-            if token == self._think_open:
+            # as in the reasoning parser: only a <think> that starts the output opens reasoning;
+            # one in the answer is text, and thinking never reopens after </think>
+            if token == self._think_open and self.usage.completion_tokens == 1 and self.parser is not None:
                 self._in_thinking = True
             if self._in_thinking:
                 self.usage.reasoning_tokens += 1
@@ -116,6 +122,8 @@ class Model:
         self.architecture = architecture
         ids = engine.tokenize("<think></think>", special=True)
         self._think_ids = (ids[0], ids[1]) if len(ids) == 2 else None  # single tokens in Qwen3 only
+        self._closing = engine.tokenize(closing_text(), special=True)
+        self.effort_budgets: dict[str, int | None] = dict(EFFORT_BUDGETS)
 
     def prepare(
         self,
@@ -124,9 +132,18 @@ class Model:
         tools: Sequence[Mapping[str, Any]] | None = None,
         think: bool | None = None,
         max_tokens: int = 1024,
+        thinking_budget: int | None = None,
+        reasoning_effort: str | None = None,
         **sampling: Any,
     ) -> PreparedTurn:
-        """Render, tokenize and pick sampling settings (Qwen's defaults for what is unset)."""
+        """Render, tokenize and pick sampling settings (Qwen's defaults for what is unset).
+
+        `thinking_budget` caps reasoning tokens; `reasoning_effort` ("none", "low", "medium",
+        "high") maps to thinking off or to a budget (see `chat.budget.EFFORT_BUDGETS`).
+        """
+        effort_think, thinking_budget = resolve_budget(thinking_budget, reasoning_effort, self.effort_budgets)
+        if effort_think is not None and think is not False:
+            think = effort_think
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         if not messages:
@@ -139,6 +156,7 @@ class Model:
             starts_in_thinking=chat.starts_in_thinking,
             tool_format=tool_format(self.template) if tools else None,
             tools=tools or None,
+            thinking_budget=thinking_budget,
         )
 
     def prepare_completion(self, text: str, *, max_tokens: int = 16, **sampling: Any) -> PreparedTurn:
@@ -158,7 +176,9 @@ class Model:
     def _params(self, max_tokens: int, sampling: Mapping[str, Any], *, thinking: bool) -> SamplingParams:
         values = sampling_defaults(sampling, thinking=thinking, architecture=self.architecture)
         for key in ("stop", "stop_token_ids"):
-            values[key] = tuple(values.get(key) or ())
+            value = values.get(key) or ()
+            # one stop string (as the OpenAI API allows), not a tuple of its characters
+            values[key] = (value,) if isinstance(value, (str, int)) else tuple(value)
         if isinstance(values.get("logit_bias"), Mapping):
             values["logit_bias"] = tuple((int(k), float(v)) for k, v in values["logit_bias"].items())
         try:
@@ -169,10 +189,25 @@ class Model:
     def decoder(self, turn: PreparedTurn) -> TurnDecoder:
         return TurnDecoder(self.name, turn, self._think_ids)
 
-    def chat(self, messages: Messages | str, *, stream: bool = False, **options: Any):
+    def controller(self, turn: PreparedTurn) -> ThinkingBudget | None:
+        """A fresh per-request thinking budget when the turn thinks (Qwen3 vocabularies only)."""
+        if not turn.thinking or self._think_ids is None:
+            return None
+        return ThinkingBudget(
+            budget=turn.thinking_budget,
+            max_tokens=turn.params.max_tokens,
+            closing=self._closing,
+            think_open=self._think_ids[0],
+            think_close=self._think_ids[1],
+            starts_in_thinking=turn.starts_in_thinking,
+            token_text=lambda t: self.engine.detokenize([t]),
+        )
+
+    def chat(self, messages: Messages | str, *, stream: bool = False, config: Any = None, **options: Any):
         """One assistant turn: a `ChatResult`, or with `stream=True` an iterator of `ChatDelta`
-        whose last item carries `finish_reason` and the whole `result`."""
-        deltas = self._stream(self.prepare(messages, **options))
+        whose last item carries `finish_reason` and the whole `result`. `config`: a
+        `GenerationConfig` (or dict) of settings, which keyword `options` override."""
+        deltas = self._stream(self.prepare(messages, **merge_options(config, options)))
         if stream:
             return deltas
         for delta in deltas:
@@ -182,7 +217,7 @@ class Model:
 
     def _stream(self, turn: PreparedTurn) -> Iterator[ChatDelta]:
         decoder = self.decoder(turn)
-        for chunk in self.engine.generate(turn.prompt, turn.params):
+        for chunk in self.engine.generate(turn.prompt, turn.params, self.controller(turn)):
             yield decoder.feed(chunk)
 
     def close(self) -> None:
@@ -193,3 +228,33 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ----- streaming, async and batched turns (for services and notebooks) -------------
+
+    def stream(self, messages: Messages | str, *, config: Any = None, **options: Any) -> Iterator[ChatDelta]:
+        """`ChatDelta`s as they are produced (the last carries `result`); closing the iterator
+        cancels the request."""
+        return self.chat(messages, stream=True, config=config, **options)
+
+    def astream(self, messages: Messages | str, *, config: Any = None, **options: Any) -> AsyncTurn:
+        """`async for delta in model.astream(...)`: the engine works on its own thread, the event
+        loop only receives deltas. Leaving the loop early (or `aclose()`) cancels the request."""
+        return AsyncTurn(self, self.prepare(messages, **merge_options(config, options)))
+
+    async def achat(self, messages: Messages | str, *, config: Any = None, **options: Any) -> ChatResult:
+        """`await model.achat(...)`: one turn without blocking the event loop; cancelling the
+        awaiting task cancels the request."""
+        async with self.astream(messages, config=config, **options) as deltas:
+            return await collect(deltas)
+
+    def batch(self, conversations: Sequence[Messages | str], *, config: Any = None, **options: Any) -> list[ChatResult]:
+        """One turn for each conversation, submitted together so the engine decodes them as a
+        batch (up to its `n_parallel`; the rest queue). Results come back in order."""
+        merged = merge_options(config, options)
+        return run_batch(self, [self.prepare(c, **merged) for c in conversations])
+
+    async def abatch(self, conversations: Sequence[Messages | str], *, config: Any = None, **options: Any) -> list[ChatResult]:
+        """`batch` for async code: the turns run concurrently, the event loop stays free."""
+        import asyncio
+
+        return list(await asyncio.gather(*(self.achat(c, config=config, **options) for c in conversations)))

@@ -6,10 +6,18 @@ to `Engine.generate` with `SamplingParams`, and parses what comes back.
 
 from __future__ import annotations
 
+import math
+import queue
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
+from qwenkit.errors import QwenkitError
+
 FinishReason = Literal["stop", "length", "abort"]
+
+
+class QueueFull(QwenkitError):
+    """Every slot is busy and the wait queue is at its bound (the server answers 429)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class SamplingParams:
     grammar: str | None = None  # a GBNF grammar constraining the output, where supported
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every range check below
+                raise ValueError(f"{name} must be a finite number")
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if self.top_p <= 0 or self.top_p > 1:
@@ -108,6 +119,10 @@ class Engine(Protocol):
         """The Jinja chat template the model file carries, if any."""
         ...
 
+    def architecture(self) -> str | None:
+        """The model's architecture name (e.g. "qwen2", "qwen3"), if known."""
+        ...
+
     def eos_token_ids(self) -> set[int]:
         """Token ids that end a generation by themselves."""
         ...
@@ -134,3 +149,23 @@ class Engine(Protocol):
     def stats(self) -> EngineStats: ...
 
     def close(self) -> None: ...
+
+
+def iterate(
+    engine: Engine,
+    prompt: Sequence[int],
+    params: SamplingParams,
+    controller: StepController | None = None,
+) -> Iterator[Chunk]:
+    """`Engine.generate` for any engine with `submit`: chunks as an iterator; closing it cancels."""
+    chunks: queue.Queue[Chunk] = queue.Queue()
+    handle = engine.submit(prompt, params, chunks.put, controller)
+    try:
+        while True:
+            chunk = chunks.get()
+            yield chunk
+            if chunk.finish_reason is not None:
+                return
+    finally:
+        handle.cancel()
+

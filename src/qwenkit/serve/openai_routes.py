@@ -32,7 +32,7 @@ from qwenkit.serve.protocol import (
     UsageInfo,
     new_id,
 )
-from qwenkit.serve.runner import EngineFailure, run_turn
+from qwenkit.serve.runner import EngineFailure, TurnStream, run_turn
 
 router = APIRouter()
 
@@ -75,7 +75,9 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
     if grammar is not None:
         think = False  # constrained output is the answer itself: no free-form thinking first
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    turn = model.prepare(messages, tools=tools, think=think, max_tokens=limit, grammar=grammar, **body.sampling())
+    effort = "low" if body.reasoning_effort == "minimal" else body.reasoning_effort
+    turn = model.prepare(messages, tools=tools, think=think, max_tokens=limit, grammar=grammar,
+                         thinking_budget=body.thinking_budget, reasoning_effort=effort, **body.sampling())
     _check_prompt(turn, settings, model)
     return turn
 
@@ -86,11 +88,11 @@ def _max_tokens(asked: int | None, settings) -> int:
     return asked or settings.default_max_tokens
 
 
-def _check_prompt(turn: PreparedTurn, settings, model: Model) -> None:
+def _check_prompt(turn: PreparedTurn, settings, model: Model, param: str = "messages") -> None:
     cap = min(settings.max_prompt_tokens or model.engine.n_ctx - 1, model.engine.n_ctx - 1)
     if len(turn.prompt) > cap:
         raise ApiError(400, f"the prompt has {len(turn.prompt)} tokens; this server allows at most {cap}",
-                       code="context_length_exceeded", param="messages")
+                       code="context_length_exceeded", param=param)
 
 
 def _finish(result: ChatResult, parallel: bool) -> tuple[str, list]:
@@ -138,7 +140,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     rid = new_id("chatcmpl")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(_chat_events(model, turn, request, rid, include_usage, body.parallel_tool_calls))
+        deltas = run_turn(model, turn, request.app.state.metrics)  # submit now: a full queue is a 429, not a broken 200
+        return _sse(_chat_events(model, deltas, request, rid, include_usage, body.parallel_tool_calls))
     result = await _collect(model, turn, request)
     _spend(request, result)
     finish, calls = _finish(result, body.parallel_tool_calls)
@@ -152,7 +155,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                           usage=_usage(result))
 
 
-async def _chat_events(model: Model, turn: PreparedTurn, request: Request, rid: str,
+async def _chat_events(model: Model, deltas: TurnStream, request: Request, rid: str,
                        include_usage: bool, parallel: bool) -> AsyncIterator[str]:
     def event(delta: DeltaMessage, finish: str | None = None) -> str:
         chunk = ChatCompletionChunk(id=rid, model=model.name, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
@@ -160,7 +163,7 @@ async def _chat_events(model: Model, turn: PreparedTurn, request: Request, rid: 
 
     yield event(DeltaMessage(role="assistant", content=""))
     n_calls = 0
-    async for delta in run_turn(model, turn, request.app.state.metrics):
+    async for delta in deltas:
         if delta.reasoning:
             yield event(DeltaMessage(reasoning_content=delta.reasoning, reasoning=delta.reasoning))
         if delta.content:
@@ -182,26 +185,27 @@ async def completions(body: CompletionRequest, request: Request):
     model: Model = request.app.state.ready_model()
     settings = request.app.state.settings
     turn = model.prepare_completion(body.prompt, max_tokens=_max_tokens(body.max_tokens, settings), **body.sampling())
-    _check_prompt(turn, settings, model)
+    _check_prompt(turn, settings, model, param="prompt")
     rid = new_id("cmpl")
     prefix = body.prompt if body.echo else ""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(_completion_events(model, turn, request, rid, prefix, include_usage))
+        deltas = run_turn(model, turn, request.app.state.metrics)  # submit now (see chat_completions)
+        return _sse(_completion_events(model, deltas, request, rid, prefix, include_usage))
     result = await _collect(model, turn, request)
     _spend(request, result)
     return Completion(id=rid, model=model.name, usage=_usage(result),
                       choices=[TextChoice(text=prefix + result.content, finish_reason=result.finish_reason)])
 
 
-async def _completion_events(model: Model, turn: PreparedTurn, request: Request, rid: str, prefix: str,
+async def _completion_events(model: Model, deltas: TurnStream, request: Request, rid: str, prefix: str,
                              include_usage: bool) -> AsyncIterator[str]:
     def event(text: str, finish: str | None = None) -> str:
         return Completion(id=rid, model=model.name, choices=[TextChoice(text=text, finish_reason=finish)]).model_dump_json(exclude_none=True)
 
     if prefix:
         yield event(prefix)
-    async for delta in run_turn(model, turn, request.app.state.metrics):
+    async for delta in deltas:
         if delta.content:
             yield event(delta.content)
         if delta.result is not None:

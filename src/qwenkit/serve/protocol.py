@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Request(BaseModel):
@@ -146,6 +146,18 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
+    thinking_budget: int | None = Field(
+        default=None, ge=0, validation_alias=AliasChoices("thinking_budget", "thinking_token_budget", "thinking_budget_tokens")
+    )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        flag = (value or {}).get("enable_thinking")
+        if flag is not None and not isinstance(flag, bool):  # else `thinking()` raises a 500 later
+            raise ValueError("enable_thinking must be a boolean")
+        return value
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:

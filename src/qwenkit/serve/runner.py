@@ -12,48 +12,77 @@ from qwenkit.results import ChatDelta
 from qwenkit.serve.metrics import Metrics
 
 
-async def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics) -> AsyncIterator[ChatDelta]:
-    """Submit `turn` and yield its deltas; leaving early (a client gone) cancels the request."""
-    loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[Chunk] = asyncio.Queue()
+def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics) -> TurnStream:
+    """Submit `turn` now and return an async iterator of its deltas.
 
-    def emit(chunk: Chunk) -> None:
+    Submitting happens here, not on the first iteration, so a full queue (`QueueFull`) or a
+    refused prompt raises before a streamed response has sent its 200 headers. Leaving the
+    iteration early (a client gone), or dropping the stream unread, cancels the request.
+    """
+    return TurnStream(model, turn, metrics)
+
+
+class TurnStream:
+    def __init__(self, model: Model, turn: PreparedTurn, metrics: Metrics) -> None:
+        self._done = True  # nothing to cancel until the engine has accepted the request
+        loop = asyncio.get_running_loop()
+        self._chunks: asyncio.Queue[Chunk] = asyncio.Queue()
+        chunks = self._chunks
+
+        def emit(chunk: Chunk) -> None:
+            try:
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                pass
+
+        self._model, self._turn, self._metrics = model, turn, metrics
+        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))
+        self._started = time.perf_counter()
+        self._done = False
+
+    def __aiter__(self) -> AsyncIterator[ChatDelta]:
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncIterator[ChatDelta]:
+        metrics, turn = self._metrics, self._turn
+        decoder = self._model.decoder(turn)
+        started = last = self._started
+        generated = 0
         try:
-            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            pass
+            while True:
+                chunk = await self._chunks.get()
+                if chunk.token_ids:
+                    now = time.perf_counter()
+                    if generated == 0:
+                        metrics.ttft.observe(now - started)
+                    else:
+                        metrics.itl.observe((now - last) / len(chunk.token_ids))
+                    last = now
+                    generated += len(chunk.token_ids)
+                delta = decoder.feed(chunk)
+                if chunk.finish_reason is not None:
+                    self._done = True
+                    metrics.prompt_tokens.inc(len(turn.prompt))
+                    metrics.generation_tokens.inc(generated)
+                    metrics.e2e.observe(time.perf_counter() - started)
+                    if chunk.error:
+                        raise EngineFailure(chunk.error)
+                yield delta
+                if self._done:
+                    return
+        finally:
+            self.cancel()
 
-    handle = model.engine.submit(turn.prompt, turn.params, emit)
-    decoder = model.decoder(turn)
-    started = last = time.perf_counter()
-    generated = 0
-    finished = False
-    try:
-        while True:
-            chunk = await chunks.get()
-            if chunk.token_ids:
-                now = time.perf_counter()
-                if generated == 0:
-                    metrics.ttft.observe(now - started)
-                else:
-                    metrics.itl.observe((now - last) / len(chunk.token_ids))
-                last = now
-                generated += len(chunk.token_ids)
-            delta = decoder.feed(chunk)
-            if chunk.finish_reason is not None:
-                finished = True
-                metrics.prompt_tokens.inc(len(turn.prompt))
-                metrics.generation_tokens.inc(generated)
-                metrics.e2e.observe(time.perf_counter() - started)
-                if chunk.error:
-                    raise EngineFailure(chunk.error)
-            yield delta
-            if finished:
-                return
-    finally:
-        if not finished:
-            handle.cancel()
-            metrics.cancelled.inc()
+    def cancel(self) -> None:
+        """Cancel the request unless it has finished (idempotent)."""
+        if not self._done:
+            self._done = True
+            self._handle.cancel()
+            self._metrics.cancelled.inc()
+
+    def __del__(self) -> None:  # a stream dropped before it was iterated (client gone early)
+        if not getattr(self, "_done", True):
+            self.cancel()
 
 
 class EngineFailure(Exception):

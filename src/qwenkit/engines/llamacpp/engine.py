@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from qwenkit.engines.base import Chunk, EngineStats, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, EngineStats, SamplingParams, StepController, iterate
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Request, Scheduler
 
@@ -81,16 +80,7 @@ class LlamaCppEngine:
         params: SamplingParams,
         controller: StepController | None = None,
     ) -> Iterator[Chunk]:
-        chunks: queue.Queue[Chunk] = queue.Queue()
-        request = self.submit(prompt, params, chunks.put, controller)
-        try:
-            while True:
-                chunk = chunks.get()
-                yield chunk
-                if chunk.finish_reason is not None:
-                    return
-        finally:
-            request.cancel()
+        return iterate(self, prompt, params, controller)
 
     def close(self) -> None:
         if self.model.ptr:
