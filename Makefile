@@ -11,6 +11,7 @@ $(BIN)/activate:
 
 # pip's wheel cache keeps the llama-cpp-python build: only the first install compiles it.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[serve,dev]"
 	touch $@
@@ -21,7 +22,7 @@ model: setup
 	$(BIN)/qwenkit pull $(MODEL)
 
 serve: model
-	$(BIN)/qwenkit chat --model $(MODEL)
+	$(BIN)/qwenkit serve --model $(MODEL) $(SERVE_ARGS)
 
 chat: model
 	$(BIN)/qwenkit chat --model $(MODEL)
@@ -34,6 +35,8 @@ test-fast: setup
 
 bench: model
 	$(BIN)/python benchmarks/decode_speed.py
+	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/load_test.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
