@@ -141,6 +141,13 @@ def test_max_tokens_200_with_thinking_still_answers(qwen3):
     assert r.finish_reason == "length" and r.usage.completion_tokens == 200
 
 
+def test_too_few_tokens_to_think_turns_thinking_off(qwen3):
+    turn = qwen3.prepare("hi", max_tokens=24)
+    assert not turn.thinking
+    r = qwen3.chat("hi", max_tokens=24, seed=1)
+    assert r.reasoning is None and r.content
+
+
 def test_reasoning_effort_none_turns_thinking_off(qwen3):
     turn = qwen3.prepare("hi", reasoning_effort="none", max_tokens=20)
     assert not turn.thinking

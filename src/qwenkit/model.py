@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from qwenkit.chat import ChatTemplate, Delta, OutputParser, build_prompt, sampling_defaults, tool_format
-from qwenkit.chat.budget import EFFORT_BUDGETS, ThinkingBudget, closing_text, resolve_budget
+from qwenkit.chat.budget import EFFORT_BUDGETS, ThinkingBudget, closing_text, resolve_budget, room_to_think
 from qwenkit.engines.base import Chunk, Engine, SamplingParams
 from qwenkit.errors import BadRequest
 from qwenkit.generation import merge_options
@@ -149,6 +149,9 @@ class Model:
         if not messages:
             raise BadRequest("the conversation has no messages")
         chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=think)
+        if chat.thinking and self._think_ids and not room_to_think(max_tokens, len(self._closing)):
+            # too few tokens to think, close thinking and still answer: answer directly
+            chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=False)
         return PreparedTurn(
             prompt=self.engine.tokenize(chat.text, special=True),
             params=self._params(max_tokens, sampling, thinking=chat.thinking),

@@ -33,6 +33,14 @@ def answer_reserve(max_tokens: int) -> int:
     return min(max(64, max_tokens // 4), max_tokens // 2)
 
 
+MIN_THINKING_TOKENS = 16
+
+
+def room_to_think(max_tokens: int, closing_len: int) -> bool:
+    """Whether `max_tokens` leaves room for some thinking, the closing phrase and the answer."""
+    return max_tokens - answer_reserve(max_tokens) - closing_len >= MIN_THINKING_TOKENS
+
+
 class ThinkingBudget:
     """Forces `\\n\\n<phrase>\\n</think>\\n\\n` once thinking has spent its budget."""
 
