@@ -18,20 +18,24 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts hold literal brackets, e.g. hf:OWNER/REPO[/FILE]
     help="Run, chat with and serve the Qwen model family.",
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # no hard wraps: an error stays one line
 
 ModelOpt = typer.Option("default", "--model", "-m", help="Model reference: a name, hf:OWNER/REPO[/FILE] or a .gguf path.")
 CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (default: 8192, capped at the model's).")
 ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores).")
+EngineOpt = typer.Option("auto", "--engine", "-e", help="auto (llama.cpp for a .gguf, transformers for a checkpoint directory), llamacpp or transformers.")
+DtypeOpt = typer.Option("auto", "--dtype", help="Transformers engine: auto, bf16, fp16 or fp32.")
+QuantOpt = typer.Option(None, "--quantization", "-q", help="Transformers engine: 8bit or 4bit (bitsandbytes, CUDA only).")
 ThinkOpt = typer.Option(None, "--think/--no-think", help="Qwen3 thinking on or off (default: the model's).")
 
 
-def _load(model: str, ctx: int | None, threads: int | None):
+def _load(model: str, ctx: int | None, threads: int | None, engine: str = "auto", dtype: str = "auto", quantization: str | None = None):
     from qwenkit.api import load
 
-    return load(model, n_ctx=ctx, n_threads=threads)
+    return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization)
 
 
 @app.command()
@@ -63,17 +67,21 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
     think: Optional[bool] = ThinkOpt,
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     ctx: Optional[int] = CtxOpt,
     threads: Optional[int] = ThreadsOpt,
+    engine: str = EngineOpt,
+    dtype: str = DtypeOpt,
+    quantization: Optional[str] = QuantOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
     if not text.strip():
         raise QwenkitError("the prompt is empty")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    m = _load(model, ctx, threads)
-    options = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, think=think)
+    m = _load(model, ctx, threads, engine, dtype, quantization)
+    options = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, think=think, thinking_budget=thinking_budget)
     if as_json:
         result = m.chat(messages, **options)
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
@@ -112,11 +120,15 @@ def chat(
     think: Optional[bool] = ThinkOpt,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
     max_tokens: int = typer.Option(2048, "--max-tokens", "-n", min=1, help="Most tokens per answer."),
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
     ctx: Optional[int] = CtxOpt,
     threads: Optional[int] = ThreadsOpt,
+    engine: str = EngineOpt,
+    dtype: str = DtypeOpt,
+    quantization: Optional[str] = QuantOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /think /no_think /reset /exit."""
-    m = _load(model, ctx, threads)
+    m = _load(model, ctx, threads, engine, dtype, quantization)
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     err.print(f"[bold]{m.name}[/] ready. /think, /no_think, /reset, /exit; Ctrl-D quits.")
@@ -144,7 +156,7 @@ def chat(
             continue
         history.append({"role": "user", "content": line})
         try:
-            result = _stream_reply(m, history, dict(max_tokens=max_tokens, think=think))
+            result = _stream_reply(m, history, dict(max_tokens=max_tokens, think=think, thinking_budget=thinking_budget))
         except KeyboardInterrupt:
             err.print("[yellow](interrupted)[/]")
             history.pop()
@@ -164,6 +176,9 @@ def serve(
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests decoded together."),
     ctx: Optional[int] = CtxOpt,
     threads: Optional[int] = ThreadsOpt,
+    engine: str = EngineOpt,
+    dtype: str = DtypeOpt,
+    quantization: Optional[str] = QuantOpt,
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable)."),
     api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File of API keys, one per line."),
     rpm: Optional[int] = typer.Option(None, "--rate-limit-rpm", min=1, help="Requests per minute per key."),
@@ -173,6 +188,8 @@ def serve(
     max_tokens_cap: int = typer.Option(8192, "--max-tokens-cap", min=1, help="Largest max_tokens a request may ask."),
     cors: list[str] = typer.Option([], "--cors-origin", help="Allowed CORS origin (repeatable; none by default)."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+    effort_budgets: str = typer.Option("", "--reasoning-effort-budgets",
+                                       help="Thinking budgets per reasoning_effort, e.g. low=512,medium=2048,high=none."),
 ) -> None:
     """Serve an OpenAI-compatible API (and a web chat at /) with continuous batching."""
     import logging
@@ -184,17 +201,31 @@ def serve(
     from qwenkit.serve import ServeSettings, create_app
     from qwenkit.serve.settings import read_api_keys
 
+    from qwenkit.chat.budget import parse_effort_budgets
+
+    efforts = parse_effort_budgets(effort_budgets)
     keys = read_api_keys(api_key, api_key_file)
-    store.resolve(model)  # fetch in the foreground, with progress, before binding the port
+    local = store.resolve(model)  # fetch in the foreground, with progress, before binding the port
+    from qwenkit.api import pick_engine
+
+    if pick_engine(engine, local.format) == "transformers" and local.format == "gguf":
+        from qwenkit.engines.transformers import convert_gguf
+
+        err.print(f"preparing {local.name} for transformers (converted once, then reused)")
+        convert_gguf(local.path)
     settings = ServeSettings(
         host=host, port=port, api_keys=keys, requests_per_minute=rpm, tokens_per_minute=tpm,
         max_body_bytes=max_body, max_tokens_cap=max_tokens_cap, cors_origins=tuple(cors), log_prompts=log_prompts,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app_ = create_app(
-        lambda: load(model, n_ctx=ctx, n_threads=threads, n_parallel=parallel, max_waiting=max_queue, progress=False),
-        settings,
-    )
+
+    def load_model():
+        m = load(model, n_ctx=ctx, n_threads=threads, n_parallel=parallel, max_waiting=max_queue, progress=False,
+                 engine=engine, dtype=dtype, quantization=quantization)
+        m.effort_budgets = efforts
+        return m
+
+    app_ = create_app(load_model, settings)
     where = f"http://{host}:{port}"
     err.print(f"serving [bold]{model}[/] on {where} (web chat at {where}/, API at {where}/v1)"
               + (f", {len(keys)} API key(s)" if keys else ", no API key required"))
@@ -203,18 +234,31 @@ def serve(
 
 def main() -> None:
     """Entry point: user-facing errors print one line and exit non-zero, never a traceback."""
-    import click
+    import logging
 
+    try:  # typer vendors its own click (typer._click): click's exception classes do not catch its errors
+        from typer._click import exceptions as click_exceptions
+    except ImportError:
+        from click import exceptions as click_exceptions
+
+    # llama.cpp's own error lines would reach stderr through logging's last resort; the
+    # QwenkitError message below carries the first of them
+    logging.getLogger("qwenkit").addHandler(logging.NullHandler())
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Abort:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # typer's own (its vendored click has none)
         err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click_exceptions.ClickException as exc:
+        if isinstance(exc, getattr(click_exceptions, "NoArgsIsHelpError", ())):
+            exc.show()  # `qwenkit` alone: the help
+        else:
+            err.print(f"[red]error:[/] {escape(exc.format_message())}")
         sys.exit(exc.exit_code)
     except QwenkitError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    if isinstance(code, int) and code:  # typer.Exit(code) and Ctrl-C (130) come back as a return value
+        sys.exit(code)

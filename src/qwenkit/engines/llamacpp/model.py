@@ -10,7 +10,7 @@ from typing import Sequence
 
 import llama_cpp as C
 
-from qwenkit.errors import ModelLoadError
+from qwenkit.errors import ModelLoadError, QwenkitError
 
 log = logging.getLogger("qwenkit.llamacpp")
 
@@ -22,7 +22,12 @@ def _route_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """Send llama.cpp's chatter to Python logging: errors as errors, the rest at debug."""
     message = text.decode("utf-8", errors="replace").rstrip()
     if message:
+        if level == _GGML_LOG_LEVEL_ERROR and _load_errors is not None:
+            _load_errors.append(message)
         log.log(logging.ERROR if level == _GGML_LOG_LEVEL_ERROR else logging.DEBUG, message)
+
+
+_load_errors: list[str] | None = None  # llama.cpp's error lines while a model loads (for the message)
 
 
 _backend_ready = False
@@ -51,10 +56,16 @@ class LlamaModel:
         _init_backend()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        self.ptr = C.llama_model_load_from_file(str(path).encode(), params)
+        global _load_errors
+        _load_errors = []
+        try:
+            self.ptr = C.llama_model_load_from_file(str(path).encode(), params)
+        finally:
+            errors, _load_errors = _load_errors, None
         if not self.ptr:
+            reason = f" ({errors[0]})" if errors else ""
             raise ModelLoadError(
-                f"llama.cpp could not load {path}: not a valid GGUF file, truncated, "
+                f"llama.cpp could not load {path}{reason}: not a valid GGUF file, truncated, "
                 "or an architecture this llama.cpp build does not know"
             )
         self.path = path
@@ -63,8 +74,15 @@ class LlamaModel:
         self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
         self._pieces: dict[int, bytes] = {}
 
+    def _vocab(self) -> C.llama_vocab_p:
+        """The vocabulary, refusing use after `close` (llama.cpp would read freed memory)."""
+        if not self.ptr:
+            raise QwenkitError("the model is closed")
+        return self.vocab
+
     def meta(self, key: str) -> str | None:
         """A GGUF metadata value as a string, or None when the file lacks the key."""
+        self._vocab()
         size = 256
         while True:
             buf = ctypes.create_string_buffer(size)
@@ -76,6 +94,7 @@ class LlamaModel:
             size = n + 1
 
     def chat_template(self) -> str | None:
+        self._vocab()
         raw = C.llama_model_chat_template(self.ptr, None)
         return raw.decode("utf-8") if raw else None
 
@@ -83,7 +102,7 @@ class LlamaModel:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (C.llama_token * capacity)()
-        n = C.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, special)
+        n = C.llama_tokenize(self._vocab(), data, len(data), buf, capacity, False, special)
         if n < 0:  # cannot happen for BPE (at most one token per byte), kept for safety
             capacity = -n
             buf = (C.llama_token * capacity)()
@@ -96,7 +115,7 @@ class LlamaModel:
         cached = self._pieces.get(key)
         if cached is None:
             buf = ctypes.create_string_buffer(64)
-            n = C.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+            n = C.llama_token_to_piece(self._vocab(), token, buf, 64, 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
                 n = C.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)

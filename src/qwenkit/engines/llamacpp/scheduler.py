@@ -20,17 +20,13 @@ from typing import Callable, Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, EngineStats, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, SamplingParams, StepController
 from qwenkit.engines.llamacpp.model import LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.text import IncrementalDecoder, StopMatcher
 from qwenkit.errors import BadRequest, QwenkitError
 
 log = logging.getLogger("qwenkit.scheduler")
-
-
-class QueueFull(QwenkitError):
-    """Every slot is busy and the wait queue is at its bound."""
 
 
 @dataclass
@@ -123,6 +119,9 @@ class Scheduler:
                 f"the prompt has {len(request.prompt)} tokens; this model was loaded with a "
                 f"context of {self.n_ctx} tokens"
             )
+        for token, _bias in request.params.logit_bias:  # else the request would only fail on the engine thread
+            if not 0 <= token < self.model.n_vocab:
+                raise BadRequest(f"logit_bias names token {token}, outside the vocabulary (0..{self.model.n_vocab - 1})")
         with self._cv:
             if self._closed:
                 raise QwenkitError("the engine is closed")
