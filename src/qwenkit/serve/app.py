@@ -76,12 +76,23 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
     app.state.metrics = Metrics(lambda: holder.model.engine.stats() if holder.model else None)
     http_errors.install(app)
 
+    def unauthorized(request: Request) -> ApiError | None:
+        """The 401 for a request without a valid key (None when the key is fine)."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if keys.check(token):
+            return None
+        return ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+    app.state.unauthorized = unauthorized
+
     async def authorize(request: Request) -> None:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
-        if not keys.check(token):
-            raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+        refusal = unauthorized(request)
+        if refusal is not None:
+            raise refusal
         bucket = key_id(token) if keys.enabled else (request.client.host if request.client else "-")
         request.state.bucket = bucket
         wait = app.state.limiter.admit(bucket)

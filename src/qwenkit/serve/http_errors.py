@@ -58,7 +58,13 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses a JSON body before it runs the auth dependency: a client without a
+        # valid key must get its 401, not learn how its body failed to parse.
+        unauthorized = getattr(request.app.state, "unauthorized", None)
+        refusal = unauthorized(request) if unauthorized is not None else None
+        if refusal is not None:
+            return error_response(refusal.status, refusal.message, code=refusal.code, headers=refusal.headers)
         message, param = _validation_message(exc)
         return error_response(400, message, param=param)
 

@@ -54,6 +54,11 @@ class AccessLog:
 
         try:
             await self.app(scope, counting_receive, tagging_send)
+        except Exception:
+            # Starlette's outermost error middleware sends the 500 after this one has given
+            # up: count and log it as a 500, not as a request the client abandoned (499).
+            sizes["status"] = sizes["status"] or 500
+            raise
         finally:
             if self.on_done is not None:
                 self.on_done(scope, sizes["status"])
