@@ -6,7 +6,14 @@ first); tiny models are built once per machine under $QWENKIT_HOME/test-fixtures
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# llama.cpp's OpenMP workers spin while they wait. The suite runs a test process and servers side
+# by side on few cores, where spinning threads starve each other (10-100x slower): wait passively.
+# Set before anything loads libgomp; subprocesses (servers under test) inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 from qwenkit.testing import tiny
 
@@ -37,3 +44,41 @@ def tiny_qwen2(source_gguf, tiny_cache):
 @pytest.fixture(scope="session")
 def tiny_qwen3(source_gguf, tiny_cache):
     return tiny.tiny_gguf("qwen3", tiny_cache, source_gguf=source_gguf)
+
+
+# ----- the transformers engine (skipped where torch/transformers are not installed) -------
+
+
+def _needs_transformers():
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"the transformers extra is not installed ({exc})")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_qwen2(source_gguf, tiny_cache):
+    """A tiny random Qwen2 Hugging Face checkpoint directory with the real tokenizer."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_hf import tiny_hf
+
+    return tiny_hf("qwen2", tiny_cache, source_gguf=source_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_qwen3(source_gguf, tiny_cache):
+    """A tiny random Qwen3 Hugging Face checkpoint directory (<think> tokens, Qwen3 template)."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_hf import tiny_hf
+
+    return tiny_hf("qwen3", tiny_cache, source_gguf=source_gguf)
+
+
+@pytest.fixture(scope="session")
+def converted_source(source_gguf):
+    """The real embedded GGUF dequantized to a float32 transformers checkpoint (converted once)."""
+    _needs_transformers()
+    from qwenkit.engines.transformers import convert_gguf
+
+    return convert_gguf(source_gguf)

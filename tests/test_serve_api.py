@@ -195,7 +195,7 @@ def test_completions_streamed(client):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert chunks[-1].usage.model_dump(exclude={"prompt_tokens_details"}) == whole.usage.model_dump(exclude={"prompt_tokens_details"})
     # With echo, the prompt comes first.
     echoed = list(client.completions.create(stream=True, echo=True, **kw))
     assert "".join(c.choices[0].text for c in echoed if c.choices) == "import os\n" + text

@@ -175,6 +175,8 @@ def test_prefix_cache_hits_on_a_shared_system_prompt(server):
     # The second request reused (nearly) the whole system prompt from the first one's cache.
     assert hits2 - hits1 >= first.usage.prompt_tokens - 20, (hits0, hits1, hits2, first.usage)
     assert second.usage.prompt_tokens > 400
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens - 20 <= cached < second.usage.prompt_tokens
 
 
 def test_metrics_expose_the_required_families(server):

@@ -130,7 +130,7 @@ def test_budget_bounds_reasoning_and_an_answer_follows(qwen3, budget):
         assert 0 < r.usage.reasoning_tokens <= budget + GRACE_TOKENS + phrase + 1  # +1: the model's own <think>
         assert r.content.strip(), "the answer part must not be empty"
         assert "Considering the limited time" in r.reasoning
-    assert whole.usage == streamed.usage
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.reasoning_tokens) == (streamed.usage.prompt_tokens, streamed.usage.completion_tokens, streamed.usage.reasoning_tokens)  # cache hits may differ
     assert whole.content == streamed.content and whole.reasoning == streamed.reasoning
 
 

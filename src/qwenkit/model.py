@@ -69,6 +69,7 @@ class TurnDecoder:
         self.tool_calls += parsed.tool_calls
         delta = ChatDelta(parsed.content, parsed.reasoning, parsed.tool_calls)
         if chunk.finish_reason is not None:
+            self.usage.cached_prompt_tokens = chunk.cached_prompt_tokens
             delta.finish_reason = self._finish_reason(chunk)
             delta.result = self.result(delta.finish_reason)
         return delta

@@ -84,6 +84,7 @@ class Chunk:
     finish_reason: FinishReason | None = None
     stop_sequence: str | None = None  # the stop string that ended generation
     error: str | None = None  # set with finish_reason "abort" when the engine failed the request
+    cached_prompt_tokens: int = 0  # on the last chunk: prompt tokens reused from a cache
 
 
 @dataclass

@@ -27,6 +27,7 @@ from qwenkit.serve.protocol import (
     DeltaMessage,
     FunctionCallOut,
     NamedToolChoice,
+    PromptTokensDetails,
     TextChoice,
     ToolCallOut,
     UsageInfo,
@@ -44,6 +45,7 @@ def _usage(result: ChatResult) -> UsageInfo:
         completion_tokens=u.completion_tokens,
         total_tokens=u.total_tokens,
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=u.reasoning_tokens),
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_prompt_tokens),
     )
 
 

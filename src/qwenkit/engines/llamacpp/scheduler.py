@@ -37,6 +37,7 @@ class Request:
     controller: StepController | None = None
     id: int = field(default_factory=itertools.count().__next__)
     cancelled: bool = False
+    cached_prompt_tokens: int = 0  # prompt tokens found in the prefix cache
     submitted_at: float = field(default_factory=time.monotonic)
 
     def cancel(self) -> None:
@@ -215,6 +216,7 @@ class Scheduler:
         C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
         del slot.cached[reuse:]
         self._prefix_hit_tokens += reuse
+        request.cached_prompt_tokens = reuse
         self._prompt_tokens += len(prompt)
         try:
             slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, request.params)
@@ -319,14 +321,15 @@ class Scheduler:
             text += tail if late_stop else tail + slot.stopper.flush()
             if late_stop:
                 stop = late_stop
-        slot.request.emit(
-            Chunk(text, token_ids or [], finish_reason=reason, stop_sequence=stop, error=error)
-        )
-        slot.request = None
+        request, slot.request = slot.request, None  # free the slot before anyone hears it finished
         slot.feed = []
         if slot.sampler:
             slot.sampler.close()
             slot.sampler = None
+        request.emit(
+            Chunk(text, token_ids or [], finish_reason=reason, stop_sequence=stop, error=error,
+                  cached_prompt_tokens=request.cached_prompt_tokens)
+        )
 
     def _forget(self, slot: _Slot) -> None:
         """Drop a slot's cache (after a failed step its contents are unknown)."""
