@@ -23,7 +23,7 @@ import llama_cpp as C
 from qwenkit.engines.base import Chunk, EngineStats, QueueFull, SamplingParams, StepController
 from qwenkit.engines.llamacpp.model import LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
-from qwenkit.engines.text import IncrementalDecoder, StopMatcher
+from qwenkit.engines.output import RequestOutput
 from qwenkit.errors import BadRequest, QwenkitError
 
 log = logging.getLogger("qwenkit.scheduler")
@@ -37,7 +37,6 @@ class Request:
     controller: StepController | None = None
     id: int = field(default_factory=itertools.count().__next__)
     cancelled: bool = False
-    cached_prompt_tokens: int = 0  # prompt tokens found in the prefix cache
     submitted_at: float = field(default_factory=time.monotonic)
 
     def cancel(self) -> None:
@@ -50,10 +49,8 @@ class _Slot:
         self.cached: list[int] = []  # tokens whose KV is in the cache for this sequence
         self.request: Request | None = None
         self.feed: list[int] = []  # tokens to decode next (prompt rest, last sample, forced)
-        self.generated: list[int] = []
+        self.out: RequestOutput | None = None
         self.sampler: SamplerChain | None = None
-        self.decoder = IncrementalDecoder()
-        self.stopper = StopMatcher(())
         self.last_used = 0.0
 
     @property
@@ -216,7 +213,6 @@ class Scheduler:
         C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
         del slot.cached[reuse:]
         self._prefix_hit_tokens += reuse
-        request.cached_prompt_tokens = reuse
         self._prompt_tokens += len(prompt)
         try:
             slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, request.params)
@@ -225,9 +221,11 @@ class Scheduler:
             return
         slot.request = request
         slot.feed = prompt[reuse:]
-        slot.generated = []
-        slot.decoder = IncrementalDecoder()
-        slot.stopper = StopMatcher(request.params.stop)
+        slot.out = RequestOutput(
+            request.emit, request.params, request.controller, piece=self.model.piece, end_ids=self.eog_ids,
+            n_ctx=self.n_ctx, on_finish=lambda: self._release(slot),
+        )
+        slot.out.cached_prompt_tokens = reuse
 
     def _step(self) -> None:
         for slot in self.slots:
@@ -270,66 +268,20 @@ class Scheduler:
                 self._on_token(slot, slot.sampler.sample(self.ctx, row))
 
     def _on_token(self, slot: _Slot, token: int) -> None:
-        request, params = slot.request, slot.request.params
-        slot.generated.append(token)
-        if token in self.eog_ids or token in params.stop_token_ids:
-            self._finish(slot, "stop", token_ids=[token])
-            return
-        text, stop = slot.stopper.feed(slot.decoder.feed(self.model.piece(token)))
-        if stop is not None:
-            self._finish(slot, "stop", text=text, token_ids=[token], stop=stop)
-            return
-        if self._out_of_room(slot):
-            self._finish(slot, "length", text=text, token_ids=[token])
-            return
-        request.emit(Chunk(text, [token]))
-        slot.feed = [token]
-        forced = list(request.controller.after_token(slot.generated)) if request.controller else []
-        if forced:
-            room = min(params.max_tokens - len(slot.generated), self.n_ctx - len(slot.cached) - 2)
-            forced = forced[: max(room, 0)]
-            for t in forced:
-                slot.sampler.accept(t)
-            slot.generated.extend(forced)
-            slot.feed.extend(forced)
-            piece = b"".join(self.model.piece(t) for t in forced)
-            text, stop = slot.stopper.feed(slot.decoder.feed(piece))
-            request.emit(Chunk(text, forced, forced=True))
-            if stop is not None:
-                self._finish(slot, "stop", stop=stop)
-            elif self._out_of_room(slot):
-                self._finish(slot, "length")
+        feed = slot.out.on_token(token, len(slot.cached))
+        for forced in feed[1:]:
+            slot.sampler.accept(forced)
+        slot.feed = feed
 
-    def _out_of_room(self, slot: _Slot) -> bool:
-        return (
-            len(slot.generated) >= slot.request.params.max_tokens
-            or len(slot.cached) + len(slot.feed) + 1 >= self.n_ctx
-        )
+    def _finish(self, slot: _Slot, reason: str, *, error: str | None = None) -> None:
+        slot.out.finish(reason, error=error)
 
-    def _finish(
-        self,
-        slot: _Slot,
-        reason: str,
-        *,
-        text: str = "",
-        token_ids: list[int] | None = None,
-        stop: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        if stop is None and reason != "abort":
-            tail, late_stop = slot.stopper.feed(slot.decoder.flush())
-            text += tail if late_stop else tail + slot.stopper.flush()
-            if late_stop:
-                stop = late_stop
-        request, slot.request = slot.request, None  # free the slot before anyone hears it finished
+    def _release(self, slot: _Slot) -> None:
+        slot.request = None
         slot.feed = []
         if slot.sampler:
             slot.sampler.close()
             slot.sampler = None
-        request.emit(
-            Chunk(text, token_ids or [], finish_reason=reason, stop_sequence=stop, error=error,
-                  cached_prompt_tokens=request.cached_prompt_tokens)
-        )
 
     def _forget(self, slot: _Slot) -> None:
         """Drop a slot's cache (after a failed step its contents are unknown)."""
