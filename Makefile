@@ -13,7 +13,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[serve,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -37,6 +37,7 @@ bench: model
 	$(BIN)/python benchmarks/decode_speed.py
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/load_test.py
+	$(BIN)/python benchmarks/engines_decode.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

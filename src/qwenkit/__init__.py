@@ -2,8 +2,9 @@
 
 from qwenkit.api import load
 from qwenkit.errors import QwenkitError
+from qwenkit.generation import GenerationConfig
 from qwenkit.model import Model
 from qwenkit.results import ChatDelta, ChatResult
 
 __version__ = "0.1.0"
-__all__ = ["ChatDelta", "ChatResult", "Model", "QwenkitError", "load", "__version__"]
+__all__ = ["ChatDelta", "ChatResult", "GenerationConfig", "Model", "QwenkitError", "load", "__version__"]

@@ -1,0 +1,347 @@
+"""The transformers step loop: one thread, one batched KV cache, requests joining between steps.
+
+All running sequences share one `DynamicCache` of shape [batch, heads, columns, dim] and one
+2-D attention mask over its columns. Left padding keeps them aligned:
+
+- New requests are prefilled together (prompts left-padded to the longest), then merged into
+  the running batch: the shorter of the two caches is padded on the left (masked columns) and
+  the two are concatenated along the batch. No running sequence is recomputed.
+- Each decode step feeds every sequence its next token(s). A sequence that has more than one
+  (tokens forced by a `StepController`) makes the others take masked filler columns for that
+  step; holes in the mask are harmless, each row's `position_ids` count its real tokens only.
+- Finished and cancelled sequences leave between steps (`batch_select_indices`), and columns
+  that no remaining sequence uses are trimmed from the left.
+
+Sampling, stop strings, end-of-generation ids, `max_tokens` and forced tokens follow the
+llama.cpp engine's scheduler exactly. Prefill is not chunked: a long prompt holds up the
+running streams for the duration of its forward pass. Caches with sliding-window layers cannot
+be merged; for such models a new request waits until the running batch is done.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, SamplingParams, StepController
+from qwenkit.engines.text import IncrementalDecoder, StopMatcher
+from qwenkit.engines.transformers.sampling import RowSampler, check_params
+from qwenkit.engines.transformers.vocab import Vocab
+from qwenkit.errors import BadRequest, QwenkitError
+
+log = logging.getLogger("qwenkit.transformers")
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+    emit: Callable[[Chunk], None]  # called on the worker thread; must not block
+    controller: StepController | None = None
+    id: int = field(default_factory=itertools.count().__next__)
+    cancelled: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Row:
+    """One running sequence: a row of the batch."""
+
+    def __init__(self, request: Request, sampler: RowSampler) -> None:
+        self.request: Request | None = request
+        self.sampler = sampler
+        self.pos = 0  # real tokens in the cache for this row (its next position id)
+        self.feed: list[int] = list(request.prompt)  # tokens to run next
+        self.generated: list[int] = []
+        self.decoder = IncrementalDecoder()
+        self.stopper = StopMatcher(request.params.stop)
+
+
+class Worker:
+    """Runs the step loop on a background thread; `submit` from any thread."""
+
+    def __init__(
+        self,
+        model,
+        vocab: Vocab,
+        *,
+        n_ctx: int,
+        max_batch: int,
+        max_waiting: int,
+        eos_ids: set[int],
+        n_threads: int | None = None,
+    ) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.vocab = vocab
+        self.n_ctx = n_ctx
+        self.max_batch = max(1, max_batch)
+        self.max_waiting = max_waiting
+        self.eos_ids = set(eos_ids)
+        self.n_threads = n_threads
+        self.n_vocab = int(model.config.get_text_config().vocab_size)
+        self.device = model.get_input_embeddings().weight.device
+        self._new_cache = lambda: DynamicCache(config=model.config)
+        self.rows: list[_Row] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # [rows, columns], 1 where a column holds a real token
+        self._mergeable: bool | None = None  # learnt from the first cache
+        self._waiting: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._prompt_tokens = 0
+        self._thread = threading.Thread(target=self._loop, name="qwenkit-transformers", daemon=True)
+        self._thread.start()
+
+    # ----- public, any thread -----------------------------------------------------------
+
+    def submit(self, request: Request) -> Request:
+        if not request.prompt:
+            raise BadRequest("the prompt is empty")
+        if len(request.prompt) >= self.n_ctx:
+            raise BadRequest(
+                f"the prompt has {len(request.prompt)} tokens; this model was loaded with a "
+                f"context of {self.n_ctx} tokens"
+            )
+        bad = [t for t in request.prompt if not 0 <= t < self.n_vocab]
+        if bad:
+            raise BadRequest(f"the prompt holds token {bad[0]}, outside the vocabulary (0..{self.n_vocab - 1})")
+        check_params(request.params, self.n_vocab)
+        with self._cv:
+            if self._closed:
+                raise QwenkitError("the engine is closed")
+            if len(self._waiting) >= self.max_waiting and len(self.rows) >= self.max_batch:
+                raise QueueFull(f"server busy: {len(self._waiting)} requests already waiting")
+            self._waiting.append(request)
+            self._cv.notify()
+        return request
+
+    def stats(self) -> EngineStats:
+        with self._cv:
+            rows = list(self.rows)
+            waiting = len(self._waiting)
+        return EngineStats(
+            running=sum(r.request is not None for r in rows),
+            waiting=waiting,
+            kv_used_cells=sum(r.pos for r in rows),
+            kv_total_cells=self.n_ctx * self.max_batch,
+            prefix_hit_tokens=0,  # no prefix cache on this engine
+            prompt_tokens=self._prompt_tokens,
+        )
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=60)
+
+    # ----- worker thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        if self.n_threads:  # OpenMP's thread count is per calling thread: set it on this one
+            torch.set_num_threads(self.n_threads)
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._closed and not self._waiting and not self.rows:
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    admitted = self._admit_locked()
+                try:
+                    self._drop_cancelled()
+                    if admitted:
+                        self._prefill(admitted)
+                    if self.rows:
+                        self._decode()
+                except Exception as exc:  # a broken step must not kill the thread: fail the requests
+                    log.exception("transformers step failed")
+                    for row in self.rows + [r for r in admitted if r not in self.rows]:
+                        if row.request is not None:
+                            self._finish(row, "abort", error=f"decode failed: {exc}")
+                    self._reset()
+        for row in self.rows:
+            if row.request is not None:
+                self._finish(row, "abort", error="the engine is shutting down")
+        for request in self._waiting:
+            request.emit(Chunk("", finish_reason="abort", error="the engine is shutting down"))
+        self._waiting.clear()
+        self._reset()
+
+    def _admit_locked(self) -> list[_Row]:
+        if self.rows and self._mergeable is False:
+            return []  # this cache cannot take new rows while others run
+        admitted: list[_Row] = []
+        while self._waiting and len(self.rows) + len(admitted) < self.max_batch:
+            request = self._waiting.popleft()
+            if request.cancelled:
+                request.emit(Chunk("", finish_reason="abort"))
+                continue
+            try:
+                sampler = RowSampler(request.params, self.device)
+            except QwenkitError as exc:
+                request.emit(Chunk("", finish_reason="abort", error=str(exc)))
+                continue
+            admitted.append(_Row(request, sampler))
+        return admitted
+
+    def _drop_cancelled(self) -> None:
+        dropped = False
+        for row in self.rows:
+            if row.request is not None and row.request.cancelled:
+                self._finish(row, "abort")
+                dropped = True
+        if dropped:
+            self._compact()
+
+    def _forward(self, rows: list[_Row], cache, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run each row's `feed` (left-padded to the longest) on `cache`; the last logits per row."""
+        width = max(len(r.feed) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        new_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row.feed)
+            ids[i, width - n :] = torch.tensor(row.feed, dtype=torch.long)
+            new_mask[i, width - n :] = 1
+            positions[i, :] = row.pos  # filler columns: any position, they are masked
+            positions[i, width - n :] = torch.arange(row.pos, row.pos + n)
+        mask = new_mask if mask is None else torch.cat([mask, new_mask.to(mask.device)], dim=1)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        for row in rows:
+            row.pos += len(row.feed)
+            row.feed = []
+        return out.logits[:, -1, :], mask.to(self.device)
+
+    def _prefill(self, rows: list[_Row]) -> None:
+        self._prompt_tokens += sum(len(r.feed) for r in rows)
+        cache = self._new_cache()
+        logits, mask = self._forward(rows, cache, None)
+        if self._mergeable is None:
+            from transformers.cache_utils import DynamicLayer
+
+            self._mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
+        if not self.rows:
+            self.rows, self.cache, self.mask = rows, cache, mask
+        else:
+            self._merge(rows, cache, mask)
+        for i, row in enumerate(rows):
+            self._on_token(row, row.sampler.sample(logits[i], row.generated))
+        self._compact()
+
+    def _merge(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
+        """Append `rows` (their own cache and mask) to the running batch, left-padding the shorter."""
+        old_len, new_len = self.mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)], dim=0)
+            mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)], dim=0)
+        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)], dim=0)
+        self.rows = self.rows + rows
+
+    def _decode(self) -> None:
+        logits, self.mask = self._forward(self.rows, self.cache, self.mask)
+        for i, row in enumerate(self.rows):
+            if row.request is not None:
+                self._on_token(row, row.sampler.sample(logits[i], row.generated))
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop finished rows from the cache, and the leading columns nobody uses any more."""
+        keep = [i for i, row in enumerate(self.rows) if row.request is not None]
+        if not keep:
+            self._reset()
+            return
+        if len(keep) < len(self.rows):
+            index = torch.tensor(keep, dtype=torch.long)  # on the CPU: layers may sit on several devices
+            self.cache.batch_select_indices(index)
+            self.mask = self.mask[index.to(self.mask.device)]
+            self.rows = [self.rows[i] for i in keep]
+        used = self.mask.any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        if first > 0 and self._mergeable:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[:, :, first:]
+                layer.values = layer.values[:, :, first:]
+            self.mask = self.mask[:, first:]
+
+    def _reset(self) -> None:
+        self.rows, self.cache, self.mask = [], None, None
+
+    def _on_token(self, row: _Row, token: int) -> None:
+        request, params = row.request, row.request.params
+        row.generated.append(token)
+        if token in self.eos_ids or token in params.stop_token_ids:
+            self._finish(row, "stop", token_ids=[token])
+            return
+        text, stop = row.stopper.feed(row.decoder.feed(self.vocab.piece(token)))
+        if stop is not None:
+            self._finish(row, "stop", text=text, token_ids=[token], stop=stop)
+            return
+        if self._out_of_room(row, pending=0):
+            self._finish(row, "length", text=text, token_ids=[token])
+            return
+        request.emit(Chunk(text, [token]))
+        row.feed = [token]
+        forced = list(request.controller.after_token(row.generated)) if request.controller else []
+        if forced:
+            room = min(params.max_tokens - len(row.generated), self.n_ctx - row.pos - 2)
+            forced = forced[: max(room, 0)]
+            row.generated.extend(forced)
+            row.feed.extend(forced)
+            piece = b"".join(self.vocab.piece(t) for t in forced)
+            text, stop = row.stopper.feed(row.decoder.feed(piece))
+            request.emit(Chunk(text, forced, forced=True))
+            if stop is not None:
+                self._finish(row, "stop", stop=stop)
+            elif self._out_of_room(row, pending=len(row.feed)):
+                self._finish(row, "length")
+
+    def _out_of_room(self, row: _Row, *, pending: int) -> bool:
+        # as the llama.cpp engine: the sampled token (and forced ones) still need a cache cell
+        return len(row.generated) >= row.request.params.max_tokens or row.pos + pending + 1 >= self.n_ctx
+
+    def _finish(
+        self,
+        row: _Row,
+        reason: str,
+        *,
+        text: str = "",
+        token_ids: list[int] | None = None,
+        stop: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        if stop is None and reason != "abort":
+            tail, late_stop = row.stopper.feed(row.decoder.flush())
+            text += tail if late_stop else tail + row.stopper.flush()
+            if late_stop:
+                stop = late_stop
+        request, row.request = row.request, None
+        row.feed = []
+        request.emit(Chunk(text, token_ids or [], finish_reason=reason, stop_sequence=stop, error=error))
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

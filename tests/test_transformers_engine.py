@@ -1,0 +1,476 @@
+"""The transformers engine: protocol semantics on tiny random Qwen2/Qwen3 checkpoints.
+
+Greedy output of a random model is a deterministic, meaningless token sequence, so any mixing
+of sequences in the batched cache (left padding, merging, holes from forced tokens) shows at
+once as a difference from the request's solo output.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("torch", reason="the transformers extra is not installed")
+pytest.importorskip("transformers", reason="the transformers extra is not installed")
+
+import torch  # noqa: E402
+
+import qwenkit  # noqa: E402
+from qwenkit.engines.base import Chunk, Engine, QueueFull, SamplingParams  # noqa: E402
+from qwenkit.engines.transformers import TransformersEngine, TransformersSettings  # noqa: E402
+from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError  # noqa: E402
+
+IM_END, ENDOFTEXT, THINK_OPEN, THINK_CLOSE = 151645, 151643, 151667, 151668
+# torch's multi-threaded matmuls collapse on an oversubscribed CI machine; one thread is steady
+THREADS = int(os.environ.get("QWENKIT_TEST_TORCH_THREADS", "1"))
+GREEDY = dict(temperature=0.0)
+PROMPTS = [
+    "<|im_start|>user\nWrite a poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n",
+    "def fib(n):",
+    "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nList three colours and explain why each matters to painters.<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+def run(engine, prompt, controller=None, **params) -> list[Chunk]:
+    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    return list(engine.generate(ids, SamplingParams(**params), controller))
+
+
+def ids_of(chunks) -> list[int]:
+    return [t for c in chunks for t in c.token_ids]
+
+
+def text_of(chunks) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def check_stream_shape(chunks):
+    assert chunks and chunks[-1].finish_reason is not None
+    assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+@pytest.fixture(scope="module")
+def q2(tiny_hf_qwen2):
+    engine = TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, n_ctx=512, n_parallel=4))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def q3(tiny_hf_qwen3):
+    engine = TransformersEngine(tiny_hf_qwen3, TransformersSettings(n_threads=THREADS, n_ctx=512, n_parallel=4))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def solo(q2):
+    """Each prompt's greedy output run alone (the reference for batched runs)."""
+    return {p: ids_of(run(q2, p, max_tokens=12, **GREEDY)) for p in PROMPTS}
+
+
+# ----- the protocol -----------------------------------------------------------------------
+
+
+def test_engine_protocol_and_metadata(q2, q3):
+    for engine, arch in ((q2, "qwen2"), (q3, "qwen3")):
+        assert isinstance(engine, Engine)
+        assert engine.name == "transformers"
+        assert engine.architecture() == arch
+        assert {IM_END, ENDOFTEXT} <= engine.eos_token_ids()
+        assert "<|im_start|>" in engine.chat_template()
+        assert engine.n_ctx == 512
+    assert "enable_thinking" in q3.chat_template()
+
+
+def test_tokenize_special_and_plain(q2, q3):
+    text = "<|im_start|>user\nhi<|im_end|>"
+    assert q2.tokenize(text)[0] == 151644 and q2.tokenize(text)[-1] == IM_END
+    plain = q2.tokenize(text, special=False)
+    assert 151644 not in plain and IM_END not in plain
+    assert q2.detokenize(plain) == text
+    # Qwen3's <think> tags are single tokens whether or not special tokens are parsed
+    for special in (True, False):
+        assert q3.tokenize("<think>\n</think>", special=special) == [THINK_OPEN, 198, THINK_CLOSE]
+    # no BOS is added, and text survives a round trip
+    for s in ("Hello", "你好，世界 🎉", "def f(x):\n\treturn x"):
+        assert q2.detokenize(q2.tokenize(s)) == s
+        assert q2.tokenize(s)[0] != ENDOFTEXT
+
+
+def test_greedy_is_deterministic_and_streams_text(q2):
+    a = run(q2, PROMPTS[0], max_tokens=16, **GREEDY)
+    b = run(q2, PROMPTS[0], max_tokens=16, **GREEDY)
+    check_stream_shape(a)
+    assert ids_of(a) == ids_of(b)
+    assert a[-1].finish_reason == "length" and len(ids_of(a)) == 16
+    assert text_of(a) == q2.detokenize(ids_of(a))
+    assert all(len(c.token_ids) == 1 for c in a), "one chunk per token"
+
+
+def test_max_tokens_one(q2):
+    chunks = run(q2, PROMPTS[1], max_tokens=1, **GREEDY)
+    assert len(chunks) == 1 and chunks[0].finish_reason == "length" and len(chunks[0].token_ids) == 1
+
+
+def test_eos_stops_with_stop(q2):
+    chunks = run(q2, PROMPTS[0], max_tokens=20, logit_bias=((IM_END, 100.0),), **GREEDY)
+    assert [c.finish_reason for c in chunks] == ["stop"]
+    assert chunks[0].token_ids == [IM_END] and chunks[0].text == ""
+
+
+def test_stop_token_ids(q2, solo):
+    ref = solo[PROMPTS[0]]
+    target = ref[4]
+    cut = ref.index(target)
+    chunks = run(q2, PROMPTS[0], max_tokens=12, stop_token_ids=(target,), **GREEDY)
+    assert chunks[-1].finish_reason == "stop"
+    assert ids_of(chunks) == ref[: cut + 1]
+
+
+def test_stop_string_is_cut_and_reported(q2):
+    full = text_of(run(q2, PROMPTS[2], max_tokens=24, **GREEDY))
+    clean = [i for i in range(4, len(full) - 2) if full[i : i + 2].isprintable() and "\ufffd" not in full[i : i + 2]]
+    assert clean, f"no usable stop string in {full!r}"
+    at = clean[len(clean) // 2]
+    stop = full[at : at + 2]
+    at = full.find(stop)
+    chunks = run(q2, PROMPTS[2], max_tokens=24, stop=(stop,), **GREEDY)
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].stop_sequence == stop
+    assert text_of(chunks) == full[:at]
+
+
+def test_seeded_sampling_is_reproducible(q2):
+    params = dict(max_tokens=12, temperature=1.0, top_k=0, top_p=1.0)
+    a = ids_of(run(q2, PROMPTS[0], seed=7, **params))
+    b = ids_of(run(q2, PROMPTS[0], seed=7, **params))
+    c = ids_of(run(q2, PROMPTS[0], seed=8, **params))
+    assert a == b
+    assert a != c
+
+
+def test_samplers_that_reduce_to_greedy(q2, solo):
+    ref = solo[PROMPTS[3]]
+    assert ids_of(run(q2, PROMPTS[3], max_tokens=12, temperature=0.8, top_k=1, seed=1)) == ref
+    assert ids_of(run(q2, PROMPTS[3], max_tokens=12, temperature=0.8, min_p=1.0, seed=2)) == ref
+
+
+def test_penalties_forbid_repeats(q2):
+    # a random model with tied-off penalties repeats itself; a huge presence penalty forbids it
+    ids = ids_of(run(q2, PROMPTS[0], max_tokens=40, presence_penalty=1000.0, **GREEDY))
+    assert len(set(ids)) == len(ids)
+    ids = ids_of(run(q2, PROMPTS[0], max_tokens=40, repetition_penalty=1e9, **GREEDY))
+    assert len(set(ids)) == len(ids)
+
+
+def test_logit_bias_picks_a_token(q2):
+    ids = ids_of(run(q2, PROMPTS[1], max_tokens=5, logit_bias=((1234, 100.0),), **GREEDY))
+    assert ids == [1234] * 5
+
+
+class ForceAfter:
+    """Forces `tokens` once, after the `after`-th generated token."""
+
+    def __init__(self, after: int, tokens: list[int]) -> None:
+        self.after, self.tokens, self.calls = after, tokens, 0
+
+    def after_token(self, generated):
+        self.calls += 1
+        return self.tokens if len(generated) == self.after else ()
+
+
+def test_forced_tokens_are_reported_counted_and_fed(q2):
+    forced = q2.tokenize("\n\nOK then:")
+    chunks = run(q2, PROMPTS[0], ForceAfter(3, forced), max_tokens=14, **GREEDY)
+    marked = [c for c in chunks if c.forced]
+    assert len(marked) == 1 and marked[0].token_ids == forced
+    assert marked[0].text == "\n\nOK then:" or "OK" in text_of(chunks)
+    ids = ids_of(chunks)
+    assert len(ids) == 14 and chunks[-1].finish_reason == "length"  # forced tokens count
+    head = ids[: 3 + len(forced)]
+    assert head[3:] == forced
+    # the continuation is what the model gives after that prefix (the forced tokens were fed)
+    prompt = q2.tokenize(PROMPTS[0]) + head
+    assert ids[len(head):] == ids_of(run(q2, prompt, max_tokens=14 - len(head), **GREEDY))
+
+
+def test_forced_tokens_respect_max_tokens(q2):
+    chunks = run(q2, PROMPTS[0], ForceAfter(2, [100, 101, 102, 103, 104]), max_tokens=4, **GREEDY)
+    ids = ids_of(chunks)
+    assert len(ids) == 4 and ids[2:] == [100, 101]
+    assert chunks[-1].finish_reason == "length"
+
+
+def test_cancel_aborts_and_the_engine_goes_on(q2, solo):
+    chunks: queue.Queue[Chunk] = queue.Queue()
+    handle = q2.submit(q2.tokenize(PROMPTS[0]), SamplingParams(max_tokens=400, **GREEDY), chunks.put)
+    first = chunks.get(timeout=60)
+    assert first.finish_reason is None
+    handle.cancel()
+    while True:
+        last = chunks.get(timeout=60)
+        if last.finish_reason:
+            break
+    assert last.finish_reason == "abort" and last.error is None
+    assert ids_of(run(q2, PROMPTS[1], max_tokens=12, **GREEDY)) == solo[PROMPTS[1]]
+    deadline = time.monotonic() + 10
+    while q2.stats().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert q2.stats().running == 0
+
+
+def test_closing_the_iterator_cancels(q2):
+    gen = q2.generate(q2.tokenize(PROMPTS[0]), SamplingParams(max_tokens=400, **GREEDY))
+    next(gen)
+    gen.close()
+    deadline = time.monotonic() + 10
+    while q2.stats().running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert q2.stats().running == 0
+
+
+def _collect(engine, prompt, out, key, controller=None, **params):
+    out[key] = ids_of(run(engine, prompt, controller, **params))
+
+
+def test_concurrent_requests_match_their_solo_output(q2, solo):
+    """Requests joining a running batch (merged caches, different lengths) decode as if alone."""
+    out: dict[str, list[int]] = {}
+    threads = []
+    for i, prompt in enumerate(PROMPTS):
+        t = threading.Thread(target=_collect, args=(q2, prompt, out, prompt), kwargs=dict(max_tokens=12, **GREEDY))
+        t.start()
+        threads.append(t)
+        if i == 1:
+            time.sleep(0.3)  # the later ones join a batch already decoding
+    for t in threads:
+        t.join(timeout=300)
+    assert out == solo
+
+
+def test_forced_tokens_in_a_batch_leave_the_others_alone(q2, solo):
+    out: dict[str, list[int]] = {}
+    forced = q2.tokenize(" forced words here")
+    threads = [
+        threading.Thread(target=_collect, args=(q2, PROMPTS[0], out, "forced", ForceAfter(2, forced)),
+                         kwargs=dict(max_tokens=12, **GREEDY)),
+        *[threading.Thread(target=_collect, args=(q2, p, out, p), kwargs=dict(max_tokens=12, **GREEDY)) for p in PROMPTS[1:]],
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for p in PROMPTS[1:]:
+        assert out[p] == solo[p]
+    assert out["forced"][:2] == solo[PROMPTS[0]][:2] and out["forced"][2 : 2 + len(forced)] == forced
+
+
+def test_queue_bound_and_stats(tiny_hf_qwen2):
+    engine = TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, n_ctx=2048, n_parallel=1, max_waiting=1))
+    try:
+        got: queue.Queue[Chunk] = queue.Queue()
+        params = SamplingParams(max_tokens=2000, **GREEDY)
+        prompt = engine.tokenize("hello there")
+        first = engine.submit(prompt, params, got.put)
+        got.get(timeout=60)  # running
+        second = engine.submit(prompt, params, lambda c: None)
+        stats = engine.stats()
+        assert stats.running == 1 and stats.waiting == 1 and stats.prompt_tokens >= len(prompt)
+        with pytest.raises(QueueFull):
+            engine.submit(prompt, params, lambda c: None)
+        first.cancel()
+        second.cancel()
+    finally:
+        engine.close()
+
+
+def test_bad_requests_are_refused_up_front(q2):
+    emit = lambda c: None  # noqa: E731
+    with pytest.raises(BadRequest, match="empty"):
+        q2.submit([], SamplingParams(), emit)
+    with pytest.raises(BadRequest, match="context"):
+        q2.submit([1] * 600, SamplingParams(), emit)
+    with pytest.raises(BadRequest, match="outside the vocabulary"):
+        q2.submit([1, 2], SamplingParams(logit_bias=((10**7, 1.0),)), emit)
+    with pytest.raises(BadRequest, match="outside the vocabulary"):
+        q2.submit([1, 10**7], SamplingParams(), emit)
+    with pytest.raises(BadRequest, match="llama.cpp engine"):
+        q2.submit([1, 2], SamplingParams(grammar='root ::= "a"'), emit)
+
+
+def test_qwen3_generates_and_stops(q3):
+    chunks = run(q3, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n", max_tokens=8, **GREEDY)
+    check_stream_shape(chunks)
+    assert len(ids_of(chunks)) == 8
+
+
+# ----- loading options --------------------------------------------------------------------
+
+
+def test_bf16_dtype(tiny_hf_qwen2):
+    engine = TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, dtype="bf16", n_ctx=128))
+    try:
+        assert engine.model.dtype == torch.bfloat16
+        chunks = run(engine, PROMPTS[0], max_tokens=4, **GREEDY)
+        assert len(ids_of(chunks)) == 4
+    finally:
+        engine.close()
+
+
+def test_auto_dtype_on_cpu_is_fp32(q2):
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU, auto keeps the checkpoint's dtype")
+    assert q2.model.dtype == torch.float32
+
+
+def test_bad_settings_are_clear():
+    with pytest.raises(QwenkitError, match="unknown dtype"):
+        TransformersSettings(dtype="fp8")
+    with pytest.raises(QwenkitError, match="quantization"):
+        TransformersSettings(quantization="3bit")
+
+
+def test_bad_path(tmp_path):
+    with pytest.raises(ModelLoadError, match="config.json"):
+        TransformersEngine(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown when there is no CUDA")
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantization_without_cuda_is_a_clear_error(tiny_hf_qwen2, bits):
+    with pytest.raises(QwenkitError, match="CUDA"):
+        TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, quantization=bits))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes quantization needs a CUDA GPU")
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantized_load_on_cuda(tiny_hf_qwen2, bits):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    engine = TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, quantization=bits, n_ctx=128))
+    try:
+        assert len(ids_of(run(engine, PROMPTS[0], max_tokens=4, **GREEDY))) == 4
+    finally:
+        engine.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_on_cuda_matches_its_own_batched_output(tiny_hf_qwen2):
+    engine = TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, dtype="fp16", n_ctx=256))
+    try:
+        assert engine.device.type == "cuda"
+        assert len(ids_of(run(engine, PROMPTS[0], max_tokens=8, **GREEDY))) == 8
+    finally:
+        engine.close()
+
+
+# ----- engine choice through qwenkit.load -------------------------------------------------
+
+
+def test_load_picks_transformers_for_a_checkpoint_directory(tiny_hf_qwen2):
+    with qwenkit.load(str(tiny_hf_qwen2), n_ctx=256, n_threads=THREADS, progress=False) as model:
+        assert model.engine.name == "transformers"
+        assert model.architecture == "qwen2"
+        r = model.chat("hello", max_tokens=6, temperature=0)
+        assert r.usage.completion_tokens == 6 and r.finish_reason == "length"
+
+
+def test_engine_choice_errors(tiny_hf_qwen2, tiny_qwen2):
+    with pytest.raises(QwenkitError, match="needs a .gguf"):
+        qwenkit.load(str(tiny_hf_qwen2), engine="llamacpp", progress=False)
+    with pytest.raises(QwenkitError, match="unknown engine"):
+        qwenkit.load(str(tiny_hf_qwen2), engine="vllm-ish", progress=False)
+    with pytest.raises(QwenkitError, match="transformers engine"):
+        qwenkit.load(str(tiny_qwen2), engine="llamacpp", quantization="4bit", progress=False)
+
+
+def test_thinking_budget_on_transformers(tiny_hf_qwen3):
+    """The thinking budget is a StepController: it works on this engine as on llama.cpp."""
+    from qwenkit.chat.budget import GRACE_TOKENS
+
+    with qwenkit.load(str(tiny_hf_qwen3), n_ctx=1024, n_threads=THREADS, progress=False) as model:
+        budget = 16
+        r = model.chat("Solve 2+2.", max_tokens=budget + 120, thinking_budget=budget, seed=7)
+        assert 0 < r.usage.reasoning_tokens <= budget + GRACE_TOKENS + len(model._closing) + 1
+        assert "Considering the limited time" in r.reasoning
+        assert r.content.strip()
+
+
+# ----- the command line and the server on this engine --------------------------------------
+
+
+def _qwenkit(*args: str, timeout: float = 600):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("qwenkit")
+    if not exe.is_file():
+        pytest.skip("the qwenkit command is not installed")
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.run([str(exe), *args], capture_output=True, timeout=timeout, env=env)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_cli_run_on_transformers(tiny_hf_qwen2):
+    import json
+
+    code, out, err = _qwenkit("run", "hello", "-m", str(tiny_hf_qwen2), "--engine", "transformers", "--json",
+                              "-n", "4", "--temperature", "0", "-t", str(THREADS))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["usage"]["completion_tokens"] == 4 and result["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--engine", "llamacpp"), "needs a .gguf"),
+        (("--engine", "nope"), "unknown engine"),
+        (("--dtype", "fp8"), "unknown dtype"),
+        *([] if torch.cuda.is_available() else [(("--quantization", "4bit"), "CUDA")]),
+    ],
+)
+def test_cli_engine_options_fail_in_one_line(tiny_hf_qwen2, args, message):
+    code, out, err = _qwenkit("run", "hello", "-m", str(tiny_hf_qwen2), *args, "-n", "2")
+    assert code != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
+
+
+def test_serve_on_transformers_keeps_concurrent_requests_apart(tiny_hf_qwen2):
+    """`qwenkit serve --engine transformers`: concurrent requests, batched, each as if alone."""
+    import concurrent.futures as cf
+
+    from serve_helpers import sse_events, start_server
+
+    questions = ["Write a poem about the sea.", "你好", "List three colours.", "def fib(n):", "Why is the sky blue?"]
+    with start_server(tiny_hf_qwen2, "--engine", "transformers", parallel=4, threads=THREADS) as server:
+        client = server.client()
+
+        def ask(q: str) -> str:
+            r = client.chat.completions.create(model="x", messages=[{"role": "user", "content": q}],
+                                               max_tokens=10, temperature=0)
+            assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
+            return r.choices[0].message.content
+
+        solo = [ask(q) for q in questions]
+        with cf.ThreadPoolExecutor(len(questions)) as pool:
+            together = list(pool.map(ask, questions))
+        assert together == solo
+        with server.http() as h:  # streaming works the same
+            body = {"messages": [{"role": "user", "content": questions[0]}], "max_tokens": 10, "temperature": 0,
+                    "stream": True}
+            with h.stream("POST", "/v1/chat/completions", json=body) as response:
+                text = "".join(e["choices"][0]["delta"].get("content") or "" for e in sse_events(response)
+                               if isinstance(e, dict) and e["choices"])
+        assert text == solo[0]
+        with server.http() as h:  # grammars are llama.cpp's: a clear 400, not a failure mid-way
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10,
+                    "response_format": {"type": "json_object"}}
+            r = h.post("/v1/chat/completions", json=body)
+            assert r.status_code == 400 and "llama.cpp" in r.json()["error"]["message"]
