@@ -383,7 +383,9 @@ def test_web_chat(server, browser, tmp_path):
     assert re.fullmatch(meta, first["meta"]), first["meta"]
     assert cdp.js("document.getElementById('input').value") == ""
 
-    # 2. thinking on: the (random) output is all reasoning, shown in a collapsed <details>
+    # 2. thinking on (with room to think: a small max_tokens turns thinking off): the random
+    # model's reasoning, closed by the budget, shows in a collapsed <details>
+    set_max_tokens(160)
     cdp.click("#think")
     assert cdp.js("document.getElementById('think').checked") is True
     cdp.js("document.getElementById('input').focus()")

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from qwenkit.engines.base import Chunk, EngineStats, QueueFull, SamplingParams, StepController
-from qwenkit.engines.text import IncrementalDecoder, StopMatcher
+from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params
 from qwenkit.engines.transformers.vocab import Vocab
 from qwenkit.errors import BadRequest, QwenkitError
@@ -56,14 +56,22 @@ class Request:
 class _Row:
     """One running sequence: a row of the batch."""
 
-    def __init__(self, request: Request, sampler: RowSampler) -> None:
+    def __init__(self, request: Request, sampler: RowSampler, worker: Worker) -> None:
         self.request: Request | None = request
         self.sampler = sampler
         self.pos = 0  # real tokens in the cache for this row (its next position id)
         self.feed: list[int] = list(request.prompt)  # tokens to run next
-        self.generated: list[int] = []
-        self.decoder = IncrementalDecoder()
-        self.stopper = StopMatcher(request.params.stop)
+        self.out = RequestOutput(request.emit, request.params, request.controller, piece=worker.vocab.piece,
+                                 end_ids=worker.eos_ids, n_ctx=worker.n_ctx, on_finish=self.release)
+
+    def release(self) -> None:
+        """Leave the batch (before the last chunk is sent, so stats are already right)."""
+        self.request = None
+        self.feed = []
+
+    @property
+    def generated(self) -> list[int]:
+        return self.out.generated
 
 
 class Worker:
@@ -192,7 +200,7 @@ class Worker:
             except QwenkitError as exc:
                 request.emit(Chunk("", finish_reason="abort", error=str(exc)))
                 continue
-            admitted.append(_Row(request, sampler))
+            admitted.append(_Row(request, sampler, self))
         return admitted
 
     def _drop_cancelled(self) -> None:
@@ -286,56 +294,12 @@ class Worker:
         self.rows, self.cache, self.mask = [], None, None
 
     def _on_token(self, row: _Row, token: int) -> None:
-        request, params = row.request, row.request.params
-        row.generated.append(token)
-        if token in self.eos_ids or token in params.stop_token_ids:
-            self._finish(row, "stop", token_ids=[token])
-            return
-        text, stop = row.stopper.feed(row.decoder.feed(self.vocab.piece(token)))
-        if stop is not None:
-            self._finish(row, "stop", text=text, token_ids=[token], stop=stop)
-            return
-        if self._out_of_room(row, pending=0):
-            self._finish(row, "length", text=text, token_ids=[token])
-            return
-        request.emit(Chunk(text, [token]))
-        row.feed = [token]
-        forced = list(request.controller.after_token(row.generated)) if request.controller else []
-        if forced:
-            room = min(params.max_tokens - len(row.generated), self.n_ctx - row.pos - 2)
-            forced = forced[: max(room, 0)]
-            row.generated.extend(forced)
-            row.feed.extend(forced)
-            piece = b"".join(self.vocab.piece(t) for t in forced)
-            text, stop = row.stopper.feed(row.decoder.feed(piece))
-            request.emit(Chunk(text, forced, forced=True))
-            if stop is not None:
-                self._finish(row, "stop", stop=stop)
-            elif self._out_of_room(row, pending=len(row.feed)):
-                self._finish(row, "length")
+        feed = row.out.on_token(token, row.pos)
+        if not row.out.finished:
+            row.feed = feed
 
-    def _out_of_room(self, row: _Row, *, pending: int) -> bool:
-        # as the llama.cpp engine: the sampled token (and forced ones) still need a cache cell
-        return len(row.generated) >= row.request.params.max_tokens or row.pos + pending + 1 >= self.n_ctx
-
-    def _finish(
-        self,
-        row: _Row,
-        reason: str,
-        *,
-        text: str = "",
-        token_ids: list[int] | None = None,
-        stop: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        if stop is None and reason != "abort":
-            tail, late_stop = row.stopper.feed(row.decoder.flush())
-            text += tail if late_stop else tail + row.stopper.flush()
-            if late_stop:
-                stop = late_stop
-        request, row.request = row.request, None
-        row.feed = []
-        request.emit(Chunk(text, token_ids or [], finish_reason=reason, stop_sequence=stop, error=error))
+    def _finish(self, row: _Row, reason: str, *, error: str | None = None) -> None:
+        row.out.finish(reason, error=error)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
