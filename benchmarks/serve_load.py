@@ -1,7 +1,7 @@
 """Serving throughput: `qwenkit serve` against llama.cpp's `llama-server`, same load, one run.
 
 For 1, 4 and 8 concurrent clients (each sending the same prompts, 128 new tokens, greedy) it
-measures aggregate generated tokens/s on both servers, round by round, and the ratio. It also
+measures aggregate generated tokens/s on both servers (both up, taking turns wave by wave), and the ratio. It also
 measures time to first token for a request whose ~1,000-token system prompt is already cached
 against the same request uncached. Usage:
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -44,17 +45,32 @@ async def _one(client: AsyncOpenAI, prompt: str) -> int:
     return r.usage.completion_tokens
 
 
-async def throughput(base: str, clients: int, rounds: int) -> float:
-    """Aggregate completion tokens/s with `clients` requests in flight, `rounds` waves."""
+async def wave(base: str, prompts: list[str]) -> tuple[int, float]:
+    """Send `prompts` at once; (completion tokens, seconds until the last finished)."""
     client = AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
-    await _one(client, "Say hi.")  # warm-up
     started = time.perf_counter()
-    tokens = 0
-    for r in range(rounds):
-        batch = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
-        tokens += sum(await asyncio.gather(*(_one(client, p) for p in batch)))
+    tokens = sum(await asyncio.gather(*(_one(client, p) for p in prompts)))
+    elapsed = time.perf_counter() - started
     await client.close()
-    return tokens / (time.perf_counter() - started)
+    return tokens, elapsed
+
+
+def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict[str, float]:
+    """Aggregate completion tokens/s per server with `clients` requests in flight.
+
+    The servers take turns wave by wave (A, B, A, B, ...), so drift in the machine's speed
+    falls on both alike.
+    """
+    totals = {name: [0, 0.0] for name in bases}
+    for name, base in bases.items():
+        asyncio.run(wave(base, ["Say hi."]))  # warm-up
+    for r in range(rounds):
+        prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
+        for name, base in bases.items():
+            tokens, elapsed = asyncio.run(wave(base, prompts))
+            totals[name][0] += tokens
+            totals[name][1] += elapsed
+    return {name: tokens / elapsed for name, (tokens, elapsed) in totals.items()}
 
 
 async def ttft(base: str, system: str, question: str) -> float:
@@ -89,7 +105,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--clients", default="1,4,8")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--ctx", type=int, default=4096)
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -103,24 +119,22 @@ def main() -> None:
     results: dict = {"model": args.model, "threads": args.threads, "new_tokens": NEW_TOKENS, "levels": {}}
     qport, lport = free_port(), free_port()
     q_cmd = qwenkit_cmd(str(path), qport, parallel=parallel, threads=args.threads, ctx=args.ctx)
-    with running(q_cmd, qport, WORK / "qwenkit-serve.log") as (q_base, _):
-        results["qwenkit_prefix_cache"] = asyncio.run(prefix_cache(q_base))
-        print("qwenkit prefix cache:", results["qwenkit_prefix_cache"])
+    with contextlib.ExitStack() as stack:
+        bases = {"qwenkit": stack.enter_context(running(q_cmd, qport, WORK / "qwenkit-serve.log"))[0]}
+        if binary is not None:  # both stay up; only one is ever sent work at a time
+            l_cmd = llama_server_cmd(binary, path, lport, parallel=parallel, threads=args.threads, ctx=args.ctx)
+            bases["llama_server"] = stack.enter_context(running(l_cmd, lport, WORK / "llama-server.log"))[0]
+        else:
+            results["note"] = "llama-server unavailable: no ratio"
+        for name, base in bases.items():
+            results[f"{name}_prefix_cache"] = asyncio.run(prefix_cache(base))
+            print(f"{name} prefix cache: {results[f'{name}_prefix_cache']}")
         for c in levels:
-            results["levels"][c] = {"qwenkit_tps": asyncio.run(throughput(q_base, c, args.rounds))}
-            print(f"{c} clients: qwenkit {results['levels'][c]['qwenkit_tps']:.1f} tok/s")
-    if binary is not None:  # one server at a time: both would fight over the same two cores
-        l_cmd = llama_server_cmd(binary, path, lport, parallel=parallel, threads=args.threads, ctx=args.ctx)
-        with running(l_cmd, lport, WORK / "llama-server.log") as (l_base, _):
-            results["llama_server_prefix_cache"] = asyncio.run(prefix_cache(l_base))
-            for c in levels:
-                tps = asyncio.run(throughput(l_base, c, args.rounds))
-                level = results["levels"][c]
-                level["llama_server_tps"] = tps
-                level["ratio"] = level["qwenkit_tps"] / tps
-                print(f"{c} clients: llama-server {tps:.1f} tok/s, ratio {level['ratio']:.2f}")
-    else:
-        results["note"] = "llama-server unavailable: no ratio"
+            level = {f"{name}_tps": tps for name, tps in throughput(bases, c, args.rounds).items()}
+            if "llama_server_tps" in level:
+                level["ratio"] = level["qwenkit_tps"] / level["llama_server_tps"]
+            results["levels"][c] = level
+            print(f"{c} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in level.items()))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -105,7 +105,7 @@ def _finish(result: ChatResult, parallel: bool) -> tuple[str, list]:
 async def _collect(model: Model, turn: PreparedTurn, request: Request) -> ChatResult:
     """Run a turn to the end, cancelling it if the client goes away meanwhile."""
     async def consume() -> ChatResult:
-        async for delta in run_turn(model, turn, request.app.state.metrics):
+        async for delta in run_turn(model, turn, request.app.state.metrics, live=False):
             if delta.result is not None:
                 return delta.result
         raise EngineFailure("the engine ended without a result")
