@@ -90,7 +90,9 @@ class Scheduler:
         params.n_seq_max = n_parallel
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
-        params.kv_unified = True  # one cell pool: prefixes are shared between sequences
+        # One KV stream per slot (as llama-server): a sequence attends only over its own cells,
+        # not over the caches idle slots keep for prefix reuse.
+        params.kv_unified = False
         params.no_perf = True
         self.ctx = C.llama_init_from_model(model.ptr, params)
         if not self.ctx:
@@ -205,9 +207,8 @@ class Scheduler:
         )
         if donor is not None:
             shared = min(_common_prefix(donor.cached, prompt), len(prompt) - 1)
-            if shared > reuse:
-                C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-                C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, 0, shared)
+            if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
+                C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
                 slot.cached = donor.cached[:shared]
                 reuse = shared
         C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
