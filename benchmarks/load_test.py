@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--cancel-share", type=float, default=0.2)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--max-queue", type=int, default=32, help="server wait queue; beyond it: 429")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
 
@@ -89,7 +90,7 @@ def main() -> None:
 
     path = store.resolve(args.model).path
     port = free_port()
-    cmd = qwenkit_cmd(str(path), port, parallel=args.parallel, threads=args.threads, ctx=2048) + ["--max-queue", "16"]
+    cmd = qwenkit_cmd(str(path), port, parallel=args.parallel, threads=args.threads, ctx=2048) + ["--max-queue", str(args.max_queue)]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "qwenkit-load-test.log"
     with running(cmd, port, log) as (base, pid):
         asyncio.run(load(base, 8, 8, 0.0, args.max_tokens))  # warm-up: every slot used once
