@@ -2,6 +2,8 @@
 usage agrees between streamed and whole responses, and thinking-off works without the flag.
 
 A tiny random Qwen3 never closes `</think>` by itself, so every `</think>` seen here was forced.
+The model-level tests run on both engines (llama.cpp on a tiny GGUF, transformers on a tiny
+checkpoint built from a `Qwen3Config`).
 """
 
 from __future__ import annotations
@@ -106,9 +108,14 @@ def test_effort_budget_table_parsing():
 # ----- on a tiny Qwen3 through the llama.cpp engine ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def qwen3(tiny_qwen3):
-    with qwenkit.load(str(tiny_qwen3), n_ctx=2048, n_threads=2, progress=False) as model:
+@pytest.fixture(scope="module", params=["llamacpp", "transformers"])
+def qwen3(request, tiny_qwen3):
+    """A tiny random Qwen3 on each engine: the budget is the chat layer's, engines only run it."""
+    if request.param == "llamacpp":
+        path = tiny_qwen3
+    else:
+        path = request.getfixturevalue("tiny_hf_qwen3")
+    with qwenkit.load(str(path), engine=request.param, n_ctx=2048, n_threads=2, progress=False) as model:
         yield model
 
 
