@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from qwenkit import store
-from qwenkit.testing import tiny
 
 THREADS = os.environ.get("QWENKIT_TEST_THREADS", "2")
 

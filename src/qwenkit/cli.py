@@ -80,13 +80,13 @@ def run(
     if not text.strip():
         raise QwenkitError("the prompt is empty")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    m = _load(model, ctx, threads, engine, dtype, quantization)
     options = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, think=think, thinking_budget=thinking_budget)
-    if as_json:
-        result = m.chat(messages, **options)
-        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
-        return
-    result = _stream_reply(m, messages, options)
+    with _load(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly
+        if as_json:
+            result = m.chat(messages, **options)
+            print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+            return
+        result = _stream_reply(m, messages, options)
     if result.finish_reason == "length":
         err.print("[yellow](stopped at --max-tokens)[/]")
 
@@ -128,7 +128,12 @@ def chat(
     quantization: Optional[str] = QuantOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /think /no_think /reset /exit."""
-    m = _load(model, ctx, threads, engine, dtype, quantization)
+    with _load(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly
+        _chat_loop(m, system, think, max_tokens, thinking_budget)
+
+
+def _chat_loop(m, system: str | None, think: bool | None, max_tokens: int, thinking_budget: int | None) -> None:
+    """Read lines until /exit or end of input, answering each with the conversation so far."""
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     err.print(f"[bold]{m.name}[/] ready. /think, /no_think, /reset, /exit; Ctrl-D quits.")

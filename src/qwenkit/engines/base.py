@@ -103,6 +103,20 @@ class RequestHandle(Protocol):
     def cancel(self) -> None: ...
 
 
+@dataclass
+class Request:
+    """A submitted generation, as engines queue it; `cancel` is honoured at the next step."""
+
+    prompt: list[int]
+    params: SamplingParams
+    emit: Callable[[Chunk], None]  # called on the engine's thread; must not block
+    controller: StepController | None = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A loaded model that turns token ids into a stream of `Chunk`s."""

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from qwenkit.engines.base import Chunk, EngineStats, SamplingParams, StepController, iterate
+from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
-from qwenkit.engines.llamacpp.scheduler import Request, Scheduler
+from qwenkit.engines.llamacpp.scheduler import Scheduler
 
 DEFAULT_CTX = 8192
 

@@ -10,37 +10,21 @@ held by a busy slot is shared by copying its cache cells (`llama_memory_seq_cp`)
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request
 from qwenkit.engines.llamacpp.model import LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.output import RequestOutput
 from qwenkit.errors import BadRequest, QwenkitError
 
 log = logging.getLogger("qwenkit.scheduler")
-
-
-@dataclass
-class Request:
-    prompt: list[int]
-    params: SamplingParams
-    emit: Callable[[Chunk], None]  # called on the scheduler thread; must not block
-    controller: StepController | None = None
-    id: int = field(default_factory=itertools.count().__next__)
-    cancelled: bool = False
-    submitted_at: float = field(default_factory=time.monotonic)
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class _Slot:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from qwenkit.engines.base import Chunk, EngineStats, SamplingParams, StepController, iterate
+from qwenkit.engines.base import Request, Chunk, EngineStats, SamplingParams, StepController, iterate
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
 from qwenkit.errors import ModelLoadError
 
@@ -84,7 +84,6 @@ class TransformersEngine:
         controller: StepController | None = None,
     ):
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        from qwenkit.engines.transformers.worker import Request
 
         return self.worker.submit(Request(list(prompt), params, emit, controller))
 

@@ -20,37 +20,19 @@ be merged; for such models a new request waits until the running batch is done.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params
 from qwenkit.engines.transformers.vocab import Vocab
 from qwenkit.errors import BadRequest, QwenkitError
 
 log = logging.getLogger("qwenkit.transformers")
-
-
-@dataclass
-class Request:
-    prompt: list[int]
-    params: SamplingParams
-    emit: Callable[[Chunk], None]  # called on the worker thread; must not block
-    controller: StepController | None = None
-    id: int = field(default_factory=itertools.count().__next__)
-    cancelled: bool = False
-    submitted_at: float = field(default_factory=time.monotonic)
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class _Row:
