@@ -7,6 +7,8 @@ Rate limits are per key (per client address without keys): requests and tokens p
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -163,3 +165,18 @@ def test_tokens_per_minute(tpm_server):
         with pytest.raises(openai.RateLimitError):
             c.completions.create(model="m", prompt="hi", max_tokens=1)
     assert tpm_server.healthy()
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_prompt_text_is_logged_only_with_log_prompts(tiny_qwen2, flag):
+    secret = "MY-PRIVATE-PROMPT-TEXT-42"
+    with start_server(tiny_qwen2, *(["--log-prompts"] if flag else []), parallel=1) as s:
+        with s.client() as c:
+            c.chat.completions.create(model="m", messages=[{"role": "user", "content": secret}], max_tokens=2)
+        for _ in range(50):  # the access line is written once the response is sent: bounded wait
+            if "POST /v1/chat/completions 200" in s.log():
+                break
+            time.sleep(0.1)
+        log = s.log()
+        assert "POST /v1/chat/completions 200" in log
+        assert (secret in log) == flag

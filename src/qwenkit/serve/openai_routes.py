@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -36,6 +37,7 @@ from qwenkit.serve.protocol import (
 from qwenkit.serve.runner import EngineFailure, TurnStream, run_turn
 
 router = APIRouter()
+log = logging.getLogger("qwenkit.prompts")
 
 
 def _usage(result: ChatResult) -> UsageInfo:
@@ -77,11 +79,18 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
     if grammar is not None:
         think = False  # constrained output is the answer itself: no free-form thinking first
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    _log_prompt(request, messages)
     effort = "low" if body.reasoning_effort == "minimal" else body.reasoning_effort
     turn = model.prepare(messages, tools=tools, think=think, max_tokens=limit, grammar=grammar,
                          thinking_budget=body.thinking_budget, reasoning_effort=effort, **body.sampling())
     _check_prompt(turn, settings, model)
     return turn
+
+
+def _log_prompt(request: Request, prompt: object) -> None:
+    """Prompt text goes to the log only with --log-prompts (the access log never has it)."""
+    if request.app.state.settings.log_prompts:
+        log.info("request %s prompt: %s", getattr(request.state, "request_id", "-"), json.dumps(prompt, ensure_ascii=False))
 
 
 def _max_tokens(asked: int | None, settings) -> int:
@@ -186,6 +195,7 @@ async def _chat_events(model: Model, deltas: TurnStream, request: Request, rid: 
 async def completions(body: CompletionRequest, request: Request):
     model: Model = request.app.state.ready_model()
     settings = request.app.state.settings
+    _log_prompt(request, body.prompt)
     turn = model.prepare_completion(body.prompt, max_tokens=_max_tokens(body.max_tokens, settings), **body.sampling())
     _check_prompt(turn, settings, model, param="prompt")
     rid = new_id("cmpl")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qwenkit.errors import QwenkitError
@@ -25,7 +25,6 @@ class ServeSettings:
     log_prompts: bool = False
     retry_after_s: int = 2
     served_name: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def read_api_keys(keys: list[str], key_file: Path | None) -> frozenset[str]:
