@@ -108,7 +108,6 @@ _TOKEN_TYPE_USER_DEFINED = 4
 _SOURCE_ENV = "QWENKIT_TEST_SOURCE_GGUF"
 
 _PACKAGE_TEMPLATES = Path(__file__).resolve().parent.parent / "chat" / "templates"
-_SHARED_TEMPLATES = Path("/work/shared/reference/templates")
 _TEMPLATE_NAMES: dict[str, tuple[str, ...]] = {
     "qwen2": ("Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2.5.jinja", "qwen2.jinja"),
     "qwen3": ("Qwen-Qwen3-0.6B.jinja", "qwen3.jinja"),
@@ -236,13 +235,12 @@ def _tokenizer_metadata(source: Path) -> dict[str, _KV]:
 
 def _template_dirs(templates_dir: os.PathLike[str] | str | None) -> list[Path]:
     dirs = [Path(templates_dir)] if templates_dir is not None else []
-    return dirs + [_PACKAGE_TEMPLATES, _SHARED_TEMPLATES]
+    return dirs + [_PACKAGE_TEMPLATES]
 
 
 def official_template(arch: str, templates_dir: os.PathLike[str] | str | None = None) -> str:
     """The official chat template of ``arch`` ("qwen2": Qwen2.5-Instruct, "qwen3": Qwen3 hybrid
-    thinking), from ``templates_dir`` if given, else qwenkit's packaged copies, else the shared
-    reference folder."""
+    thinking), from ``templates_dir`` if given, else qwenkit's packaged copies."""
     _check_arch(arch)
     for d in _template_dirs(templates_dir):
         for name in _TEMPLATE_NAMES[arch]:
