@@ -642,3 +642,10 @@ def test_engine_basics(tiny_engine, tiny_qwen2):
     assert "<|im_start|>" in (tiny_engine.chat_template() or "")
     stats = tiny_engine.stats()
     assert stats.kv_total_cells == 1024 and stats.waiting == 0
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused_not_fatal(tiny_engine):
+    # llama.cpp aborts the whole process on such an id: it must be refused before queueing
+    with pytest.raises(BadRequest, match="outside the vocabulary"):
+        next(tiny_engine.generate([1, 2, 10**9], SamplingParams(max_tokens=2)))
+    assert [c for c in tiny_engine.generate([1, 2, 3], SamplingParams(max_tokens=2, temperature=0))][-1].finish_reason

@@ -11,7 +11,7 @@ import queue
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
-from qwenkit.errors import QwenkitError
+from qwenkit.errors import BadRequest, QwenkitError
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -115,6 +115,21 @@ class Request:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+def check_request(request: Request, *, n_ctx: int, n_vocab: int) -> None:
+    """Refuse, before queueing, what would otherwise fail (or abort) on the engine's thread."""
+    prompt = request.prompt
+    if not prompt:
+        raise BadRequest("the prompt is empty")
+    if len(prompt) >= n_ctx:
+        raise BadRequest(f"the prompt has {len(prompt)} tokens; this model was loaded with a context of {n_ctx} tokens")
+    bad = [t for t in prompt if not 0 <= t < n_vocab]
+    if bad:
+        raise BadRequest(f"the prompt holds token {bad[0]}, outside the vocabulary (0..{n_vocab - 1})")
+    for token, _bias in request.params.logit_bias:
+        if not 0 <= token < n_vocab:
+            raise BadRequest(f"logit_bias names token {token}, outside the vocabulary (0..{n_vocab - 1})")
 
 
 @runtime_checkable

@@ -18,11 +18,11 @@ from typing import Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, check_request
 from qwenkit.engines.llamacpp.model import LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.output import RequestOutput
-from qwenkit.errors import BadRequest, QwenkitError
+from qwenkit.errors import QwenkitError
 
 log = logging.getLogger("qwenkit.scheduler")
 
@@ -96,16 +96,7 @@ class Scheduler:
     # ----- public, any thread -----------------------------------------------------------
 
     def submit(self, request: Request) -> Request:
-        if not request.prompt:
-            raise BadRequest("the prompt is empty")
-        if len(request.prompt) >= self.n_ctx:
-            raise BadRequest(
-                f"the prompt has {len(request.prompt)} tokens; this model was loaded with a "
-                f"context of {self.n_ctx} tokens"
-            )
-        for token, _bias in request.params.logit_bias:  # else the request would only fail on the engine thread
-            if not 0 <= token < self.model.n_vocab:
-                raise BadRequest(f"logit_bias names token {token}, outside the vocabulary (0..{self.model.n_vocab - 1})")
+        check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab)
         with self._cv:
             if self._closed:
                 raise QwenkitError("the engine is closed")

@@ -26,16 +26,13 @@ from qwenkit.errors import BadRequest
 PENALTY_WINDOW = 64  # as the llama.cpp engine: tokens looked back at by the penalties
 
 
-def check_params(params: SamplingParams, n_vocab: int) -> None:
+def check_params(params: SamplingParams) -> None:
     """Refuse what this engine cannot do, before the request is queued."""
     if params.grammar:
         raise BadRequest(
             "grammar-constrained output (JSON schema, forced tool calls) is not supported by the "
             "transformers engine; use the llama.cpp engine (--engine llamacpp) for it"
         )
-    for token, _bias in params.logit_bias:
-        if not 0 <= token < n_vocab:
-            raise BadRequest(f"logit_bias names token {token}, outside the vocabulary (0..{n_vocab - 1})")
 
 
 class _Penalties:

@@ -26,11 +26,11 @@ from collections import deque
 
 import torch
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, check_request
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params
 from qwenkit.engines.transformers.vocab import Vocab
-from qwenkit.errors import BadRequest, QwenkitError
+from qwenkit.errors import QwenkitError
 
 log = logging.getLogger("qwenkit.transformers")
 
@@ -96,17 +96,8 @@ class Worker:
     # ----- public, any thread -----------------------------------------------------------
 
     def submit(self, request: Request) -> Request:
-        if not request.prompt:
-            raise BadRequest("the prompt is empty")
-        if len(request.prompt) >= self.n_ctx:
-            raise BadRequest(
-                f"the prompt has {len(request.prompt)} tokens; this model was loaded with a "
-                f"context of {self.n_ctx} tokens"
-            )
-        bad = [t for t in request.prompt if not 0 <= t < self.n_vocab]
-        if bad:
-            raise BadRequest(f"the prompt holds token {bad[0]}, outside the vocabulary (0..{self.n_vocab - 1})")
-        check_params(request.params, self.n_vocab)
+        check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab)
+        check_params(request.params)
         with self._cv:
             if self._closed:
                 raise QwenkitError("the engine is closed")
