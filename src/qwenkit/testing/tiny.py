@@ -65,16 +65,16 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import mmap
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from qwenkit.testing.gguf_kv import ARRAY, KV, NUMPY_DTYPES, STRING, read_tokenizer_metadata, tokenizer_metadata
 
 __all__ = [
     "BUILDER_VERSION",
@@ -116,117 +116,6 @@ _TEMPLATE_NAMES: dict[str, tuple[str, ...]] = {
 
 class SourceGGUFUnavailable(LookupError):
     """No real Qwen GGUF to copy the tokenizer from; the message says why (tests skip on it)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the source tokenizer (a minimal GGUF metadata reader: gguf.GGUFReader maps every
-# tensor and every array element and takes seconds on a 0.5 GB file; this reads only the
-# key/value section and stops before the tensor infos).
-
-_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                   10: "<Q", 11: "<q", 12: "<d"}
-_NUMPY_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
-                 10: "<u8", 11: "<i8", 12: "<f8"}
-_STRING, _ARRAY = 8, 9
-
-
-@dataclass(frozen=True)
-class _KV:
-    vtype: int  # GGUFValueType
-    value: Any  # scalar, bytes (strings stay undecoded) or list
-    sub_type: int | None = None  # element type of an array
-
-
-def _read_gguf_kv(path: Path, wanted_prefixes: tuple[str, ...]) -> dict[str, _KV]:
-    """The metadata keys of a GGUF (v2/v3, little-endian) that start with one of the prefixes."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = memoryview(mm)
-        try:
-            return _parse_kv(buf, path, wanted_prefixes)
-        except (struct.error, IndexError, KeyError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: malformed GGUF metadata ({e})") from e
-        finally:
-            buf.release()
-
-
-def _parse_kv(buf: memoryview, path: Path, wanted_prefixes: tuple[str, ...]) -> dict[str, _KV]:
-    if bytes(buf[:4]) != b"GGUF":
-        raise ValueError(f"{path} is not a GGUF file")
-    version, _n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
-    if version < 2:
-        raise ValueError(f"{path}: GGUF version {version} is not supported")
-    pos = 24
-
-    def read_string() -> bytes:
-        nonlocal pos
-        (n,) = struct.unpack_from("<Q", buf, pos)
-        s = bytes(buf[pos + 8 : pos + 8 + n])
-        pos += 8 + n
-        return s
-
-    def read_value(vtype: int) -> Any:
-        nonlocal pos
-        if vtype == _STRING:
-            return read_string()
-        fmt = _SCALAR_FORMATS[vtype]
-        (v,) = struct.unpack_from(fmt, buf, pos)
-        pos += struct.calcsize(fmt)
-        return v
-
-    out: dict[str, _KV] = {}
-    for _ in range(n_kv):
-        key = read_string().decode("utf-8")
-        (vtype,) = struct.unpack_from("<I", buf, pos)
-        pos += 4
-        keep = key.startswith(wanted_prefixes)
-        if vtype == _ARRAY:
-            sub_type, n = struct.unpack_from("<IQ", buf, pos)
-            pos += 12
-            if sub_type == _STRING:
-                items: list[Any] = [read_string() for _ in range(n)]
-            elif sub_type == _ARRAY:
-                raise ValueError(f"{path}: nested array in {key} is not supported")
-            else:
-                dt = np.dtype(_NUMPY_DTYPES[sub_type])
-                arr = np.frombuffer(buf, dtype=dt, count=n, offset=pos)
-                pos += dt.itemsize * n
-                items = arr.astype(bool).tolist() if sub_type == 7 else arr.tolist()
-            if keep:
-                out[key] = _KV(vtype, items, sub_type)
-        else:
-            v = read_value(vtype)
-            if keep:
-                out[key] = _KV(vtype, v)
-        if pos > len(buf):
-            raise ValueError(f"{path}: truncated GGUF metadata")
-    return out
-
-
-@lru_cache(maxsize=4)
-def _tokenizer_metadata_cached(path: str, _size: int, _mtime_ns: int) -> dict[str, _KV]:
-    kv = _read_gguf_kv(Path(path), ("tokenizer.", "general.architecture"))
-    if "tokenizer.ggml.tokens" not in kv:
-        raise ValueError(f"{path} has no tokenizer metadata")
-    return kv
-
-
-def read_tokenizer_metadata(source_gguf: os.PathLike[str] | str) -> dict[str, Any]:
-    """The source GGUF's ``tokenizer.*`` keys, decoded (for inspection and tests)."""
-    kv = _tokenizer_metadata(Path(source_gguf))
-
-    def dec(v: Any) -> Any:
-        if isinstance(v, bytes):
-            return v.decode("utf-8", errors="replace")
-        if isinstance(v, list):
-            return [dec(x) for x in v]
-        return v
-
-    return {k: dec(v.value) for k, v in kv.items() if k.startswith("tokenizer.")}
-
-
-def _tokenizer_metadata(source: Path) -> dict[str, _KV]:
-    st = source.stat()
-    return _tokenizer_metadata_cached(str(source.resolve()), st.st_size, st.st_mtime_ns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,7 +176,7 @@ def _check_arch(arch: str) -> None:
 
 
 def _resolve_template(
-    arch: str, chat_template: str | None, source_kv: dict[str, _KV], templates_dir: Any
+    arch: str, chat_template: str | None, source_kv: dict[str, KV], templates_dir: Any
 ) -> str | None:
     """The template text to embed, or None to embed none."""
     if chat_template == "":
@@ -347,7 +236,7 @@ def build_tiny_gguf(
     _check_arch(arch)
     path = Path(path)
     source = Path(source_gguf)
-    kv = _tokenizer_metadata(source)
+    kv = tokenizer_metadata(source)
     template = _resolve_template(arch, chat_template, kv, templates_dir)
 
     if n_embd % n_head or n_head % n_head_kv:
@@ -460,7 +349,7 @@ def build_tiny_gguf(
     for key, item in kv.items():
         if not key.startswith("tokenizer.ggml."):
             continue
-        if item.vtype == _ARRAY:
+        if item.vtype == ARRAY:
             items = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": token_types}
             arr = _PackedArray(items.get(key, item.value), item.sub_type)
             w.add_key_value(key, arr, VT.ARRAY, sub_type=VT(item.sub_type))
@@ -490,11 +379,11 @@ class _PackedArray(list):
 
     def __init__(self, items: list[Any], sub_type: int):
         super().__init__(items)
-        if sub_type == _STRING:
+        if sub_type == STRING:
             pack = struct.Struct("<Q").pack
             self.packed = b"".join(pack(len(s)) + s for s in items)
         else:
-            self.packed = np.asarray(items, dtype=_NUMPY_DTYPES[sub_type]).tobytes()
+            self.packed = np.asarray(items, dtype=NUMPY_DTYPES[sub_type]).tobytes()
 
 
 @lru_cache(maxsize=1)
@@ -563,7 +452,7 @@ def tiny_gguf(
         raise TypeError(f"unknown build parameters: {', '.join(sorted(unknown))}")
     source = Path(source_gguf) if source_gguf is not None else default_source_gguf()
     template = _resolve_template(
-        arch, params.get("chat_template"), _tokenizer_metadata(source), params.get("templates_dir")
+        arch, params.get("chat_template"), tokenizer_metadata(source), params.get("templates_dir")
     )
     # defaults filled in, so that seed=0 and no seed share one file
     merged = {**defaults, **params}

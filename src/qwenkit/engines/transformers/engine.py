@@ -84,7 +84,6 @@ class TransformersEngine:
         controller: StepController | None = None,
     ):
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-
         return self.worker.submit(Request(list(prompt), params, emit, controller))
 
     def generate(
