@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from collections import Counter, deque
 from typing import Iterator
 
 import llama_cpp as C
@@ -18,8 +19,11 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 
 
 class SamplerChain:
-    """Owns a `llama_sampler` chain (and a grammar, if any); samples tokens for one sequence.
+    """Samples tokens for one sequence: sparse logit edits in numpy, then a `llama_sampler` chain.
 
+    Logit bias and the penalties touch a few dozen token ids, so they edit the logits row in
+    place instead of running as llama.cpp samplers (its penalties sampler does a hash lookup
+    for each of ~150k candidates, every token). Greedy without a grammar is then one argmax.
     With a grammar, the chain samples first and the grammar checks only the chosen token; the
     grammar filters the whole vocabulary only when it rejects that token (as llama.cpp's own
     common sampler does). Checking 150k candidates every step would be ~20x slower.
@@ -28,9 +32,13 @@ class SamplerChain:
     def __init__(self, vocab: C.llama_vocab_p, n_vocab: int, params: SamplingParams) -> None:
         self.n_vocab = n_vocab
         self.grammar = None
+        self.greedy = params.temperature <= 0
+        self.bias = _LogitBias(params.logit_bias) if params.logit_bias else None
+        penalized = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
+        self.penalties = _Penalties(params) if penalized else None
         self.ptr = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         try:
-            for sampler in _samplers(n_vocab, params):
+            for sampler in _samplers(params):
                 C.llama_sampler_chain_add(self.ptr, sampler)  # the chain owns it from here
             if params.grammar:
                 self.grammar = C.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
@@ -42,9 +50,18 @@ class SamplerChain:
 
     def sample(self, ctx: C.llama_context_p, batch_index: int) -> int:
         """Pick the next token from the logits at `batch_index`, and accept it."""
-        if self.grammar is None:
-            return C.llama_sampler_sample(self.ptr, ctx, batch_index)  # accepts the token itself
         logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, batch_index), shape=(self.n_vocab,))
+        if self.bias is not None:
+            self.bias.apply(logits)
+        if self.penalties is not None:
+            self.penalties.apply(logits)
+        if self.grammar is None:
+            if self.greedy:
+                token = int(logits.argmax())
+            else:
+                token = C.llama_sampler_sample(self.ptr, ctx, batch_index)  # reads the edited row
+            self._remember(token)
+            return token
         token = self._apply(self.ptr, self._candidates(logits))
         one = np.zeros(1, dtype=_TOKEN_DATA)
         one["id"], one["logit"] = token, 1.0
@@ -55,10 +72,15 @@ class SamplerChain:
         return token
 
     def accept(self, token: int) -> None:
-        """Record a chosen or forced token in penalties and grammar."""
+        """Record a chosen or forced token in the chain, the penalties and the grammar."""
         C.llama_sampler_accept(self.ptr, token)
         if self.grammar is not None:
             C.llama_sampler_accept(self.grammar, token)
+        self._remember(token)
+
+    def _remember(self, token: int) -> None:
+        if self.penalties is not None:
+            self.penalties.accept(token)
 
     def close(self) -> None:
         if self.ptr:
@@ -94,20 +116,55 @@ def _as_array(data: np.ndarray):
     return ctypes.pointer(arr)
 
 
-def _samplers(n_vocab: int, p: SamplingParams) -> Iterator:
+class _LogitBias:
+    """OpenAI `logit_bias`: fixed amounts added to a few token ids (checked by `check_request`)."""
+
+    def __init__(self, pairs: tuple[tuple[int, float], ...]) -> None:
+        merged: dict[int, float] = {}
+        for token, bias in pairs:
+            merged[token] = merged.get(token, 0.0) + bias
+        self.ids = np.fromiter(merged, dtype=np.int64, count=len(merged))
+        self.amounts = np.fromiter(merged.values(), dtype=np.float32, count=len(merged))
+
+    def apply(self, logits: np.ndarray) -> None:
+        logits[self.ids] += self.amounts
+
+
+class _Penalties:
+    """llama.cpp's penalties over the last 64 accepted tokens, applied to those ids only.
+
+    Repetition divides a positive logit by the penalty and multiplies a negative one; then
+    frequency (times the count) and presence (once) are subtracted.
+    """
+
+    def __init__(self, p: SamplingParams) -> None:
+        self.repeat = np.float32(p.repetition_penalty)
+        self.frequency = np.float32(p.frequency_penalty)
+        self.presence = np.float32(p.presence_penalty)
+        self.window: deque[int] = deque(maxlen=_PENALTY_WINDOW)
+        self.counts: Counter[int] = Counter()
+
+    def accept(self, token: int) -> None:
+        if len(self.window) == self.window.maxlen:
+            old = self.window[0]
+            self.counts[old] -= 1
+            if not self.counts[old]:
+                del self.counts[old]
+        self.window.append(token)
+        self.counts[token] += 1
+
+    def apply(self, logits: np.ndarray) -> None:
+        if not self.counts:
+            return
+        ids = np.fromiter(self.counts, dtype=np.int64, count=len(self.counts))
+        counts = np.fromiter(self.counts.values(), dtype=np.float32, count=len(self.counts))
+        x = logits[ids]
+        x = np.where(x <= 0, x * self.repeat, x / self.repeat)
+        logits[ids] = x - (counts * self.frequency + self.presence)
+
+
+def _samplers(p: SamplingParams) -> Iterator:
     """Yield the chain's samplers in order (each is owned by the chain once yielded)."""
-    if p.logit_bias:
-        biases = (C.llama_logit_bias * len(p.logit_bias))()
-        for i, (token, bias) in enumerate(p.logit_bias):
-            if not 0 <= token < n_vocab:
-                raise BadRequest(f"logit_bias names token {token}, outside the vocabulary (0..{n_vocab - 1})")
-            biases[i].token, biases[i].bias = token, bias
-        yield C.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), biases)
-    if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-        yield C.llama_sampler_init_penalties(
-            n_vocab,
-            _PENALTY_WINDOW, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
-        )
     if p.temperature <= 0:
         yield C.llama_sampler_init_greedy()
         return
