@@ -1,7 +1,8 @@
 """Serving throughput: `qwenkit serve` against llama.cpp's `llama-server`, same load, one run.
 
 For 1, 4 and 8 concurrent clients (each sending the same prompts, 128 new tokens, greedy) it
-measures aggregate generated tokens/s on both servers (both up, taking turns wave by wave), and the ratio. It also
+measures aggregate generated tokens/s on both servers (both up, taking turns wave by wave)
+and the ratio. It also
 measures time to first token for a request whose ~1,000-token system prompt is already cached
 against the same request uncached. Usage:
 
@@ -58,15 +59,16 @@ async def wave(base: str, prompts: list[str]) -> tuple[int, float]:
 def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict[str, float]:
     """Aggregate completion tokens/s per server with `clients` requests in flight.
 
-    The servers take turns wave by wave (A, B, A, B, ...), so drift in the machine's speed
-    falls on both alike.
+    The servers take turns wave by wave, in ABBA order (A B, B A, A B, ...), so drift in the
+    machine's speed falls on both alike.
     """
     totals = {name: [0, 0.0] for name in bases}
     for name, base in bases.items():
         asyncio.run(wave(base, ["Say hi."]))  # warm-up
     for r in range(rounds):
         prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
-        for name, base in bases.items():
+        order = list(bases.items())
+        for name, base in order if r % 2 == 0 else reversed(order):
             tokens, elapsed = asyncio.run(wave(base, prompts))
             totals[name][0] += tokens
             totals[name][1] += elapsed

@@ -119,9 +119,9 @@ async def _collect(model: Model, turn: PreparedTurn, request: Request) -> ChatRe
                 return delta.result
         raise EngineFailure("the engine ended without a result")
 
-    async def client_gone() -> None:
-        while not await request.is_disconnected():
-            await asyncio.sleep(0.25)
+    async def client_gone() -> None:  # the body is read: the next message is the disconnect
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
     work = asyncio.ensure_future(consume())
     watch = asyncio.ensure_future(client_gone())
