@@ -2,9 +2,8 @@
 
 For 1, 4 and 8 concurrent clients (each sending the same prompts, 128 new tokens, greedy) it
 measures aggregate generated tokens/s on both servers (both up, taking turns wave by wave)
-and the ratio. It also
-measures time to first token for a request whose ~1,000-token system prompt is already cached
-against the same request uncached. Usage:
+and the ratio. It also measures time to first token for a request whose ~1,000-token system
+prompt is already cached against the same request uncached. Usage:
 
     .venv/bin/python benchmarks/serve_load.py [--model default] [--threads 2] [--clients 1,4,8]
 """
