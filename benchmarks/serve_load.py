@@ -55,13 +55,15 @@ async def wave(base: str, prompts: list[str]) -> tuple[int, float]:
     return tokens, elapsed
 
 
-def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict[str, float]:
+def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict:
     """Aggregate completion tokens/s per server with `clients` requests in flight.
 
     The servers take turns wave by wave, in ABBA order (A B, B A, A B, ...), so drift in the
-    machine's speed falls on both alike.
+    machine's speed falls on both alike. Each round's own tokens/s are kept too, to show the
+    spread.
     """
     totals = {name: [0, 0.0] for name in bases}
+    per_round: dict[str, list[float]] = {name: [] for name in bases}
     for name, base in bases.items():
         asyncio.run(wave(base, ["Say hi."]))  # warm-up
     for r in range(rounds):
@@ -71,7 +73,10 @@ def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict[str, fl
             tokens, elapsed = asyncio.run(wave(base, prompts))
             totals[name][0] += tokens
             totals[name][1] += elapsed
-    return {name: tokens / elapsed for name, (tokens, elapsed) in totals.items()}
+            per_round[name].append(round(tokens / elapsed, 2))
+    result: dict = {f"{name}_tps": tokens / elapsed for name, (tokens, elapsed) in totals.items()}
+    result.update({f"{name}_rounds_tps": tps for name, tps in per_round.items()})
+    return result
 
 
 async def ttft(base: str, system: str, question: str) -> float:
@@ -131,11 +136,11 @@ def main() -> None:
             results[f"{name}_prefix_cache"] = asyncio.run(prefix_cache(base))
             print(f"{name} prefix cache: {results[f'{name}_prefix_cache']}")
         for c in levels:
-            level = {f"{name}_tps": tps for name, tps in throughput(bases, c, args.rounds).items()}
+            level = throughput(bases, c, args.rounds)
             if "llama_server_tps" in level:
                 level["ratio"] = level["qwenkit_tps"] / level["llama_server_tps"]
             results["levels"][c] = level
-            print(f"{c} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in level.items()))
+            print(f"{c} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in level.items() if not k.endswith("rounds_tps")))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(results, indent=2) + "\n")
