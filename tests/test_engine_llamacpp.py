@@ -15,6 +15,7 @@ import pytest
 
 from qwenkit.engines.base import Chunk, SamplingParams
 from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings
+from qwenkit.engines.llamacpp.scheduler import _Slot, _slot_for
 from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 from qwenkit.testing import tiny
 
@@ -502,6 +503,74 @@ def test_prefix_reuse_after_finished_request(tiny_qwen2):
         again = ids_of(run(engine, b, max_tokens=24, **GREEDY))
         assert again == reference
         assert engine.stats().prefix_hit_tokens == common + len(b) - 1
+    finally:
+        engine.close()
+
+
+def test_a_new_conversation_does_not_evict_another(tiny_qwen2):
+    """Two users sharing a system prompt: each keeps its own slot, the shared part is copied."""
+    first, second = chat_prompt("first question", SYSTEM), chat_prompt("second question", SYSTEM)
+    engine = LlamaCppEngine(tiny_qwen2, LlamaCppSettings(n_ctx=1024, n_parallel=2, n_threads=THREADS))
+    try:
+        a, b = engine.tokenize(first), engine.tokenize(second)
+        common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        answer_a = ids_of(run(engine, a, max_tokens=8, **GREEDY))
+        run(engine, b, max_tokens=8, **GREEDY)  # takes the empty slot, copying the shared prefix
+        assert engine.stats().prefix_hit_tokens == common
+        follow_up = a + answer_a[:-1]  # user A comes back: all of it is still cached
+        assert ids_of(run(engine, follow_up, max_tokens=4, **GREEDY))
+        assert engine.stats().prefix_hit_tokens == common + len(follow_up) - 1
+        held = sorted(s.cached[:len(a)] == a for s in engine.scheduler.slots)
+        assert held == [False, True] and any(s.cached[:len(b)] == b for s in engine.scheduler.slots)
+    finally:
+        engine.close()
+
+
+def _slots(*caches: list[int]) -> list[_Slot]:
+    slots = [_Slot(i) for i in range(len(caches))]
+    for slot, cached in zip(slots, caches):
+        slot.cached = list(cached)
+    return slots
+
+
+def test_slot_choice_keeps_running_sequences_contiguous():
+    conversation = [1, 2, 3, 4, 5]
+    slots = _slots([], [], [9, 9, 9], [], [], conversation, [], [])
+    free = slots[2:]
+    # slots 0 and 1 run: slot 2 joins them although slot 5 holds this conversation (it is copied)
+    assert _slot_for(free, {0, 1}, conversation + [6]) is slots[2]
+    # nothing runs: the conversation's own slot, then an empty one rather than a used one
+    assert _slot_for(free, set(), conversation + [6]) is slots[5]
+    assert _slot_for(free, set(), [7, 8]) is slots[3]
+    # between two gaps, the one that closes the gap
+    assert _slot_for([slots[1], slots[3], slots[7]], {0, 2}, [7]) is slots[1]
+
+
+def test_a_follow_up_joins_the_running_batch_and_copies_its_history(tiny_qwen2):
+    first = chat_prompt("first question", SYSTEM)
+    engine = LlamaCppEngine(tiny_qwen2, LlamaCppSettings(n_ctx=1024, n_parallel=3, n_threads=THREADS))
+    try:
+        a = engine.tokenize(first)
+        answer = ids_of(run(engine, a, max_tokens=8, **GREEDY))  # slot 0
+        run(engine, engine.tokenize(chat_prompt("unrelated")), max_tokens=8, **GREEDY)  # slot 1
+        follow_up = a + answer[:-1] + engine.tokenize("<|im_start|>user\nmore<|im_end|>\n<|im_start|>assistant\n")
+        reference = ids_of(run(engine, follow_up, max_tokens=12, **GREEDY))  # in slot 0
+        done: queue.Queue[Chunk] = queue.Queue()
+
+        class FollowUpMidway:
+            def after_token(self, generated):
+                if len(generated) == 2:
+                    engine.submit(follow_up, SamplingParams(max_tokens=12, temperature=0), done.put)
+                return ()
+
+        hits = engine.stats().prefix_hit_tokens
+        long_prompt = engine.tokenize(chat_prompt("a long answer please"))
+        engine.submit(long_prompt, SamplingParams(max_tokens=40, temperature=0), queue.Queue().put, FollowUpMidway())
+        assert ids_of(_drain(done)) == reference
+        assert engine.stats().prefix_hit_tokens - hits >= len(follow_up) - 1
+        runner = next(s for s in engine.scheduler.slots if s.cached[:len(long_prompt)] == long_prompt)
+        joined = next(s for s in engine.scheduler.slots if s.cached[:len(follow_up)] == follow_up and s is not engine.scheduler.slots[0])
+        assert abs(runner.seq_id - joined.seq_id) == 1
     finally:
         engine.close()
 

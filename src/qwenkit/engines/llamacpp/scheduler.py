@@ -50,6 +50,30 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int]) -> _Slot:
+    """The free slot to run `prompt` in, given the sequence ids `running` already.
+
+    First, keep the running sequences contiguous: llama.cpp decodes sequences in separate KV
+    streams together only when their ids are consecutive, so every gap costs one more pass
+    through the model per step (4 sequences in slots 0,5,6,7 take 1.6x as long as in 0-3). A prefix
+    held in another slot is copied in by `_start`, so this costs no recomputation. Then
+    overwrite the least cache: a slot continuing this conversation, or an empty one, loses
+    nothing, so one user's request never evicts another's conversation for the sake of a few
+    shared template tokens. Last, the longest shared prefix (no copy), the slot used longest ago.
+    """
+
+    def cost(slot: _Slot) -> tuple[int, int, int, float]:
+        shared = _common_prefix(slot.cached, prompt)
+        return _runs(running | {slot.seq_id}), len(slot.cached) - shared, -shared, slot.last_used
+
+    return min(free, key=cost)
+
+
+def _runs(seq_ids: set[int]) -> int:
+    """How many runs of consecutive ids `seq_ids` has (each is one llama.cpp ubatch)."""
+    return sum(1 for i in seq_ids if i - 1 not in seq_ids)
+
+
 class Scheduler:
     """Runs the step loop on a background thread; `submit` from any thread."""
 
@@ -160,16 +184,18 @@ class Scheduler:
 
     def _admit_locked(self) -> list[tuple[_Slot, Request]]:
         admitted = []
+        running = {s.seq_id for s in self.slots if s.busy}
         while self._waiting:
-            free = [s for s in self.slots if not s.busy and all(s is not a for a, _ in admitted)]
+            free = [s for s in self.slots if s.seq_id not in running]
             if not free:
                 break
             request = self._waiting.popleft()
             if request.cancelled:
                 request.emit(Chunk("", finish_reason="abort"))
                 continue
-            best = max(free, key=lambda s: (_common_prefix(s.cached, request.prompt), -s.last_used))
-            admitted.append((best, request))
+            slot = _slot_for(free, running, request.prompt)
+            running.add(slot.seq_id)
+            admitted.append((slot, request))
         return admitted
 
     def _start(self, slot: _Slot, request: Request) -> None:
