@@ -55,9 +55,9 @@ def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int]) -> _S
 
     First, keep the running sequences contiguous: llama.cpp decodes sequences in separate KV
     streams together only when their ids are consecutive, so every gap costs one more pass
-    through the model per step (4 sequences in slots 0,5,6,7 take 1.6x as long as in 0-3). A prefix
-    held in another slot is copied in by `_start`, so this costs no recomputation. Then
-    overwrite the least cache: a slot continuing this conversation, or an empty one, loses
+    through the model per step (4 sequences in slots 0,5,6,7 take 1.6x as long as in 0-3).
+    A prefix held in another slot is copied in by `_start`, so this costs no recomputation.
+    Then overwrite the least cache: a slot continuing this conversation, or an empty one, loses
     nothing, so one user's request never evicts another's conversation for the sake of a few
     shared template tokens. Last, the longest shared prefix (no copy), the slot used longest ago.
     """
