@@ -1,0 +1,128 @@
+"""`qwenkit run` and `qwenkit chat`: one prompt, or an interactive conversation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from qwenkit.cli.common import CtxOpt, DtypeOpt, EngineOpt, ModelOpt, QuantOpt, ThinkOpt, ThreadsOpt, app, err, load_model
+from qwenkit.errors import QwenkitError
+
+@app.command()
+def run(
+    prompt: str = typer.Argument(..., help="The prompt; '-' reads it from standard input."),
+    model: str = ModelOpt,
+    max_tokens: int = typer.Option(1024, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
+    think: Optional[bool] = ThinkOpt,
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    ctx: Optional[int] = CtxOpt,
+    threads: Optional[int] = ThreadsOpt,
+    engine: str = EngineOpt,
+    dtype: str = DtypeOpt,
+    quantization: Optional[str] = QuantOpt,
+) -> None:
+    """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
+    text = sys.stdin.read() if prompt == "-" else prompt
+    if not text.strip():
+        raise QwenkitError("the prompt is empty")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    options = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, think=think, thinking_budget=thinking_budget)
+    with load_model(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly
+        if as_json:
+            result = m.chat(messages, **options)
+            print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+            return
+        result = _stream_reply(m, messages, options)
+    if result.finish_reason == "length":
+        err.print("[yellow](stopped at --max-tokens)[/]")
+
+
+def _stream_reply(m, messages: list[dict], options: dict):
+    """Print a reply as it streams: reasoning dimmed on stderr, the answer on stdout."""
+    result = None
+    in_reasoning = False
+    for delta in m.chat(messages, stream=True, **options):
+        if delta.reasoning:
+            in_reasoning = True
+            err.print(delta.reasoning, style="dim", end="", markup=False)
+        if delta.content:
+            if in_reasoning:
+                err.print()
+                in_reasoning = False
+            sys.stdout.write(delta.content)
+            sys.stdout.flush()
+        for call in delta.tool_calls:
+            sys.stdout.write(f"\n[tool call] {call.name}({call.arguments})")
+        if delta.result is not None:
+            result = delta.result
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return result
+
+
+@app.command()
+def chat(
+    model: str = ModelOpt,
+    think: Optional[bool] = ThinkOpt,
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
+    max_tokens: int = typer.Option(2048, "--max-tokens", "-n", min=1, help="Most tokens per answer."),
+    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
+    ctx: Optional[int] = CtxOpt,
+    threads: Optional[int] = ThreadsOpt,
+    engine: str = EngineOpt,
+    dtype: str = DtypeOpt,
+    quantization: Optional[str] = QuantOpt,
+) -> None:
+    """An interactive chat keeping history. Commands: /think /no_think /reset /exit."""
+    with load_model(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly
+        _chat_loop(m, system, think, max_tokens, thinking_budget)
+
+
+def _chat_loop(m, system: str | None, think: bool | None, max_tokens: int, thinking_budget: int | None) -> None:
+    """Read lines until /exit or end of input, answering each with the conversation so far."""
+    base = [{"role": "system", "content": system}] if system else []
+    history = list(base)
+    err.print(f"[bold]{m.name}[/] ready. /think, /no_think, /reset, /exit; Ctrl-D quits.")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            err.print()
+            return
+        except KeyboardInterrupt:
+            err.print()
+            continue
+        command = line.strip()
+        if not command:
+            continue
+        if command in ("/exit", "/quit", "/bye"):
+            return
+        if command == "/reset":
+            history = list(base)
+            err.print("[dim]history cleared[/]")
+            continue
+        if command in ("/think", "/no_think"):
+            think = command == "/think"
+            err.print(f"[dim]thinking {'on' if think else 'off'}[/]")
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            result = _stream_reply(m, history, dict(max_tokens=max_tokens, think=think, thinking_budget=thinking_budget))
+        except KeyboardInterrupt:
+            err.print("[yellow](interrupted)[/]")
+            history.pop()
+            continue
+        history.append(result.as_message())
+        err.print(
+            f"[dim]{result.usage.completion_tokens} tokens, {result.timings.decode_tps:.1f} tok/s, "
+            f"first token {result.timings.ttft_s * 1000:.0f} ms, {result.finish_reason}[/]"
+        )
+
+
