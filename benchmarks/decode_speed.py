@@ -25,7 +25,9 @@ PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a map
 def llama_bench(binary: Path, model: Path, threads: int) -> float:
     out = subprocess.run(
         [str(binary), "-m", str(model), "-t", str(threads), "-p", "0", "-n", "128", "-r", "3", "-o", "json"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -33,9 +35,23 @@ def llama_bench(binary: Path, model: Path, threads: int) -> float:
 def qwenkit_run(model: str, threads: int) -> float:
     qwenkit = Path(sys.executable).with_name("qwenkit")
     out = subprocess.run(
-        [str(qwenkit), "run", "--json", "--model", model, "--threads", str(threads), "--temperature", "0",
-         "--max-tokens", "128", PROMPT],
-        check=True, capture_output=True, text=True,
+        [
+            str(qwenkit),
+            "run",
+            "--json",
+            "--model",
+            model,
+            "--threads",
+            str(threads),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "128",
+            PROMPT,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return float(json.loads(out)["timings"]["decode_tokens_per_s"])
 
@@ -56,7 +72,10 @@ def main() -> None:
         if bench is not None:
             theirs.append(llama_bench(bench, path, args.threads))
         ours.append(qwenkit_run(args.model, args.threads))
-        print(f"round {r + 1}: qwenkit {ours[-1]:.1f} tok/s" + (f", llama-bench tg128 {theirs[-1]:.1f} tok/s" if theirs else ""))
+        print(
+            f"round {r + 1}: qwenkit {ours[-1]:.1f} tok/s"
+            + (f", llama-bench tg128 {theirs[-1]:.1f} tok/s" if theirs else "")
+        )
     result = {"model": args.model, "threads": args.threads, "qwenkit_tps": statistics.median(ours)}
     if theirs:
         result["llama_bench_tg128_tps"] = statistics.median(theirs)

@@ -63,7 +63,9 @@ def main() -> None:
     llama = LlamaCppEngine(local.path, LlamaCppSettings(n_ctx=1024, n_threads=args.threads))
     llama_load = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hf = TransformersEngine(local.path, TransformersSettings(n_ctx=1024, n_parallel=1, n_threads=args.threads, dtype="fp32"))
+    hf = TransformersEngine(
+        local.path, TransformersSettings(n_ctx=1024, n_parallel=1, n_threads=args.threads, dtype="fp32")
+    )
     hf_load = time.perf_counter() - t0  # the conversion is cached: this is the load of the converted checkpoint
     prompt = llama.tokenize(PROMPT)
     assert prompt == hf.tokenize(PROMPT)

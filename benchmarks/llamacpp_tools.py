@@ -22,8 +22,19 @@ def _source() -> Path:
         return src
     WORK.mkdir(exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={ver}", "-d", str(WORK)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={ver}",
+            "-d",
+            str(WORK),
+        ],
         check=True,
     )
     with tarfile.open(WORK / f"llama_cpp_python-{ver}.tar.gz") as tar:
@@ -52,14 +63,25 @@ def tool(name: str) -> Path | None:
     jobs = str(os.cpu_count() or 2)
     try:
         subprocess.run(
-            ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-             "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-             "-DLLAMA_BUILD_EXAMPLES=OFF"],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                "cmake",
+                "-S",
+                str(src),
+                "-B",
+                str(build),
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DLLAMA_CURL=OFF",
+                "-DLLAMA_OPENSSL=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         subprocess.run(
             ["cmake", "--build", str(build), "--target", name, "-j", jobs],
-            check=True, stdout=subprocess.DEVNULL,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     except (subprocess.CalledProcessError, OSError) as exc:
         print(f"skip {name}: build failed ({exc})", file=sys.stderr)

@@ -33,8 +33,13 @@ def rss_mib(pid: int) -> float:
 
 
 async def _request(client: httpx.AsyncClient, i: int, cancel: bool, max_tokens: int, outcomes: Counter) -> None:
-    body = {"messages": [{"role": "user", "content": f"Request {i}: count from 1 to 50."}],
-            "max_tokens": max_tokens, "stream": True, "temperature": 0.7, "seed": i}
+    body = {
+        "messages": [{"role": "user", "content": f"Request {i}: count from 1 to 50."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": 0.7,
+        "seed": i,
+    }
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
@@ -66,6 +71,7 @@ async def load(base: str, requests: int, concurrency: int, cancel_share: float, 
     gate = asyncio.Semaphore(concurrency)
     rng = random.Random(0)
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(300, connect=10)) as client:
+
         async def one(i: int) -> None:
             async with gate:
                 await _request(client, i, rng.random() < cancel_share, max_tokens, outcomes)
@@ -90,7 +96,10 @@ def main() -> None:
 
     path = store.resolve(args.model).path
     port = free_port()
-    cmd = qwenkit_cmd(str(path), port, parallel=args.parallel, threads=args.threads, ctx=2048) + ["--max-queue", str(args.max_queue)]
+    cmd = qwenkit_cmd(str(path), port, parallel=args.parallel, threads=args.threads, ctx=2048) + [
+        "--max-queue",
+        str(args.max_queue),
+    ]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "qwenkit-load-test.log"
     with running(cmd, port, log) as (base, pid):
         asyncio.run(load(base, 8, 8, 0.0, args.max_tokens))  # warm-up: every slot used once
@@ -103,12 +112,18 @@ def main() -> None:
         after = rss_mib(pid)
     ok_kinds = {"completed", "cancelled", "rejected_429", "rejected_503"}
     report = {
-        "requests": args.requests, "concurrency": args.concurrency, "elapsed_s": round(elapsed, 1),
-        "outcomes": dict(outcomes), "healthy_after": healthy,
-        "rss_mib_before": round(before, 1), "rss_mib_after": round(after, 1),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "elapsed_s": round(elapsed, 1),
+        "outcomes": dict(outcomes),
+        "healthy_after": healthy,
+        "rss_mib_before": round(before, 1),
+        "rss_mib_after": round(after, 1),
     }
     report["passed"] = (
-        set(outcomes) <= ok_kinds and sum(outcomes.values()) == args.requests and healthy
+        set(outcomes) <= ok_kinds
+        and sum(outcomes.values()) == args.requests
+        and healthy
         and after <= before * 1.10 + 32
     )
     print(json.dumps(report, indent=2))

@@ -40,7 +40,11 @@ NEW_TOKENS = 128
 
 async def _one(client: AsyncOpenAI, prompt: str) -> int:
     r = await client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": prompt}], max_tokens=NEW_TOKENS, temperature=0, seed=1,
+        model="m",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=NEW_TOKENS,
+        temperature=0,
+        seed=1,
     )
     return r.usage.completion_tokens
 
@@ -83,7 +87,10 @@ async def ttft(base: str, system: str, question: str) -> float:
     client = AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
     started = time.perf_counter()
     stream = await client.chat.completions.create(
-        model="m", stream=True, max_tokens=4, temperature=0,
+        model="m",
+        stream=True,
+        max_tokens=4,
+        temperature=0,
         messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
     )
     first = None
@@ -140,7 +147,9 @@ def main() -> None:
             if "llama_server_tps" in level:
                 level["ratio"] = level["qwenkit_tps"] / level["llama_server_tps"]
             results["levels"][c] = level
-            print(f"{c} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in level.items() if not k.endswith("rounds_tps")))
+            print(
+                f"{c} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in level.items() if not k.endswith("rounds_tps"))
+            )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -48,10 +48,37 @@ def running(cmd: list[str], port: int, log: Path, *, ready_timeout_s: float = 18
 
 def qwenkit_cmd(model: str, port: int, *, parallel: int, threads: int, ctx: int) -> list[str]:
     qwenkit = str(Path(sys.executable).with_name("qwenkit"))
-    return [qwenkit, "serve", "--model", model, "--port", str(port), "--parallel", str(parallel),
-            "--threads", str(threads), "--ctx", str(ctx)]
+    return [
+        qwenkit,
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--parallel",
+        str(parallel),
+        "--threads",
+        str(threads),
+        "--ctx",
+        str(ctx),
+    ]
 
 
 def llama_server_cmd(binary: Path, model: Path, port: int, *, parallel: int, threads: int, ctx: int) -> list[str]:
-    return [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(parallel),
-            "-t", str(threads), "-c", str(ctx * parallel), "--jinja", "--no-webui"]
+    return [
+        str(binary),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(parallel),
+        "-t",
+        str(threads),
+        "-c",
+        str(ctx * parallel),
+        "--jinja",
+        "--no-webui",
+    ]

@@ -135,8 +135,14 @@ def metric_families(text: str) -> set[str]:
 
 
 @contextlib.contextmanager
-def start_server(model: str | Path, *args: str, parallel: int = 2, ctx: int = 2048, threads: int | None = 1,
-                 env: dict[str, str] | None = None) -> Iterator[Server]:
+def start_server(
+    model: str | Path,
+    *args: str,
+    parallel: int = 2,
+    ctx: int = 2048,
+    threads: int | None = 1,
+    env: dict[str, str] | None = None,
+) -> Iterator[Server]:
     """Start `qwenkit serve` on a free port of 127.0.0.1, wait for /health, stop it afterwards.
 
     One llama.cpp thread by default: on a small, busy machine (tests run beside other work)
@@ -144,8 +150,22 @@ def start_server(model: str | Path, *args: str, parallel: int = 2, ctx: int = 20
     """
     port = free_port()
     launcher = [str(QWENKIT)] if QWENKIT.exists() else [sys.executable, "-c", "from qwenkit.cli import main; main()"]
-    cmd = [*launcher, "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--parallel", str(parallel), "--ctx", str(ctx), *(["--threads", str(threads)] if threads else []), *args]
+    cmd = [
+        *launcher,
+        "serve",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--parallel",
+        str(parallel),
+        "--ctx",
+        str(ctx),
+        *(["--threads", str(threads)] if threads else []),
+        *args,
+    ]
     full_env = dict(os.environ)  # QWENKIT_HOME and friends pass through
     full_env.pop("QWENKIT_API_KEYS", None)
     full_env.update(env or {})
@@ -191,6 +211,6 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
     assert isinstance(error["type"], str) and error["type"], body
     assert "param" in error and "code" in error, body
     text = response.text
-    for leak in ("Traceback", 'File "', "/site-packages/", str(REPO), ".py\""):
+    for leak in ("Traceback", 'File "', "/site-packages/", str(REPO), '.py"'):
         assert leak not in text, f"internal detail {leak!r} in an error body: {text}"
     return error

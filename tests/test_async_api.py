@@ -82,7 +82,11 @@ def test_achat_and_astream_match_chat(model):
 
     r, streamed, last = asyncio.run(main())
     assert r.content == whole.content == streamed == last.result.content
-    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.reasoning_tokens) == (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.reasoning_tokens)  # cache hits may differ
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.reasoning_tokens) == (
+        whole.usage.prompt_tokens,
+        whole.usage.completion_tokens,
+        whole.usage.reasoning_tokens,
+    )  # cache hits may differ
 
 
 def test_achat_does_not_block_the_event_loop(model):
@@ -150,7 +154,9 @@ def test_batch_equals_individual_results(model):
     solo = [model.chat(c, config=GREEDY) for c in CONVERSATIONS]
     batched = model.batch(CONVERSATIONS, config=GREEDY)
     assert [r.content for r in batched] == [r.content for r in solo]
-    assert [(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.reasoning_tokens) for r in batched] == [(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.reasoning_tokens) for r in solo]
+    assert [(r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.reasoning_tokens) for r in batched] == [
+        (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.reasoning_tokens) for r in solo
+    ]
     assert [r.content for r in asyncio.run(model.abatch(CONVERSATIONS, config=GREEDY))] == [r.content for r in solo]
 
 

@@ -34,7 +34,7 @@ QUERY_TOOL = {
 
 
 def hermes(name: str, args) -> str:
-    return f'<tool_call>\n{json.dumps({"name": name, "arguments": args}, ensure_ascii=False)}\n</tool_call>'
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}\n</tool_call>"
 
 
 def xml(name: str, **params: str) -> str:
@@ -48,47 +48,166 @@ ROME = hermes("get_weather", {"city": "Rome"})
 # (output, starts_in_thinking, format, expected reasoning, content, [(name, arguments)], truncated)
 CORPUS = [
     ("Let me check.\n" + PARIS, False, "hermes", "", "Let me check.", [("get_weather", {"city": "Paris"})], False),
-    (PARIS + "\n" + ROME, False, "hermes", "", "",
-     [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})], False),
+    (
+        PARIS + "\n" + ROME,
+        False,
+        "hermes",
+        "",
+        "",
+        [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})],
+        False,
+    ),
     (PARIS + "\nI called it.", False, "hermes", "", "I called it.", [("get_weather", {"city": "Paris"})], False),
-    ('Sure.\n<tool_call>\n{"name": "get_weather", "argu', False, "hermes", "",
-     'Sure.\n<tool_call>\n{"name": "get_weather", "argu', [], True),
+    (
+        'Sure.\n<tool_call>\n{"name": "get_weather", "argu',
+        False,
+        "hermes",
+        "",
+        'Sure.\n<tool_call>\n{"name": "get_weather", "argu',
+        [],
+        True,
+    ),
     ("Hi <tool_call>", False, "hermes", "", "Hi <tool_call>", [], True),
     ("Hi <tool_ca", False, "hermes", "", "Hi <tool_ca", [], False),
-    ("<tool_call>\n{name: get_weather}\n</tool_call>\nDone.", False, "hermes", "",
-     "<tool_call>\n{name: get_weather}\n</tool_call>\nDone.", [], False),
-    ('<tool_call>\n{"name": "f", "arguments": {"x": NaN}}\n</tool_call>', False, "hermes", "",
-     '<tool_call>\n{"name": "f", "arguments": {"x": NaN}}\n</tool_call>', [], False),
+    (
+        "<tool_call>\n{name: get_weather}\n</tool_call>\nDone.",
+        False,
+        "hermes",
+        "",
+        "<tool_call>\n{name: get_weather}\n</tool_call>\nDone.",
+        [],
+        False,
+    ),
+    (
+        '<tool_call>\n{"name": "f", "arguments": {"x": NaN}}\n</tool_call>',
+        False,
+        "hermes",
+        "",
+        '<tool_call>\n{"name": "f", "arguments": {"x": NaN}}\n</tool_call>',
+        [],
+        False,
+    ),
     ('<tool_call>\n{"name": "get_time", "arguments": {}}\n', False, "hermes", "", "", [("get_time", {})], False),
-    ('<tool_call>\n{"name": "f", "arguments": "{\\"a\\": 1}"}\n</tool_call>', False, "hermes", "", "",
-     [("f", {"a": 1})], False),
+    (
+        '<tool_call>\n{"name": "f", "arguments": "{\\"a\\": 1}"}\n</tool_call>',
+        False,
+        "hermes",
+        "",
+        "",
+        [("f", {"a": 1})],
+        False,
+    ),
     ('<tool_call>\n{"name": "f"}\n</tool_call>', False, "hermes", "", "", [("f", {})], False),
-    (hermes("get_weather", {"city": "Zürich 🏔"}), False, "hermes", "", "", [("get_weather", {"city": "Zürich 🏔"})],
-     False),
-    ("I could call " + PARIS + " but no.\n</think>\n\nNo call needed.", True, "hermes",
-     "I could call " + PARIS + " but no.", "No call needed.", [], False),
-    ("<think>\nNeed weather.\n</think>\n\n" + PARIS, True, "hermes", "Need weather.", "",
-     [("get_weather", {"city": "Paris"})], False),
+    (
+        hermes("get_weather", {"city": "Zürich 🏔"}),
+        False,
+        "hermes",
+        "",
+        "",
+        [("get_weather", {"city": "Zürich 🏔"})],
+        False,
+    ),
+    (
+        "I could call " + PARIS + " but no.\n</think>\n\nNo call needed.",
+        True,
+        "hermes",
+        "I could call " + PARIS + " but no.",
+        "No call needed.",
+        [],
+        False,
+    ),
+    (
+        "<think>\nNeed weather.\n</think>\n\n" + PARIS,
+        True,
+        "hermes",
+        "Need weather.",
+        "",
+        [("get_weather", {"city": "Paris"})],
+        False,
+    ),
     ("Thinking " + PARIS[:20], True, "hermes", "Thinking " + PARIS[:20], "", [], False),
     ("Need it.\n</think>\n\n" + PARIS[:30], True, "hermes", "Need it.", PARIS[:30], [], True),
     ("Plain " + PARIS, False, None, "", "Plain " + PARIS, [], False),
-    (xml("run_query", sql="SELECT 1;", limit="10", ratio="0.5", dry_run="True", tags='["a", "b"]',
-         options='{"x": 1}'), False, "qwen3_coder", "", "",
-     [("run_query", {"sql": "SELECT 1;", "limit": 10, "ratio": 0.5, "dry_run": True, "tags": ["a", "b"],
-                     "options": {"x": 1}})], False),
-    ("Running it.\n\n" + xml("run_query", sql="SELECT *\nFROM t\n", limit="ten", ratio="3") + "\n"
-     + xml("other", limit="42"), False, "qwen3_coder", "", "Running it.",
-     [("run_query", {"sql": "SELECT *\nFROM t\n", "limit": "ten", "ratio": 3}), ("other", {"limit": "42"})], False),
-    (xml("run_query", note="null", maybe="null", sql="null", options="{'a': True, 'b': None}"), False, "qwen3_coder",
-     "", "", [("run_query", {"note": None, "maybe": None, "sql": "null", "options": {"a": True, "b": None}})], False),
-    ("<tool_call>\n<function=f>\n<parameter=a>\n1\n<parameter=b>\n2\n</function>\n</tool_call>", False,
-     "qwen3_coder", "", "", [("f", {"a": "1", "b": "2"})], False),
-    ("<tool_call>\n<function=run_query>\n<parameter=sql>\nSEL", False, "qwen3_coder", "",
-     "<tool_call>\n<function=run_query>\n<parameter=sql>\nSEL", [], True),
-    ("<tool_call>\nrun_query(sql=1)\n</tool_call>", False, "qwen3_coder", "",
-     "<tool_call>\nrun_query(sql=1)\n</tool_call>", [], False),
-    ("Plan: " + xml("run_query", limit="1") + "\n</think>\n\n" + xml("run_query", limit="2"), True, "qwen3_coder",
-     "Plan: " + xml("run_query", limit="1"), "", [("run_query", {"limit": 2})], False),
+    (
+        xml(
+            "run_query", sql="SELECT 1;", limit="10", ratio="0.5", dry_run="True", tags='["a", "b"]', options='{"x": 1}'
+        ),
+        False,
+        "qwen3_coder",
+        "",
+        "",
+        [
+            (
+                "run_query",
+                {
+                    "sql": "SELECT 1;",
+                    "limit": 10,
+                    "ratio": 0.5,
+                    "dry_run": True,
+                    "tags": ["a", "b"],
+                    "options": {"x": 1},
+                },
+            )
+        ],
+        False,
+    ),
+    (
+        "Running it.\n\n"
+        + xml("run_query", sql="SELECT *\nFROM t\n", limit="ten", ratio="3")
+        + "\n"
+        + xml("other", limit="42"),
+        False,
+        "qwen3_coder",
+        "",
+        "Running it.",
+        [("run_query", {"sql": "SELECT *\nFROM t\n", "limit": "ten", "ratio": 3}), ("other", {"limit": "42"})],
+        False,
+    ),
+    (
+        xml("run_query", note="null", maybe="null", sql="null", options="{'a': True, 'b': None}"),
+        False,
+        "qwen3_coder",
+        "",
+        "",
+        [("run_query", {"note": None, "maybe": None, "sql": "null", "options": {"a": True, "b": None}})],
+        False,
+    ),
+    (
+        "<tool_call>\n<function=f>\n<parameter=a>\n1\n<parameter=b>\n2\n</function>\n</tool_call>",
+        False,
+        "qwen3_coder",
+        "",
+        "",
+        [("f", {"a": "1", "b": "2"})],
+        False,
+    ),
+    (
+        "<tool_call>\n<function=run_query>\n<parameter=sql>\nSEL",
+        False,
+        "qwen3_coder",
+        "",
+        "<tool_call>\n<function=run_query>\n<parameter=sql>\nSEL",
+        [],
+        True,
+    ),
+    (
+        "<tool_call>\nrun_query(sql=1)\n</tool_call>",
+        False,
+        "qwen3_coder",
+        "",
+        "<tool_call>\nrun_query(sql=1)\n</tool_call>",
+        [],
+        False,
+    ),
+    (
+        "Plan: " + xml("run_query", limit="1") + "\n</think>\n\n" + xml("run_query", limit="2"),
+        True,
+        "qwen3_coder",
+        "Plan: " + xml("run_query", limit="1"),
+        "",
+        [("run_query", {"limit": 2})],
+        False,
+    ),
 ]
 
 
@@ -125,8 +244,23 @@ def test_corpus_streamed_at_every_split_equals_one_shot(text, starts, fmt, reaso
 
 def test_random_outputs_stream_like_one_shot() -> None:
     rng = random.Random(1)
-    atoms = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_", "\n", " ", "x", "{", "}",
-             '{"name": "f", "arguments": {}}', "<function=f>", "</function>", "<parameter=a>", "</parameter>"]
+    atoms = [
+        "<think>",
+        "</think>",
+        "<tool_call>",
+        "</tool_call>",
+        "<tool_",
+        "\n",
+        " ",
+        "x",
+        "{",
+        "}",
+        '{"name": "f", "arguments": {}}',
+        "<function=f>",
+        "</function>",
+        "<parameter=a>",
+        "</parameter>",
+    ]
     for _ in range(300):
         text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 12)))
         for starts in (False, True):
@@ -150,8 +284,12 @@ def test_deltas_are_emitted_as_early_as_possible() -> None:
 
 def test_hostile_bodies_never_raise() -> None:
     deep = "[" * 100_000
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"o": {"type": "object"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "f", "parameters": {"type": "object", "properties": {"o": {"type": "object"}}}},
+        }
+    ]
     text = '<tool_call>\n{"name": "f", "arguments": ' + deep + "}\n</tool_call>"
     assert OutputParser(False, "hermes", tools).parse(text).content == text
     text = "<tool_call>\n<function=f>\n<parameter=o>\n" + deep + "\n</parameter>\n</function>\n</tool_call>"
@@ -162,8 +300,11 @@ def test_hostile_bodies_never_raise() -> None:
 def test_call_ids_and_openai_shape() -> None:
     calls = OutputParser(False, "hermes").parse(PARIS + ROME).tool_calls
     assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") and len(c.id) > 10 for c in calls)
-    assert calls[0].to_openai() == {"id": calls[0].id, "type": "function",
-                                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    assert calls[0].to_openai() == {
+        "id": calls[0].id,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
     assert calls[1].to_openai(index=1)["index"] == 1
 
 
@@ -174,22 +315,25 @@ def test_parse_leaves_streaming_state_alone() -> None:
     assert parser.finish().reasoning == ""
 
 
-@pytest.mark.parametrize("value, schema, converted", [
-    ("7", {"type": "integer"}, 7),
-    ("-7", {"type": "number"}, -7),
-    ("1e3", {"type": "number"}, 1000.0),
-    ("nan", {"type": "number"}, "nan"),
-    ("7.5", {"type": "integer"}, "7.5"),
-    ("false", {"type": "boolean"}, False),
-    ("yes", {"type": "boolean"}, "yes"),
-    ("[1, 2]", {"type": "array"}, [1, 2]),
-    ('{"a": 1}', {"type": "array"}, '{"a": 1}'),
-    ("{1, 2}", {"type": "object"}, "{1, 2}"),
-    (" 42 ", {"type": "string"}, " 42 "),
-    ("42", None, "42"),
-    ("42", {"type": ["null", "integer"]}, 42),
-    ("null", {"type": "integer"}, None),
-])
+@pytest.mark.parametrize(
+    "value, schema, converted",
+    [
+        ("7", {"type": "integer"}, 7),
+        ("-7", {"type": "number"}, -7),
+        ("1e3", {"type": "number"}, 1000.0),
+        ("nan", {"type": "number"}, "nan"),
+        ("7.5", {"type": "integer"}, "7.5"),
+        ("false", {"type": "boolean"}, False),
+        ("yes", {"type": "boolean"}, "yes"),
+        ("[1, 2]", {"type": "array"}, [1, 2]),
+        ('{"a": 1}', {"type": "array"}, '{"a": 1}'),
+        ("{1, 2}", {"type": "object"}, "{1, 2}"),
+        (" 42 ", {"type": "string"}, " 42 "),
+        ("42", None, "42"),
+        ("42", {"type": ["null", "integer"]}, 42),
+        ("null", {"type": "integer"}, None),
+    ],
+)
 def test_xml_value_conversion(value, schema, converted) -> None:
     assert convert_value(value, schema) == converted
 

@@ -12,14 +12,14 @@ from qwenkit.chat import ReasoningParser, split_reasoning
 def spec_split(text: str, starts_in_thinking: bool) -> tuple[str, str]:
     """The documented rules, written independently of the streaming parser."""
     opened = text.startswith("<think>")
-    body = text[len("<think>"):] if opened else text
+    body = text[len("<think>") :] if opened else text
     if not (opened or starts_in_thinking):
         return "", body
     body = body.lstrip("\n")
     end = body.find("</think>")
     if end < 0:
         return body, ""
-    return body[:end].rstrip("\n"), body[end + len("</think>"):].lstrip("\n")
+    return body[:end].rstrip("\n"), body[end + len("</think>") :].lstrip("\n")
 
 
 def piecewise(text: str) -> list[list[str]]:

@@ -29,8 +29,11 @@ WEATHER = {
 }
 CLOCK = {
     "type": "function",
-    "function": {"name": "get_time", "description": "Local time, e.g. for Zürich.",
-                 "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}},
+    "function": {
+        "name": "get_time",
+        "description": "Local time, e.g. for Zürich.",
+        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}},
+    },
 }
 TOOLS = [WEATHER, CLOCK]
 
@@ -62,38 +65,61 @@ CORPUS: dict[str, tuple[list[dict], list[dict] | None]] = {
     "tools_no_system": ([user("Weather in Paris?")], TOOLS),
     "tools_with_system": ([SYSTEM, user("Weather in Paris?")], TOOLS),
     "tool_round_trip": (
-        [SYSTEM, user("Weather in Paris?"), assistant("", tool_calls=[call("get_weather", {"city": "Paris"})]),
-         tool('{"temp": 21}'), assistant("21°C in Paris."), user("Thanks!")],
+        [
+            SYSTEM,
+            user("Weather in Paris?"),
+            assistant("", tool_calls=[call("get_weather", {"city": "Paris"})]),
+            tool('{"temp": 21}'),
+            assistant("21°C in Paris."),
+            user("Thanks!"),
+        ],
         TOOLS,
     ),
     "parallel_calls_consecutive_results": (
-        [user("Weather in Paris and Rome, 3 days?"),
-         assistant("Let me check both.", tool_calls=[call("get_weather", {"city": "Paris", "days": 3}, "a"),
-                                                      call("get_weather", {"city": "Rome", "days": 3}, "b")]),
-         tool("21C", "a"), tool("25C", "b")],
+        [
+            user("Weather in Paris and Rome, 3 days?"),
+            assistant(
+                "Let me check both.",
+                tool_calls=[
+                    call("get_weather", {"city": "Paris", "days": 3}, "a"),
+                    call("get_weather", {"city": "Rome", "days": 3}, "b"),
+                ],
+            ),
+            tool("21C", "a"),
+            tool("25C", "b"),
+        ],
         TOOLS,
     ),
     "nested_arguments": (
-        [user("Time?"), assistant("", tool_calls=[call("get_time", {"tz": "Europe/Zürich", "opts": {"a": [1, 2]}})]),
-         tool("12:00")],
+        [
+            user("Time?"),
+            assistant("", tool_calls=[call("get_time", {"tz": "Europe/Zürich", "opts": {"a": [1, 2]}})]),
+            tool("12:00"),
+        ],
         TOOLS,
     ),
     "reasoning_content_history": (
-        [user("1+1?"), assistant("2", reasoning_content="Easy: one plus one."), user("2+2?")], None),
-    "inline_think_history": (
-        [user("1+1?"), assistant("<think>\nEasy.\n</think>\n\n2"), user("2+2?")], None),
+        [user("1+1?"), assistant("2", reasoning_content="Easy: one plus one."), user("2+2?")],
+        None,
+    ),
+    "inline_think_history": ([user("1+1?"), assistant("<think>\nEasy.\n</think>\n\n2"), user("2+2?")], None),
     "multi_step_after_last_query": (
-        [user("1+1?"), assistant("2", reasoning_content="old thoughts"),
-         user("Weather in Paris, then the time?"),
-         assistant("", reasoning_content="Need the weather first.",
-                   tool_calls=[call("get_weather", {"city": "Paris"}, "a")]),
-         tool("21C", "a"),
-         assistant("", reasoning_content="Now the time.", tool_calls=[call("get_time", {"tz": "CET"}, "b")]),
-         tool("12:00", "b")],
+        [
+            user("1+1?"),
+            assistant("2", reasoning_content="old thoughts"),
+            user("Weather in Paris, then the time?"),
+            assistant(
+                "",
+                reasoning_content="Need the weather first.",
+                tool_calls=[call("get_weather", {"city": "Paris"}, "a")],
+            ),
+            tool("21C", "a"),
+            assistant("", reasoning_content="Now the time.", tool_calls=[call("get_time", {"tz": "CET"}, "b")]),
+            tool("12:00", "b"),
+        ],
         TOOLS,
     ),
-    "final_assistant_with_reasoning": (
-        [user("Hi"), assistant("Hello!", reasoning_content="Greet back.")], None),
+    "final_assistant_with_reasoning": ([user("Hi"), assistant("Hello!", reasoning_content="Greet back.")], None),
 }
 # Conversations whose last message is the assistant's are rendered without a generation prompt.
 NO_GENERATION_PROMPT = {"final_assistant_with_reasoning"}
@@ -102,8 +128,11 @@ FLAGS = [None, True, False]
 
 def hf_render(source: str, messages: list[dict], tools=None, add_generation_prompt=True, **kwargs) -> str:
     rendered, _ = render_jinja_template(
-        conversations=[copy.deepcopy(messages)], tools=copy.deepcopy(tools), chat_template=source,
-        add_generation_prompt=add_generation_prompt, **kwargs,
+        conversations=[copy.deepcopy(messages)],
+        tools=copy.deepcopy(tools),
+        chat_template=source,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
     )
     return rendered[0]
 
@@ -149,8 +178,7 @@ def test_matches_transformers(name: str, case: str, flag: bool | None) -> None:
     want = expected(name, messages, tools, gen, flag)
     template = official_template(name)
     assert template.render(messages, tools=tools, add_generation_prompt=gen, enable_thinking=flag) == want
-    assert template.render(client_form(messages), tools=tools, add_generation_prompt=gen,
-                           enable_thinking=flag) == want
+    assert template.render(client_form(messages), tools=tools, add_generation_prompt=gen, enable_thinking=flag) == want
 
 
 @pytest.mark.parametrize("case", [c for c, (m, _) in CORPUS.items() if any(x.get("tool_calls") for x in m)])
@@ -160,7 +188,8 @@ def test_qwen3_string_arguments_match_transformers(case: str) -> None:
     messages, tools = CORPUS[case]
     source = official_template("qwen3").source
     assert official_template("qwen3").render(client_form(messages), tools=tools) == hf_render(
-        source, string_arguments(messages), tools)
+        source, string_arguments(messages), tools
+    )
 
 
 def test_model_file_template_matches_transformers() -> None:
@@ -176,17 +205,20 @@ def test_model_file_template_matches_transformers() -> None:
 
 # Hand-written prompts (from the Qwen facts), so a bug shared with transformers still fails.
 
+
 def test_qwen25_default_system() -> None:
     assert official_template("qwen2.5").render([user("Hello")]) == (
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_qwen3_has_no_default_system_and_switches_thinking() -> None:
     qwen3 = official_template("qwen3")
     assert qwen3.render([user("Hello")]) == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
     assert qwen3.render([user("Hello")], enable_thinking=False) == (
-        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
 
 
 def test_qwen3_tools_system_block() -> None:
@@ -199,87 +231,111 @@ def test_qwen3_tools_system_block() -> None:
         "For each function call, return a json object with function name and arguments within "
         "<tool_call></tool_call> XML tags:\n<tool_call>\n"
         '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
-        "<|im_start|>user\nGo<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nGo<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_qwen3_calls_and_folded_tool_results() -> None:
-    messages = [user("Paris and Rome?"),
-                assistant(None, tool_calls=[call("get_weather", {"city": "Paris"}),
-                                            call("get_weather", '{"city": "Rome"}')]),
-                tool("21C"), tool("25C")]
+    messages = [
+        user("Paris and Rome?"),
+        assistant(None, tool_calls=[call("get_weather", {"city": "Paris"}), call("get_weather", '{"city": "Rome"}')]),
+        tool("21C"),
+        tool("25C"),
+    ]
     assert official_template("qwen3").render(messages) == (
         "<|im_start|>user\nParis and Rome?<|im_end|>\n<|im_start|>assistant\n"
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call><|im_end|>\n'
         "<|im_start|>user\n<tool_response>\n21C\n</tool_response>\n<tool_response>\n25C\n</tool_response>"
-        "<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_qwen25_string_arguments_are_not_double_encoded() -> None:
     messages = [user("Paris?"), assistant("", tool_calls=[call("get_weather", '{"city": "Paris"}')]), tool("21C")]
-    assert ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
-            "<|im_start|>user\n<tool_response>\n21C\n</tool_response><|im_end|>\n") in \
-        official_template("qwen2.5").render(messages)
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\n21C\n</tool_response><|im_end|>\n"
+    ) in official_template("qwen2.5").render(messages)
 
 
 def test_qwen3_coder_xml_call() -> None:
-    messages = [user("Weather?"), assistant("", tool_calls=[call("get_weather", '{"city": "Paris", "days": 3}')]),
-                tool("21C")]
+    messages = [
+        user("Weather?"),
+        assistant("", tool_calls=[call("get_weather", '{"city": "Paris", "days": 3}')]),
+        tool("21C"),
+    ]
     assert official_template("qwen3-coder").render(messages) == (
         "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n"
         "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
         "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call><|im_end|>\n"
-        "<|im_start|>user\n<tool_response>\n21C\n</tool_response>\n<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\n<tool_response>\n21C\n</tool_response>\n<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_qwq_opens_thinking() -> None:
     assert official_template("qwq").render([user("Hi")], enable_thinking=True) == (
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n")
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    )
 
 
 # History stripping, exactly as the official Qwen3 template does it.
+
 
 def test_qwen3_drops_reasoning_before_last_user_query() -> None:
     qwen3 = official_template("qwen3")
     for earlier in (assistant("2", reasoning_content="Easy."), assistant("<think>\nEasy.\n</think>\n\n2")):
         assert qwen3.render([user("1+1?"), earlier, user("2+2?")]) == (
             "<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n2<|im_end|>\n"
-            "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+            "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+        )
 
 
 def test_qwen3_keeps_reasoning_after_last_user_query() -> None:
     messages = CORPUS["multi_step_after_last_query"][0]
     text = official_template("qwen3").render(messages, tools=TOOLS)
     assert "old thoughts" not in text
-    assert ("<|im_start|>user\nWeather in Paris, then the time?<|im_end|>\n"
-            "<|im_start|>assistant\n<think>\nNeed the weather first.\n</think>\n\n"
-            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
-            "<|im_start|>user\n<tool_response>\n21C\n</tool_response><|im_end|>\n"
-            "<|im_start|>assistant\n<think>\nNow the time.\n</think>\n\n"
-            '<tool_call>\n{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call><|im_end|>\n') in text
+    assert (
+        "<|im_start|>user\nWeather in Paris, then the time?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nNeed the weather first.\n</think>\n\n"
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\n21C\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nNow the time.\n</think>\n\n"
+        '<tool_call>\n{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call><|im_end|>\n'
+    ) in text
 
 
 def test_tool_response_user_turn_is_not_a_query() -> None:
     """A user turn that is only a <tool_response> does not count as the last query."""
-    messages = [user("Go"), assistant("", reasoning_content="Think A.", tool_calls=[call("get_time", {})]),
-                user("<tool_response>\n12:00\n</tool_response>")]
+    messages = [
+        user("Go"),
+        assistant("", reasoning_content="Think A.", tool_calls=[call("get_time", {})]),
+        user("<tool_response>\n12:00\n</tool_response>"),
+    ]
     assert "<think>\nThink A.\n</think>" in official_template("qwen3").render(messages)
 
 
 # Message validation and errors.
 
-@pytest.mark.parametrize("messages, message", [
-    ([], "must not be empty"),
-    ("hello", "list of message"),
-    ([{"role": "robot", "content": "x"}], "unknown role 'robot'"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "'image_url' is not supported"),
-    ([{"role": "user", "content": 3}], "content must be"),
-    ([{"role": "user", "content": None}], "needs content"),
-    ([{"role": "user", "content": "x", "tool_calls": [call("f", {})]}], "only assistant"),
-    ([user("x"), assistant("", tool_calls=[call("f", "{not json")])], "not valid JSON"),
-    ([user("x"), assistant("", tool_calls=[call("f", "[1, 2]")])], "must be a JSON object"),
-    ([user("x"), assistant("", tool_calls=[{"function": {"arguments": "{}"}}])], "tool_calls[0]"),
-])
+
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        ([], "must not be empty"),
+        ("hello", "list of message"),
+        ([{"role": "robot", "content": "x"}], "unknown role 'robot'"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            "'image_url' is not supported",
+        ),
+        ([{"role": "user", "content": 3}], "content must be"),
+        ([{"role": "user", "content": None}], "needs content"),
+        ([{"role": "user", "content": "x", "tool_calls": [call("f", {})]}], "only assistant"),
+        ([user("x"), assistant("", tool_calls=[call("f", "{not json")])], "not valid JSON"),
+        ([user("x"), assistant("", tool_calls=[call("f", "[1, 2]")])], "must be a JSON object"),
+        ([user("x"), assistant("", tool_calls=[{"function": {"arguments": "{}"}}])], "tool_calls[0]"),
+    ],
+)
 def test_bad_messages_are_bad_requests(messages, message: str) -> None:
     with pytest.raises(BadRequest) as err:
         official_template("qwen3").render(messages)
@@ -294,12 +350,15 @@ def test_bad_tools_are_bad_requests() -> None:
 
 def test_text_parts_developer_role_and_reasoning_alias() -> None:
     qwen3 = official_template("qwen3")
-    parts = [{"role": "developer", "content": "Be brief."},
-             {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-             {"role": "assistant", "content": "c", "reasoning": "r"}]
+    parts = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": "c", "reasoning": "r"},
+    ]
     assert qwen3.render(parts, add_generation_prompt=False) == qwen3.render(
         [{"role": "system", "content": "Be brief."}, user("a\nb"), assistant("c", reasoning_content="r")],
-        add_generation_prompt=False)
+        add_generation_prompt=False,
+    )
     assert "<think>\nr\n</think>" in qwen3.render(parts, add_generation_prompt=False)
 
 
@@ -307,8 +366,9 @@ def test_template_errors() -> None:
     with pytest.raises(TemplateError, match="does not compile"):
         ChatTemplate("{% if %}")
     with pytest.raises(TemplateError, match="no system messages, please"):
-        ChatTemplate("{% if messages[0].role == 'system' %}{{ raise_exception('no system messages, please') }}"
-                     "{% endif %}").render([SYSTEM, user("x")])
+        ChatTemplate(
+            "{% if messages[0].role == 'system' %}{{ raise_exception('no system messages, please') }}{% endif %}"
+        ).render([SYSTEM, user("x")])
     with pytest.raises(TemplateError, match="cannot render"):
         ChatTemplate("{{ messages[0].content.startswith() }}").render([user("x")])
     with pytest.raises(TemplateError, match="no official"):
@@ -327,6 +387,7 @@ def test_strftime_now_global() -> None:
 
 # Choosing a template.
 
+
 def test_load_template_prefers_model_file() -> None:
     own = "{% for m in messages %}{{ m.content }}{% endfor %}"
     assert load_template(own, architecture="qwen3").render([user("x")]) == "x"
@@ -334,27 +395,35 @@ def test_load_template_prefers_model_file() -> None:
     assert load_template("  ", name_hint="QwQ-32B").source == official_template("qwq").source
 
 
-@pytest.mark.parametrize("architecture, hint, name", [
-    ("qwen3", None, "qwen3"),
-    ("qwen3moe", "Qwen3-30B-A3B", "qwen3"),
-    ("qwen3moe", "Qwen3-Coder-30B-A3B-Instruct", "qwen3-coder"),
-    (None, "qwen3-coder-480b", "qwen3-coder"),
-    ("qwen2", "QwQ-32B", "qwq"),
-    ("qwen2", "Qwen2.5-Coder-1.5B-Instruct", "qwen2.5"),
-    ("qwen2", None, "qwen2.5"),
-    (None, None, "qwen2.5"),
-])
+@pytest.mark.parametrize(
+    "architecture, hint, name",
+    [
+        ("qwen3", None, "qwen3"),
+        ("qwen3moe", "Qwen3-30B-A3B", "qwen3"),
+        ("qwen3moe", "Qwen3-Coder-30B-A3B-Instruct", "qwen3-coder"),
+        (None, "qwen3-coder-480b", "qwen3-coder"),
+        ("qwen2", "QwQ-32B", "qwq"),
+        ("qwen2", "Qwen2.5-Coder-1.5B-Instruct", "qwen2.5"),
+        ("qwen2", None, "qwen2.5"),
+        (None, None, "qwen2.5"),
+    ],
+)
 def test_fallback_choice(architecture, hint, name) -> None:
     assert fallback_name(architecture, hint) == name
 
 
 def test_thinking_capabilities_of_official_templates() -> None:
     caps = {n: (official_template(n).supports_thinking, official_template(n).opens_thinking) for n in NAMES}
-    assert caps == {"qwen2.5": (False, False), "qwen3": (True, False), "qwen3-coder": (False, False),
-                    "qwq": (False, True)}
+    assert caps == {
+        "qwen2.5": (False, False),
+        "qwen3": (True, False),
+        "qwen3-coder": (False, False),
+        "qwq": (False, True),
+    }
 
 
 def test_official_templates_ship_as_package_files() -> None:
     from importlib import resources
+
     files = {p.name for p in resources.files("qwenkit.chat").joinpath("templates").iterdir()}
     assert set(OFFICIAL.values()) <= files

@@ -36,7 +36,7 @@ def thinking_2507() -> ChatTemplate:
 
 
 def generation_tail(prompt: str) -> str:
-    return prompt[prompt.rindex("<|im_start|>assistant\n"):]
+    return prompt[prompt.rindex("<|im_start|>assistant\n") :]
 
 
 def test_empty_block_inserted_when_template_lacks_the_flag() -> None:
@@ -64,29 +64,36 @@ def test_no_block_for_non_thinking_templates() -> None:
 
 def test_no_block_without_generation_prompt() -> None:
     messages = [user("Hi"), {"role": "assistant", "content": "Hello"}]
-    assert not flagless_qwen3().render(messages, add_generation_prompt=False, enable_thinking=False).endswith(
-        EMPTY_THINK)
+    assert (
+        not flagless_qwen3().render(messages, add_generation_prompt=False, enable_thinking=False).endswith(EMPTY_THINK)
+    )
 
 
-@pytest.mark.parametrize("prompt, closed", [
-    ("<|im_start|>assistant\n", "<|im_start|>assistant\n" + EMPTY_THINK),
-    ("<|im_start|>assistant\n<think>\n", "<|im_start|>assistant\n" + EMPTY_THINK),
-    ("<|im_start|>assistant\n<think>\n</think>", "<|im_start|>assistant\n" + EMPTY_THINK),
-    ("<|im_start|>assistant\n" + EMPTY_THINK, "<|im_start|>assistant\n" + EMPTY_THINK),
-])
+@pytest.mark.parametrize(
+    "prompt, closed",
+    [
+        ("<|im_start|>assistant\n", "<|im_start|>assistant\n" + EMPTY_THINK),
+        ("<|im_start|>assistant\n<think>\n", "<|im_start|>assistant\n" + EMPTY_THINK),
+        ("<|im_start|>assistant\n<think>\n</think>", "<|im_start|>assistant\n" + EMPTY_THINK),
+        ("<|im_start|>assistant\n" + EMPTY_THINK, "<|im_start|>assistant\n" + EMPTY_THINK),
+    ],
+)
 def test_close_thinking(prompt: str, closed: str) -> None:
     assert close_thinking(prompt) == closed
     assert close_thinking(closed) == closed
 
 
-@pytest.mark.parametrize("contents, switch", [
-    (["Hi"], None),
-    (["Hi /no_think"], False),
-    (["/no_think Hi", "again /think"], True),
-    (["Hi /think", "no switch here"], True),
-    (["a /think then /no_think"], False),
-    (["see /home/think and a/no_think and /thinking"], None),
-])
+@pytest.mark.parametrize(
+    "contents, switch",
+    [
+        (["Hi"], None),
+        (["Hi /no_think"], False),
+        (["/no_think Hi", "again /think"], True),
+        (["Hi /think", "no switch here"], True),
+        (["a /think then /no_think"], False),
+        (["see /home/think and a/no_think and /thinking"], None),
+    ],
+)
 def test_soft_switch_latest_wins(contents: list[str], switch: bool | None) -> None:
     messages = []
     for text in contents:
@@ -99,14 +106,17 @@ def test_soft_switch_in_system_message() -> None:
     assert soft_switch([{"role": "system", "content": "/no_think"}, user("Hi /think")]) is True
 
 
-@pytest.mark.parametrize("flag, text, thinking", [
-    (None, "Hi", True),
-    (True, "Hi", True),
-    (False, "Hi", False),
-    (None, "Hi /no_think", False),
-    (True, "Hi /no_think", False),  # with thinking enabled the soft switch decides
-    (False, "Hi /think", False),  # the hard switch always wins
-])
+@pytest.mark.parametrize(
+    "flag, text, thinking",
+    [
+        (None, "Hi", True),
+        (True, "Hi", True),
+        (False, "Hi", False),
+        (None, "Hi /no_think", False),
+        (True, "Hi /no_think", False),  # with thinking enabled the soft switch decides
+        (False, "Hi /think", False),  # the hard switch always wins
+    ],
+)
 def test_resolve_thinking(flag, text, thinking) -> None:
     assert resolve_thinking(flag, [user(text)]) is thinking
 

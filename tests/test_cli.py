@@ -124,7 +124,9 @@ def test_streamed_run_prints_the_same_text_as_json(tiny2):
 
 
 def test_run_reads_the_prompt_from_stdin(tiny2):
-    from_stdin = cli("run", "-", "-m", tiny2, "-n", "6", "--temperature", "0", "--json", "-t", THREADS, stdin="Say the word banana")
+    from_stdin = cli(
+        "run", "-", "-m", tiny2, "-n", "6", "--temperature", "0", "--json", "-t", THREADS, stdin="Say the word banana"
+    )
     from_arg = cli("run", "Say the word banana", "-m", tiny2, "-n", "6", "--temperature", "0", "--json", "-t", THREADS)
     check_ok(from_stdin)
     check_ok(from_arg)

@@ -87,7 +87,7 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog. 1234567890!",
     "你好，世界！机器学习和自然语言处理很有趣。",
     "emoji 😀🎉👍🏽 🪐 family: 👨‍👩‍👧",
-    "def add(a: int, b: int) -> int:\n    \"\"\"Sum.\"\"\"\n\treturn a + b  # {'k': [1, 2]}\n",
+    'def add(a: int, b: int) -> int:\n    """Sum."""\n\treturn a + b  # {\'k\': [1, 2]}\n',
     "Ünïcödé ß ñ Здравствуй мир こんにちは 안녕하세요 العربية 龘靐齉",
     "  leading and trailing spaces  \n\n",
 ]
@@ -250,14 +250,18 @@ def test_logit_bias_forces_a_token(tiny_engine):
     forced = tiny_engine.tokenize(" hello")
     assert len(forced) == 1
     for extra in (GREEDY, dict(temperature=1.0, seed=5)):
-        chunks = run(tiny_engine, chat_prompt("Tell me a story."), max_tokens=6, logit_bias=((forced[0], 100.0),), **extra)
+        chunks = run(
+            tiny_engine, chat_prompt("Tell me a story."), max_tokens=6, logit_bias=((forced[0], 100.0),), **extra
+        )
         assert ids_of(chunks) == forced * 6
         assert text_of(chunks) == " hello" * 6
 
 
 def test_logit_bias_can_ban_a_token(tiny_engine, greedy_reference):
     first = ids_of(greedy_reference)[0]
-    chunks = run(tiny_engine, chat_prompt("Tell me a story."), max_tokens=3, logit_bias=((first, float("-inf")),), **GREEDY)
+    chunks = run(
+        tiny_engine, chat_prompt("Tell me a story."), max_tokens=3, logit_bias=((first, float("-inf")),), **GREEDY
+    )
     assert ids_of(chunks)[0] != first
 
 
@@ -290,7 +294,9 @@ def test_top_k_1_is_greedy(tiny_engine, greedy_reference):
     assert ids_of(chunks) == ids_of(greedy_reference)[:10]
 
 
-@pytest.mark.parametrize("penalty", [dict(repetition_penalty=50.0), dict(presence_penalty=10.0), dict(frequency_penalty=10.0)])
+@pytest.mark.parametrize(
+    "penalty", [dict(repetition_penalty=50.0), dict(presence_penalty=10.0), dict(frequency_penalty=10.0)]
+)
 def test_penalties_act_on_repeated_tokens(tiny_engine, penalty):
     # a +3 bias makes greedy repeat one token (the tiny model's logits are below 1); each
     # penalty must push that token down once it has been generated
@@ -372,7 +378,9 @@ def test_closing_the_iterator_cancels_the_request(tiny_qwen2):
                 steps.append(len(generated))
                 return ()
 
-        stream = engine.generate(engine.tokenize(chat_prompt("Tell me a story.")), SamplingParams(max_tokens=600, temperature=0), Count())
+        stream = engine.generate(
+            engine.tokenize(chat_prompt("Tell me a story.")), SamplingParams(max_tokens=600, temperature=0), Count()
+        )
         taken = [next(stream) for _ in range(3)]
         assert all(c.finish_reason is None for c in taken)
         stream.close()
@@ -386,7 +394,9 @@ def test_closing_the_iterator_cancels_the_request(tiny_qwen2):
 
 def test_submit_cancel_emits_abort(tiny_engine):
     chunks: queue.Queue[Chunk] = queue.Queue()
-    request = tiny_engine.submit(tiny_engine.tokenize(chat_prompt("Tell me a story.")), SamplingParams(max_tokens=600), chunks.put)
+    request = tiny_engine.submit(
+        tiny_engine.tokenize(chat_prompt("Tell me a story.")), SamplingParams(max_tokens=600), chunks.put
+    )
     request.cancel()
     seen = []
     for _ in range(601):
@@ -421,7 +431,12 @@ def test_closing_the_engine_ends_a_running_request(tiny_qwen2):
             started.set()
             return ()
 
-    engine.submit(engine.tokenize(chat_prompt("Tell me a story.")), SamplingParams(max_tokens=900, temperature=0), chunks.put, Started())
+    engine.submit(
+        engine.tokenize(chat_prompt("Tell me a story.")),
+        SamplingParams(max_tokens=900, temperature=0),
+        chunks.put,
+        Started(),
+    )
     assert started.wait(timeout=300)
     engine.close()
     got = _drain(chunks)
@@ -520,8 +535,8 @@ def test_a_new_conversation_does_not_evict_another(tiny_qwen2):
         follow_up = a + answer_a[:-1]  # user A comes back: all of it is still cached
         assert ids_of(run(engine, follow_up, max_tokens=4, **GREEDY))
         assert engine.stats().prefix_hit_tokens == common + len(follow_up) - 1
-        held = sorted(s.cached[:len(a)] == a for s in engine.scheduler.slots)
-        assert held == [False, True] and any(s.cached[:len(b)] == b for s in engine.scheduler.slots)
+        held = sorted(s.cached[: len(a)] == a for s in engine.scheduler.slots)
+        assert held == [False, True] and any(s.cached[: len(b)] == b for s in engine.scheduler.slots)
     finally:
         engine.close()
 
@@ -568,8 +583,12 @@ def test_a_follow_up_joins_the_running_batch_and_copies_its_history(tiny_qwen2):
         engine.submit(long_prompt, SamplingParams(max_tokens=40, temperature=0), queue.Queue().put, FollowUpMidway())
         assert ids_of(_drain(done)) == reference
         assert engine.stats().prefix_hit_tokens - hits >= len(follow_up) - 1
-        runner = next(s for s in engine.scheduler.slots if s.cached[:len(long_prompt)] == long_prompt)
-        joined = next(s for s in engine.scheduler.slots if s.cached[:len(follow_up)] == follow_up and s is not engine.scheduler.slots[0])
+        runner = next(s for s in engine.scheduler.slots if s.cached[: len(long_prompt)] == long_prompt)
+        joined = next(
+            s
+            for s in engine.scheduler.slots
+            if s.cached[: len(follow_up)] == follow_up and s is not engine.scheduler.slots[0]
+        )
         assert abs(runner.seq_id - joined.seq_id) == 1
     finally:
         engine.close()
@@ -597,7 +616,9 @@ def test_prefix_shared_with_a_running_request(tiny_qwen2):
                     engine.submit(b_prompt, SamplingParams(max_tokens=16, temperature=0), b_chunks.put)
                 return ()
 
-        engine.submit(engine.tokenize(first), SamplingParams(max_tokens=40, temperature=0), a_chunks.put, SubmitSecondMidway())
+        engine.submit(
+            engine.tokenize(first), SamplingParams(max_tokens=40, temperature=0), a_chunks.put, SubmitSecondMidway()
+        )
         got_b, got_a = _drain(b_chunks), _drain(a_chunks)
         assert ids_of(got_b) == ref_second
         assert ids_of(got_a) == ref_first

@@ -152,7 +152,9 @@ def test_tool_call_with_the_real_model(real_model):
         assert result.content == expected.content
     # Model.chat goes the same way
     assert real_model.chat(question, tools=[WEATHER_TOOL], max_tokens=32, temperature=0).finish_reason in (
-        "tool_calls", "stop", "length"
+        "tool_calls",
+        "stop",
+        "length",
     )
 
 
@@ -224,12 +226,12 @@ def test_chat_on_a_model_that_keeps_thinking(source_gguf, tiny_cache):
         assert ids[0] == THINK_OPEN and raw.startswith("<think>")
         assert result.finish_reason == "length" and result.usage.completion_tokens == len(ids) == 120
         if THINK_CLOSE in ids:
-            head, tail = raw[len("<think>"):].split("</think>", 1)
+            head, tail = raw[len("<think>") :].split("</think>", 1)
             assert result.reasoning == head.strip("\n")
             assert result.content == tail.lstrip("\n")
             assert result.usage.reasoning_tokens == ids.index(THINK_CLOSE) + 1
         else:
-            assert result.content == "" and result.reasoning == raw[len("<think>"):].lstrip("\n")
+            assert result.content == "" and result.reasoning == raw[len("<think>") :].lstrip("\n")
             assert result.usage.reasoning_tokens == len(ids)
         assert "".join(d.reasoning for d in deltas) == (result.reasoning or "")
         assert "".join(d.content for d in deltas) == result.content
@@ -249,7 +251,11 @@ def test_stream_equals_whole_on_tiny_qwen3(qwen3):
         result = check_final(deltas)
         assert "".join(d.content for d in deltas) == result.content == whole.content
         assert "".join(d.reasoning for d in deltas) == (result.reasoning or "") == (whole.reasoning or "")
-        assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.reasoning_tokens) == (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.reasoning_tokens)  # cache hits may differ
+        assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.reasoning_tokens) == (
+            whole.usage.prompt_tokens,
+            whole.usage.completion_tokens,
+            whole.usage.reasoning_tokens,
+        )  # cache hits may differ
         assert result.usage.completion_tokens == 20
 
 
@@ -479,7 +485,9 @@ def test_turn_decoder_think_tags_in_the_answer_are_not_reasoning():
     assert result.usage.completion_tokens == 8
     # a <think> that is not the first token never opens reasoning
     decoder = TurnDecoder("m", turn(thinking=False), (THINK_OPEN, THINK_CLOSE))
-    _, result = feed_all(decoder, [Chunk("a", [1]), Chunk("<think>", [THINK_OPEN]), Chunk("b", [2], finish_reason="stop")])
+    _, result = feed_all(
+        decoder, [Chunk("a", [1]), Chunk("<think>", [THINK_OPEN]), Chunk("b", [2], finish_reason="stop")]
+    )
     assert (result.content, result.reasoning, result.usage.reasoning_tokens) == ("a<think>b", None, 0)
 
 

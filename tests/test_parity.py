@@ -52,7 +52,7 @@ CORPUS = [
     "Ça va? Grüße aus Köln, naïve café, señor, smørrebrød — “quotes” … «guillemets»",
     "emoji 🎉🚀🔥 👍🏽 👩‍👩‍👧‍👦 🇨🇳🇺🇸 ❤️ ✨ 🤖",
     "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-    "fn main() {\n    let v: Vec<i32> = (0..10).map(|x| x * x).collect();\n    println!(\"{:?}\", v);\n}",
+    'fn main() {\n    let v: Vec<i32> = (0..10).map(|x| x * x).collect();\n    println!("{:?}", v);\n}',
     "SELECT id, name FROM users WHERE age >= 18 ORDER BY name DESC LIMIT 10;",
     "<div class=\"box\">&nbsp;<a href='https://example.com/?q=1&r=2'>link</a></div>",
     "const f = async (x) => { await g(x); return x?.y ?? 0; } // 注释 ✓",
@@ -61,7 +61,7 @@ CORPUS = [
     "math: ∑_{i=1}^{n} i² = n(n+1)(2n+1)/6, ∀x∈ℝ, x≥0 ⇒ √x ∈ ℝ",
     "Ｆｕｌｌｗｉｄｔｈ ＡＢＣ １２３ and e\u0301 (decomposed) vs é (composed)",
     "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"北京\"}}\n</tool_call>",
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call>',
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     "",
     " ",
@@ -94,7 +94,11 @@ def test_tokenization_identical_on_tiny_models(arch, request):
     llama = LlamaCppEngine(gguf, LlamaCppSettings(n_ctx=256, n_threads=1))
     hf = TransformersEngine(checkpoint, TransformersSettings(n_ctx=256, n_parallel=1, n_threads=TORCH_THREADS))
     try:
-        extra = ["<think>\nreasoning\n</think>\n\nanswer", "<tool_response>\nok\n</tool_response>"] if arch == "qwen3" else []
+        extra = (
+            ["<think>\nreasoning\n</think>\n\nanswer", "<tool_response>\nok\n</tool_response>"]
+            if arch == "qwen3"
+            else []
+        )
         _check_tokenization(llama, hf, CORPUS + extra)
         assert llama.eos_token_ids() >= hf.eos_token_ids()
     finally:
@@ -146,7 +150,9 @@ def real_pair(source_gguf, converted_source):
     from qwenkit.engines.transformers import convert
 
     before = dict(convert.conversions)
-    model = qwenkit.load("default", engine="transformers", n_ctx=1024, n_parallel=4, n_threads=TORCH_THREADS, progress=False)
+    model = qwenkit.load(
+        "default", engine="transformers", n_ctx=1024, n_parallel=4, n_threads=TORCH_THREADS, progress=False
+    )
     llama = LlamaCppEngine(source_gguf, LlamaCppSettings(n_ctx=1024, n_threads=2))
     try:
         yield model, llama, before
@@ -218,7 +224,9 @@ def test_greedy_parity_first_32_tokens(real_pair):
     ours = _greedy_many(hf, prompts)
     report = []
     for prompt, text, b in zip(prompts, PARITY_PROMPTS, ours):
-        a = [t for c in llama.generate(prompt, SamplingParams(max_tokens=N_TOKENS, temperature=0.0)) for t in c.token_ids]
+        a = [
+            t for c in llama.generate(prompt, SamplingParams(max_tokens=N_TOKENS, temperature=0.0)) for t in c.token_ids
+        ]
         with torch.inference_mode():  # the float32 model, fed llama.cpp's tokens
             logits = hf.model(torch.tensor([prompt + a], device=hf.device)).logits[0, len(prompt) - 1 : -1].float()
         chosen = logits.gather(1, torch.tensor(a, device=logits.device)[:, None])[:, 0]
@@ -228,7 +236,9 @@ def test_greedy_parity_first_32_tokens(real_pair):
         ties = (margins < TIE_LOGITS).nonzero()
         first_tie = int(ties[0]) if ties.numel() else len(a)
         agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        report.append(f"{text[:24]!r}: agree {agree}/{len(a)}, max gap {float(gaps.max()):.3f}, first near-tie {first_tie}")
+        report.append(
+            f"{text[:24]!r}: agree {agree}/{len(a)}, max gap {float(gaps.max()):.3f}, first near-tie {first_tie}"
+        )
         assert float(gaps.max()) <= TIE_LOGITS, report[-1]
         assert agree >= min(first_tie, len(a)), report[-1]
         if agree == min(len(a), len(b)):

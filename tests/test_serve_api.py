@@ -131,7 +131,7 @@ def test_stop_string_cuts_output(client):
     free = client.chat.completions.create(max_tokens=24, **kw).choices[0].message.content
     # A stop string taken from the middle of the free output: the answer must end right before
     # its first occurrence, and the stop string itself is never returned.
-    middle = free[len(free) // 2:].lstrip()
+    middle = free[len(free) // 2 :].lstrip()
     assert len(middle) >= 2, free
     stop = middle[:2]
     cut = free.index(stop)
@@ -195,7 +195,9 @@ def test_completions_streamed(client):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.model_dump(exclude={"prompt_tokens_details"}) == whole.usage.model_dump(exclude={"prompt_tokens_details"})
+    assert chunks[-1].usage.model_dump(exclude={"prompt_tokens_details"}) == whole.usage.model_dump(
+        exclude={"prompt_tokens_details"}
+    )
     # With echo, the prompt comes first.
     echoed = list(client.completions.create(stream=True, echo=True, **kw))
     assert "".join(c.choices[0].text for c in echoed if c.choices) == "import os\n" + text
@@ -204,7 +206,7 @@ def test_completions_streamed(client):
 def test_completions_stop(client):
     kw = dict(model="m", prompt="The list:", **GREEDY)
     free = client.completions.create(max_tokens=20, **kw).choices[0].text
-    stop = free[len(free) // 2:].lstrip()[:2]
+    stop = free[len(free) // 2 :].lstrip()[:2]
     assert len(stop) == 2, free
     r = client.completions.create(max_tokens=20, stop=stop, **kw)
     assert r.choices[0].finish_reason == "stop"
@@ -217,8 +219,9 @@ def test_concurrent_requests_all_complete(server):
 
     def one(i: int):
         with server.client() as c:
-            return c.chat.completions.create(model="m", messages=[{"role": "user", "content": f"n={i}"}],
-                                             max_tokens=5 + i, **GREEDY)
+            return c.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"n={i}"}], max_tokens=5 + i, **GREEDY
+            )
 
     with cf.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, range(4)))

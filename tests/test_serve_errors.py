@@ -61,13 +61,18 @@ BAD_CHAT_BODIES = {
     "tool-choice-without-tools": _chat(tool_choice="required"),
     "tool-choice-unknown-tool": _chat(
         tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-        tool_choice={"type": "function", "function": {"name": "g"}}),
+        tool_choice={"type": "function", "function": {"name": "g"}},
+    ),
     "tool-choice-bad-string": _chat(tool_choice="sometimes"),
     "tools-not-a-list": _chat(tools={"name": "f"}),
     "json-schema-missing": _chat(response_format={"type": "json_schema"}),
     "response-format-unknown": _chat(response_format={"type": "yaml"}),
-    "schema-unsupported": _chat(response_format={"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}}),
+    "schema-unsupported": _chat(
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}},
+        }
+    ),
     "enable-thinking-not-bool": _chat(chat_template_kwargs={"enable_thinking": "yes"}),
 }
 
@@ -117,12 +122,16 @@ def test_openai_client_sees_bad_request(server):
 
 def test_prompt_longer_than_context(server):
     long = "7" * 2400  # Qwen splits digits: ~2400 tokens > --ctx 2048, in a body under --max-body-bytes
-    r = _post(server, "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": long}],
-                                                         "max_tokens": 2}))
+    r = _post(
+        server, "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": long}], "max_tokens": 2})
+    )
     error = assert_openai_error(r, 400)
     assert error["code"] == "context_length_exceeded"
-    r = _post(server, "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": long}],
-                                                         "max_tokens": 2, "stream": True}))
+    r = _post(
+        server,
+        "/v1/chat/completions",
+        json.dumps({"messages": [{"role": "user", "content": long}], "max_tokens": 2, "stream": True}),
+    )
     assert assert_openai_error(r, 400)["code"] == "context_length_exceeded"
     r = _post(server, "/v1/completions", json.dumps({"prompt": long, "max_tokens": 2}))
     error = assert_openai_error(r, 400)
@@ -152,10 +161,11 @@ def test_oversized_body_chunked_is_413(server):
 
     def chunks():
         for i in range(0, len(data), 1000):
-            yield data[i:i + 1000]
+            yield data[i : i + 1000]
 
-    r = httpx.post(f"{server.url}/v1/chat/completions", content=chunks(),
-                   headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=60
+    )
     assert "content-length" not in r.request.headers  # really sent chunked
     assert r.request.headers.get("transfer-encoding") == "chunked"
     assert_openai_error(r, 413)
@@ -165,8 +175,9 @@ def test_body_just_under_the_limit_is_accepted(server):
     filler = "y" * (MAX_BODY - 300)
     body = json.dumps({"messages": [{"role": "user", "content": filler}], "max_tokens": 1}).encode()
     assert len(body) < MAX_BODY
-    r = httpx.post(f"{server.url}/v1/chat/completions", content=body,
-                   headers={"content-type": "application/json"}, timeout=120)
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=120
+    )
     assert r.status_code == 200, r.text
 
 
@@ -194,8 +205,15 @@ def test_server_still_healthy_after_all_that(server):
         assert _post(server, "/v1/chat/completions", body).status_code == 400
     for body in BAD_COMPLETION_BODIES.values():
         assert _post(server, "/v1/completions", body).status_code == 400
-    assert httpx.post(f"{server.url}/v1/chat/completions", content=iter([_oversized()]),
-                      headers={"content-type": "application/json"}, timeout=60).status_code == 413
+    assert (
+        httpx.post(
+            f"{server.url}/v1/chat/completions",
+            content=iter([_oversized()]),
+            headers={"content-type": "application/json"},
+            timeout=60,
+        ).status_code
+        == 413
+    )
     assert _post(server, "/v1/completions", _oversized()).status_code == 413
     assert server.proc.poll() is None
     r = httpx.get(f"{server.url}/health", timeout=10)
@@ -215,8 +233,11 @@ def test_server_still_healthy_after_all_that(server):
     assert grew('qwenkit_requests_total{route="/v1/chat/completions",status="400"}') == len(BAD_CHAT_BODIES)
     assert grew('qwenkit_requests_total{route="/v1/completions",status="400"}') == len(BAD_COMPLETION_BODIES)
     assert grew('qwenkit_requests_total{route="unmatched",status="413"}') == 2
-    server_errors = {k: v for k, v in metrics.items() 
-                     if k.startswith("qwenkit_requests_total") and 'status="5' in k and "/health" not in k}
+    server_errors = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("qwenkit_requests_total") and 'status="5' in k and "/health" not in k
+    }
     assert not server_errors, server_errors
     assert metrics["qwenkit_requests_running"] == 0
     assert "Traceback" not in server.log()

@@ -14,12 +14,18 @@ from serve_helpers import start_server
 pytestmark = pytest.mark.integration
 
 GREEDY = {"temperature": 0, "seed": 0}
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather",
-    "description": "Get the current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city name"}},
-                   "required": ["city"]},
-}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city name"}},
+            "required": ["city"],
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +42,11 @@ def client(server):
 
 def test_plain_answer(client):
     r = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "What is 2+2? Reply with only the number."}],
-        max_tokens=8, **GREEDY)
+        model="m",
+        messages=[{"role": "user", "content": "What is 2+2? Reply with only the number."}],
+        max_tokens=8,
+        **GREEDY,
+    )
     assert "4" in r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.completion_tokens <= 8
@@ -52,16 +61,18 @@ def test_stop_string(client):
     assert "4" in content and "5" not in content, content
     assert "6" not in content
     # Streamed, the stop string is held back and never leaks out either.
-    chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=40, stop=["5"],
-                                                 stream=True, **GREEDY))
+    chunks = list(
+        client.chat.completions.create(model="m", messages=messages, max_tokens=40, stop=["5"], stream=True, **GREEDY)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_tool_round_trip(client):
     messages = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
-    first = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL],
-                                           tool_choice="required", max_tokens=40, **GREEDY)
+    first = client.chat.completions.create(
+        model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=40, **GREEDY
+    )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
     (call,) = choice.message.tool_calls
@@ -72,8 +83,13 @@ def test_tool_round_trip(client):
 
     # The assistant turn goes back as the client got it, followed by the tool's result.
     messages.append(choice.message.model_dump(exclude_none=True))
-    messages.append({"role": "tool", "tool_call_id": call.id,
-                     "content": json.dumps({"city": "Paris", "temperature_c": 21, "sky": "sunny"})})
+    messages.append(
+        {
+            "role": "tool",
+            "tool_call_id": call.id,
+            "content": json.dumps({"city": "Paris", "temperature_c": 21, "sky": "sunny"}),
+        }
+    )
     final = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL], max_tokens=40, **GREEDY)
     answer = final.choices[0]
     assert answer.finish_reason in ("stop", "length")
@@ -85,12 +101,14 @@ def test_tool_round_trip(client):
 def test_streamed_named_tool_call_equals_non_streamed(client):
     messages = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
     named = {"type": "function", "function": {"name": "get_weather"}}
-    whole = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice=named,
-                                           max_tokens=40, **GREEDY)
+    whole = client.chat.completions.create(
+        model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice=named, max_tokens=40, **GREEDY
+    )
     expected = whole.choices[0].message.tool_calls[0]
     name, arguments, finish, indexes = "", "", None, set()
-    for chunk in client.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice=named,
-                                                max_tokens=40, stream=True, **GREEDY):
+    for chunk in client.chat.completions.create(
+        model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice=named, max_tokens=40, stream=True, **GREEDY
+    ):
         for c in chunk.choices:
             finish = c.finish_reason or finish
             for d in c.delta.tool_calls or []:
@@ -115,9 +133,12 @@ def test_json_schema_output_validates(client):
         "additionalProperties": False,
     }
     r = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Invent a programmer: name, age and languages."}],
+        model="m",
+        messages=[{"role": "user", "content": "Invent a programmer: name, age and languages."}],
         response_format={"type": "json_schema", "json_schema": {"name": "programmer", "schema": schema}},
-        max_tokens=80, **GREEDY)
+        max_tokens=80,
+        **GREEDY,
+    )
     assert r.choices[0].finish_reason == "stop"
     data = json.loads(r.choices[0].message.content)
     assert set(data) == {"name", "age", "languages"}
@@ -128,8 +149,12 @@ def test_json_schema_output_validates(client):
 
 def test_json_object_output(client):
     r = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Give me a JSON object with a key named color."}],
-        response_format={"type": "json_object"}, max_tokens=40, **GREEDY)
+        model="m",
+        messages=[{"role": "user", "content": "Give me a JSON object with a key named color."}],
+        response_format={"type": "json_object"},
+        max_tokens=40,
+        **GREEDY,
+    )
     assert r.choices[0].finish_reason == "stop"
     data = json.loads(r.choices[0].message.content)
     assert isinstance(data, dict) and data

@@ -64,8 +64,11 @@ def test_streamed_reasoning_and_usage_match_non_streamed(client):
     assert reasoning == reasoning2 == _extra(whole.choices[0].message)["reasoning_content"]
     assert content == whole.choices[0].message.content
     # Reasoning deltas all come before the first answer delta.
-    kinds = [("r" if _extra(c.choices[0].delta).get("reasoning_content") else "c")
-             for c in chunks if c.choices and (c.choices[0].delta.content or _extra(c.choices[0].delta).get("reasoning_content"))]
+    kinds = [
+        ("r" if _extra(c.choices[0].delta).get("reasoning_content") else "c")
+        for c in chunks
+        if c.choices and (c.choices[0].delta.content or _extra(c.choices[0].delta).get("reasoning_content"))
+    ]
     assert kinds == sorted(kinds, key=lambda k: k == "c")
     usage = chunks[-1].usage
     assert usage is not None
@@ -73,10 +76,14 @@ def test_streamed_reasoning_and_usage_match_non_streamed(client):
     assert usage.completion_tokens_details.reasoning_tokens > 0
 
 
-@pytest.mark.parametrize("switch", [
-    {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
-    {"extra_body": {"enable_thinking": False}},
-], ids=["chat_template_kwargs", "top_level"])
+@pytest.mark.parametrize(
+    "switch",
+    [
+        {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+        {"extra_body": {"enable_thinking": False}},
+    ],
+    ids=["chat_template_kwargs", "top_level"],
+)
 def test_thinking_off(client, switch):
     on = client.chat.completions.create(model="m", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
     r = client.chat.completions.create(model="m", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY, **switch)
@@ -91,9 +98,17 @@ def test_thinking_off(client, switch):
 
 
 def test_thinking_off_streamed_has_no_reasoning_deltas(client):
-    chunks = list(client.chat.completions.create(
-        model="m", messages=HELLO, max_tokens=THINK_TOKENS, stream=True, stream_options={"include_usage": True},
-        extra_body={"chat_template_kwargs": {"enable_thinking": False}}, **GREEDY))
+    chunks = list(
+        client.chat.completions.create(
+            model="m",
+            messages=HELLO,
+            max_tokens=THINK_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+            **GREEDY,
+        )
+    )
     assert not any(_extra(c.choices[0].delta).get("reasoning_content") for c in chunks if c.choices)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == 0
@@ -108,8 +123,9 @@ def test_soft_switch_no_think(client):
 
 def test_closed_thinking_counts_only_the_think_block(client):
     # Forced </think> first: the (empty) thinking block is one token; no reasoning text.
-    r = client.chat.completions.create(model="m", messages=HELLO, max_tokens=THINK_TOKENS,
-                                       logit_bias={str(THINK_CLOSE): 100}, **GREEDY)
+    r = client.chat.completions.create(
+        model="m", messages=HELLO, max_tokens=THINK_TOKENS, logit_bias={str(THINK_CLOSE): 100}, **GREEDY
+    )
     assert not _extra(r.choices[0].message).get("reasoning_content")
     assert r.usage.completion_tokens == THINK_TOKENS
     assert r.usage.completion_tokens_details.reasoning_tokens == 1

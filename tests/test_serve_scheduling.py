@@ -79,8 +79,10 @@ def test_client_disconnect_non_streamed_is_cancelled(server):
     cancelled0 = server.metric("qwenkit_requests_cancelled_total")
     ttft0 = server.metric("qwenkit_time_to_first_token_seconds_count")
     body = json.dumps({"messages": HELLO, "max_tokens": LONG}).encode()
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(request)
         # Generating: the only slot is held (a non-streamed reply's chunks reach the HTTP side,
@@ -129,8 +131,9 @@ def test_queue_bound_answers_429_then_serves_the_queued(server):
     assert queued["response"].json()["usage"]["completion_tokens"] == 4
     assert "RuntimeError" not in server.log() and "Traceback" not in server.log()
     # Counted per route template and status.
-    busy = server.wait_metric("qwenkit_requests_total", lambda v: v >= busy0 + 3,
-                              route="/v1/chat/completions", status="429")
+    busy = server.wait_metric(
+        "qwenkit_requests_total", lambda v: v >= busy0 + 3, route="/v1/chat/completions", status="429"
+    )
     assert busy == busy0 + 3
 
 
@@ -162,15 +165,20 @@ def test_queue_bound_with_concurrent_long_requests(server):
 
 def test_prefix_cache_hits_on_a_shared_system_prompt(server):
     _idle(server)
-    system = {"role": "system", "content": "You are a meticulous assistant. " + " ".join(
-        f"Rule {i}: answer carefully about topic number {i}." for i in range(40))}
+    system = {
+        "role": "system",
+        "content": "You are a meticulous assistant. "
+        + " ".join(f"Rule {i}: answer carefully about topic number {i}." for i in range(40)),
+    }
     hits0 = server.metric("qwenkit_prefix_cache_hit_tokens_total")
     with server.client() as c:
-        first = c.chat.completions.create(model="m", messages=[system, {"role": "user", "content": "apples"}],
-                                          max_tokens=2, temperature=0)
+        first = c.chat.completions.create(
+            model="m", messages=[system, {"role": "user", "content": "apples"}], max_tokens=2, temperature=0
+        )
         hits1 = server.metric("qwenkit_prefix_cache_hit_tokens_total")
-        second = c.chat.completions.create(model="m", messages=[system, {"role": "user", "content": "pears"}],
-                                           max_tokens=2, temperature=0)
+        second = c.chat.completions.create(
+            model="m", messages=[system, {"role": "user", "content": "pears"}], max_tokens=2, temperature=0
+        )
     hits2 = server.metric("qwenkit_prefix_cache_hit_tokens_total")
     assert first.usage.prompt_tokens > 400
     # The second request reused (nearly) the whole system prompt from the first one's cache.
@@ -186,8 +194,11 @@ def test_metrics_expose_the_required_families(server):
     # /v1/completions: no other test here completes one, so its 200 count moves only now.
     with server.client() as c:
         r = c.completions.create(model="m", prompt="metrics are", max_tokens=5, temperature=0)
-    server.wait_metric("qwenkit_requests_total", lambda v: v > before.get(
-        'qwenkit_requests_total{route="/v1/completions",status="200"}', 0), **COMPLETIONS_200)
+    server.wait_metric(
+        "qwenkit_requests_total",
+        lambda v: v > before.get('qwenkit_requests_total{route="/v1/completions",status="200"}', 0),
+        **COMPLETIONS_200,
+    )
     text = server.metrics_text()
     families = metric_families(text)
     required = {

@@ -29,8 +29,15 @@ V1_ROUTES = [
 def auth_server(tiny_qwen2, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     key_file.write_text("# a comment, not a key\nk2-from-file\n\n  k2b-from-file  \n")
-    with start_server(tiny_qwen2, "--api-key", "k1-from-flag", "--api-key-file", str(key_file),
-                      env={"QWENKIT_API_KEYS": "k3-from-env, k4-from-env"}, parallel=1) as s:
+    with start_server(
+        tiny_qwen2,
+        "--api-key",
+        "k1-from-flag",
+        "--api-key-file",
+        str(key_file),
+        env={"QWENKIT_API_KEYS": "k3-from-env, k4-from-env"},
+        parallel=1,
+    ) as s:
         yield s
 
 
@@ -38,10 +45,19 @@ def auth_server(tiny_qwen2, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method,path,body", V1_ROUTES, ids=[r[1] for r in V1_ROUTES])
-@pytest.mark.parametrize("header", [
-    None, "Bearer wrong-key", "Bearer", "Basic azE6azE=", "k1-from-flag", "Bearer k1-from-flag-but-longer",
-    "Bearer # a comment, not a key",
-], ids=["missing", "wrong", "empty", "basic", "no-scheme", "prefix", "comment-line"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer wrong-key",
+        "Bearer",
+        "Basic azE6azE=",
+        "k1-from-flag",
+        "Bearer k1-from-flag-but-longer",
+        "Bearer # a comment, not a key",
+    ],
+    ids=["missing", "wrong", "empty", "basic", "no-scheme", "prefix", "comment-line"],
+)
 def test_missing_or_wrong_key_is_401(auth_server, method, path, body, header):
     headers = {"Authorization": header} if header is not None else {}
     r = httpx.request(method, auth_server.url + path, json=body, headers=headers, timeout=30)
@@ -82,13 +98,21 @@ def test_right_key_works_on_every_route(auth_server):
 
 def test_unauthenticated_bad_body_is_still_401(auth_server):
     # Nobody without a key learns anything about request validation.
-    for content in (b'{"messages": "not a list"}', b'{"messages": []}', b'{not json', b"", b"[]"):
-        r = httpx.post(f"{auth_server.url}/v1/chat/completions", content=content,
-                       headers={"content-type": "application/json"}, timeout=30)
+    for content in (b'{"messages": "not a list"}', b'{"messages": []}', b"{not json", b"", b"[]"):
+        r = httpx.post(
+            f"{auth_server.url}/v1/chat/completions",
+            content=content,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         assert_openai_error(r, 401)
         # With a valid key, the same bodies are plain 400s.
-        r = httpx.post(f"{auth_server.url}/v1/chat/completions", content=content,
-                       headers={"content-type": "application/json", "Authorization": "Bearer k1-from-flag"}, timeout=30)
+        r = httpx.post(
+            f"{auth_server.url}/v1/chat/completions",
+            content=content,
+            headers={"content-type": "application/json", "Authorization": "Bearer k1-from-flag"},
+            timeout=30,
+        )
         assert_openai_error(r, 400)
 
 
@@ -128,8 +152,12 @@ def test_requests_per_minute(rpm_server):
     error = response.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
     # Streamed requests are refused up front too, with a proper 429.
-    r = httpx.post(f"{rpm_server.url}/v1/chat/completions", headers={"Authorization": "Bearer alpha"},
-                   json={"messages": HELLO, "max_tokens": 1, "stream": True}, timeout=30)
+    r = httpx.post(
+        f"{rpm_server.url}/v1/chat/completions",
+        headers={"Authorization": "Bearer alpha"},
+        json={"messages": HELLO, "max_tokens": 1, "stream": True},
+        timeout=30,
+    )
     assert_openai_error(r, 429)
     assert "retry-after" in r.headers
 

@@ -17,14 +17,32 @@ from serve_helpers import start_server
 GREEDY = {"temperature": 0, "seed": 11}
 ASK = [{"role": "user", "content": "What is the weather in Paris, and the time?"}]
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather of a city",
-    "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Tokyo"]}, "unit": {"enum": ["c", "f"]}},
-                   "required": ["city", "unit"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "Current time in a zone",
-    "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
-                   "required": ["zone"], "additionalProperties": False}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "Tokyo"]}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"enum": ["UTC", "CET"]}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
 TOOLS = [WEATHER, TIME]
 
 
@@ -71,8 +89,14 @@ def _streamed_calls(chunks) -> tuple[dict[int, dict], str | None]:
 
 @pytest.mark.parametrize("name", ["get_weather", "get_time"])
 def test_named_tool_choice_forces_that_call(client, name):
-    r = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, max_tokens=80,
-                                       tool_choice={"type": "function", "function": {"name": name}}, **GREEDY)
+    r = client.chat.completions.create(
+        model="m",
+        messages=ASK,
+        tools=TOOLS,
+        max_tokens=80,
+        tool_choice={"type": "function", "function": {"name": name}},
+        **GREEDY,
+    )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
@@ -82,24 +106,32 @@ def test_named_tool_choice_forces_that_call(client, name):
 
 
 def test_required_with_one_tool(client):
-    r = client.chat.completions.create(model="m", messages=ASK, tools=[WEATHER], tool_choice="required",
-                                       max_tokens=80, **GREEDY)
+    r = client.chat.completions.create(
+        model="m", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=80, **GREEDY
+    )
     assert r.choices[0].finish_reason == "tool_calls"
     (call,) = r.choices[0].message.tool_calls
     _check_call(call, "get_weather")
 
 
 def test_required_without_parallel_calls_gives_one_call(client):
-    r = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required",
-                                       parallel_tool_calls=False, max_tokens=80, **GREEDY)
+    r = client.chat.completions.create(
+        model="m", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=80, **GREEDY
+    )
     assert r.choices[0].finish_reason == "tool_calls"
     (call,) = r.choices[0].message.tool_calls
     _check_call(call, call.function.name)
 
 
 def test_streamed_tool_call_accumulates_to_the_same_call(client):
-    kw = dict(model="m", messages=ASK, tools=TOOLS, max_tokens=80,
-              tool_choice={"type": "function", "function": {"name": "get_weather"}}, **GREEDY)
+    kw = dict(
+        model="m",
+        messages=ASK,
+        tools=TOOLS,
+        max_tokens=80,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        **GREEDY,
+    )
     whole = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     calls, finish = _streamed_calls(chunks)
@@ -110,13 +142,16 @@ def test_streamed_tool_call_accumulates_to_the_same_call(client):
     assert json.loads(calls[0]["arguments"]) == json.loads(expected.function.arguments)
     assert calls[0]["id"] and calls[0]["id"].startswith("call_")
     assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)  # no markup leaks
-    assert chunks[-1].usage.model_dump(exclude={"prompt_tokens_details"}) == whole.usage.model_dump(exclude={"prompt_tokens_details"})
+    assert chunks[-1].usage.model_dump(exclude={"prompt_tokens_details"}) == whole.usage.model_dump(
+        exclude={"prompt_tokens_details"}
+    )
 
 
 def test_tool_choice_none_gives_no_calls(client):
     auto = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, max_tokens=6, **GREEDY)
-    none = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="none",
-                                          max_tokens=6, **GREEDY)
+    none = client.chat.completions.create(
+        model="m", messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=6, **GREEDY
+    )
     assert none.choices[0].message.tool_calls is None
     assert none.choices[0].finish_reason == "length"
     assert none.choices[0].message.content
@@ -125,19 +160,33 @@ def test_tool_choice_none_gives_no_calls(client):
 
 
 def test_tool_result_round_trip_is_accepted(client):
-    first = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, max_tokens=80,
-                                           tool_choice={"type": "function", "function": {"name": "get_time"}}, **GREEDY)
+    first = client.chat.completions.create(
+        model="m",
+        messages=ASK,
+        tools=TOOLS,
+        max_tokens=80,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        **GREEDY,
+    )
     call = first.choices[0].message.tool_calls[0]
-    messages = [*ASK, first.choices[0].message.model_dump(exclude_none=True),
-                {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"time": "12:00"})}]
+    messages = [
+        *ASK,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"time": "12:00"})},
+    ]
     second = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, max_tokens=4, **GREEDY)
     assert second.choices[0].finish_reason == "length"
     assert second.choices[0].message.content
     # The call and its result are now part of the prompt.
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens
     # Arguments given as an object (not a string) and content parts are accepted too.
-    messages[1] = {"role": "assistant", "content": None, "tool_calls": [
-        {"id": call.id, "type": "function", "function": {"name": "get_time", "arguments": {"zone": "UTC"}}}]}
+    messages[1] = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": "get_time", "arguments": {"zone": "UTC"}}}
+        ],
+    }
     messages[2] = {"role": "tool", "tool_call_id": call.id, "content": [{"type": "text", "text": "12:00"}]}
     third = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, max_tokens=2, **GREEDY)
     assert third.usage.completion_tokens == 2
@@ -167,33 +216,62 @@ def _validate(data: dict) -> None:
 
 def test_json_schema_output_validates(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}}
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "A thing, please."}],
-                                       response_format=fmt, max_tokens=100, **GREEDY)
+    r = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "A thing, please."}],
+        response_format=fmt,
+        max_tokens=100,
+        **GREEDY,
+    )
     assert r.choices[0].finish_reason == "stop"
     _validate(json.loads(r.choices[0].message.content))
     # Streamed: the same JSON text.
-    chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "A thing, please."}],
-                                                 response_format=fmt, max_tokens=100, stream=True, **GREEDY))
+    chunks = list(
+        client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "A thing, please."}],
+            response_format=fmt,
+            max_tokens=100,
+            stream=True,
+            **GREEDY,
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == r.choices[0].message.content
 
 
 def test_json_schema_with_sampling_still_validates(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
     for seed in (1, 2, 3):
-        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Another."}],
-                                           response_format=fmt, max_tokens=100, temperature=1.0, seed=seed)
+        r = client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "Another."}],
+            response_format=fmt,
+            max_tokens=100,
+            temperature=1.0,
+            seed=seed,
+        )
         assert r.choices[0].finish_reason == "stop"
         _validate(json.loads(r.choices[0].message.content))
 
 
 @pytest.mark.xfail(reason="llama_cpp's Python JSON-schema converter ignores minimum/maximum", strict=False)
 def test_json_schema_integer_range(client):
-    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
-              "required": ["n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
     fmt = {"type": "json_schema", "json_schema": {"name": "digit", "schema": schema}}
     for seed in (1, 2, 3):
-        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "A digit."}],
-                                           response_format=fmt, max_tokens=40, temperature=1.0, seed=seed)
+        r = client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "A digit."}],
+            response_format=fmt,
+            max_tokens=40,
+            temperature=1.0,
+            seed=seed,
+        )
         assert 0 <= json.loads(r.choices[0].message.content)["n"] <= 9
 
 
@@ -201,12 +279,20 @@ def test_json_schema_on_qwen3_skips_thinking(tiny_qwen3):
     # Constrained output is the answer itself: no reasoning first, even with thinking on.
     with start_server(tiny_qwen3, parallel=1) as s, s.client() as c:
         fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
-        r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "A thing."}],
-                                      response_format=fmt, max_tokens=100, **GREEDY)
+        r = c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "A thing."}], response_format=fmt, max_tokens=100, **GREEDY
+        )
         assert not (r.choices[0].message.model_extra or {}).get("reasoning_content")
         assert r.usage.completion_tokens_details.reasoning_tokens == 0
         _validate(json.loads(r.choices[0].message.content))
-        t = c.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required",
-                                      parallel_tool_calls=False, max_tokens=80, **GREEDY)
+        t = c.chat.completions.create(
+            model="m",
+            messages=ASK,
+            tools=TOOLS,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=80,
+            **GREEDY,
+        )
         assert t.choices[0].finish_reason == "tool_calls"
         _check_call(t.choices[0].message.tool_calls[0], t.choices[0].message.tool_calls[0].function.name)

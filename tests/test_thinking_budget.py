@@ -27,8 +27,13 @@ CLOSING = [1, 2, 3, THINK_CLOSE, 4]
 
 def _controller(budget, max_tokens=10_000, texts=None, starts=True):
     return ThinkingBudget(
-        budget=budget, max_tokens=max_tokens, closing=CLOSING, think_open=THINK_OPEN, think_close=THINK_CLOSE,
-        starts_in_thinking=starts, token_text=lambda t: (texts or {}).get(t, "x"),
+        budget=budget,
+        max_tokens=max_tokens,
+        closing=CLOSING,
+        think_open=THINK_OPEN,
+        think_close=THINK_CLOSE,
+        starts_in_thinking=starts,
+        token_text=lambda t: (texts or {}).get(t, "x"),
     )
 
 
@@ -131,13 +136,19 @@ def _result(model, stream, **options):
 @pytest.mark.parametrize("budget", [0, 1, 16, 256])
 def test_budget_bounds_reasoning_and_an_answer_follows(qwen3, budget):
     phrase = len(qwen3._closing)
-    results = [_result(qwen3, stream, max_tokens=budget + 200, thinking_budget=budget, seed=7) for stream in (False, True)]
+    results = [
+        _result(qwen3, stream, max_tokens=budget + 200, thinking_budget=budget, seed=7) for stream in (False, True)
+    ]
     whole, streamed = results
     for r in results:
         assert 0 < r.usage.reasoning_tokens <= budget + GRACE_TOKENS + phrase + 1  # +1: the model's own <think>
         assert r.content.strip(), "the answer part must not be empty"
         assert "Considering the limited time" in r.reasoning
-    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.reasoning_tokens) == (streamed.usage.prompt_tokens, streamed.usage.completion_tokens, streamed.usage.reasoning_tokens)  # cache hits may differ
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.reasoning_tokens) == (
+        streamed.usage.prompt_tokens,
+        streamed.usage.completion_tokens,
+        streamed.usage.reasoning_tokens,
+    )  # cache hits may differ
     assert whole.content == streamed.content and whole.reasoning == streamed.reasoning
 
 

@@ -23,9 +23,7 @@ SHARED_TEXTS = [
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
     "<|endoftext|><|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>",
 ]
-RENAMED = {
-    "<tool_response>": 151665, "</tool_response>": 151666, "<think>": 151667, "</think>": 151668
-}
+RENAMED = {"<tool_response>": 151665, "</tool_response>": 151666, "<think>": 151667, "</think>": 151668}
 
 
 @pytest.fixture(scope="module")
@@ -127,26 +125,18 @@ def test_chat_templates(built, llms, source_gguf, tmp_path):
     assert q3_template == tiny.official_template("qwen3")
     assert "enable_thinking" in q3_template and "<think>" in q3_template
 
-    bare = tiny.build_tiny_gguf(
-        tmp_path / "bare.gguf", arch="qwen3", source_gguf=source_gguf, chat_template=""
-    )
+    bare = tiny.build_tiny_gguf(tmp_path / "bare.gguf", arch="qwen3", source_gguf=source_gguf, chat_template="")
     assert "tokenizer.chat_template" not in load(bare).metadata
-    custom = tiny.build_tiny_gguf(
-        tmp_path / "c.gguf", arch="qwen2", source_gguf=source_gguf, chat_template="{{ 'x' }}"
-    )
+    custom = tiny.build_tiny_gguf(tmp_path / "c.gguf", arch="qwen2", source_gguf=source_gguf, chat_template="{{ 'x' }}")
     assert load(custom).metadata["tokenizer.chat_template"] == "{{ 'x' }}"
 
 
 def test_bias_token_steers_greedy_output(source_gguf, tmp_path):
-    think = tiny.build_tiny_gguf(
-        tmp_path / "think.gguf", arch="qwen3", source_gguf=source_gguf, bias_token=151667
-    )
+    think = tiny.build_tiny_gguf(tmp_path / "think.gguf", arch="qwen3", source_gguf=source_gguf, bias_token=151667)
     out = load(think).create_completion(PROMPT, max_tokens=5, temperature=0.0)
     assert out["choices"][0]["text"] == "<think>" * 5
 
-    stop = tiny.build_tiny_gguf(
-        tmp_path / "stop.gguf", arch="qwen2", source_gguf=source_gguf, bias_token=151645
-    )
+    stop = tiny.build_tiny_gguf(tmp_path / "stop.gguf", arch="qwen2", source_gguf=source_gguf, bias_token=151645)
     out = load(stop).create_completion(PROMPT, max_tokens=5, temperature=0.0)
     assert out["choices"][0]["text"] == "" and out["choices"][0]["finish_reason"] == "stop"
 
@@ -178,9 +168,9 @@ def test_build_and_load_are_fast(built):
 def test_rejects_bad_arguments(source_gguf, tmp_path):
     with pytest.raises(ValueError):
         tiny.build_tiny_gguf(
-            tmp_path / "x.gguf", arch="llama", source_gguf=source_gguf  # type: ignore[arg-type]
+            tmp_path / "x.gguf",
+            arch="llama",
+            source_gguf=source_gguf,  # type: ignore[arg-type]
         )
     with pytest.raises(ValueError):
-        tiny.build_tiny_gguf(
-            tmp_path / "x.gguf", arch="qwen3", source_gguf=source_gguf, bias_token=10**6
-        )
+        tiny.build_tiny_gguf(tmp_path / "x.gguf", arch="qwen3", source_gguf=source_gguf, bias_token=10**6)

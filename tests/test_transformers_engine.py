@@ -196,7 +196,7 @@ def test_forced_tokens_are_reported_counted_and_fed(q2):
     assert head[3:] == forced
     # the continuation is what the model gives after that prefix (the forced tokens were fed)
     prompt = q2.tokenize(PROMPTS[0]) + head
-    assert ids[len(head):] == ids_of(run(q2, prompt, max_tokens=14 - len(head), **GREEDY))
+    assert ids[len(head) :] == ids_of(run(q2, prompt, max_tokens=14 - len(head), **GREEDY))
 
 
 def test_forced_tokens_respect_max_tokens(q2):
@@ -257,9 +257,15 @@ def test_forced_tokens_in_a_batch_leave_the_others_alone(q2, solo):
     out: dict[str, list[int]] = {}
     forced = q2.tokenize(" forced words here")
     threads = [
-        threading.Thread(target=_collect, args=(q2, PROMPTS[0], out, "forced", ForceAfter(2, forced)),
-                         kwargs=dict(max_tokens=12, **GREEDY)),
-        *[threading.Thread(target=_collect, args=(q2, p, out, p), kwargs=dict(max_tokens=12, **GREEDY)) for p in PROMPTS[1:]],
+        threading.Thread(
+            target=_collect,
+            args=(q2, PROMPTS[0], out, "forced", ForceAfter(2, forced)),
+            kwargs=dict(max_tokens=12, **GREEDY),
+        ),
+        *[
+            threading.Thread(target=_collect, args=(q2, p, out, p), kwargs=dict(max_tokens=12, **GREEDY))
+            for p in PROMPTS[1:]
+        ],
     ]
     for t in threads:
         t.start()
@@ -271,7 +277,9 @@ def test_forced_tokens_in_a_batch_leave_the_others_alone(q2, solo):
 
 
 def test_queue_bound_and_stats(tiny_hf_qwen2):
-    engine = TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, n_ctx=2048, n_parallel=1, max_waiting=1))
+    engine = TransformersEngine(
+        tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, n_ctx=2048, n_parallel=1, max_waiting=1)
+    )
     try:
         got: queue.Queue[Chunk] = queue.Queue()
         params = SamplingParams(max_tokens=2000, **GREEDY)
@@ -419,8 +427,21 @@ def _qwenkit(*args: str, timeout: float = 600):
 def test_cli_run_on_transformers(tiny_hf_qwen2):
     import json
 
-    code, out, err = _qwenkit("run", "hello", "-m", str(tiny_hf_qwen2), "--engine", "transformers", "--json",
-                              "-n", "4", "--temperature", "0", "-t", str(THREADS))
+    code, out, err = _qwenkit(
+        "run",
+        "hello",
+        "-m",
+        str(tiny_hf_qwen2),
+        "--engine",
+        "transformers",
+        "--json",
+        "-n",
+        "4",
+        "--temperature",
+        "0",
+        "-t",
+        str(THREADS),
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["usage"]["completion_tokens"] == 4 and result["finish_reason"] == "length"
@@ -453,8 +474,9 @@ def test_serve_on_transformers_keeps_concurrent_requests_apart(tiny_hf_qwen2):
         client = server.client()
 
         def ask(q: str) -> str:
-            r = client.chat.completions.create(model="x", messages=[{"role": "user", "content": q}],
-                                               max_tokens=10, temperature=0)
+            r = client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": q}], max_tokens=10, temperature=0
+            )
             assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
             return r.choices[0].message.content
 
@@ -463,14 +485,24 @@ def test_serve_on_transformers_keeps_concurrent_requests_apart(tiny_hf_qwen2):
             together = list(pool.map(ask, questions))
         assert together == solo
         with server.http() as h:  # streaming works the same
-            body = {"messages": [{"role": "user", "content": questions[0]}], "max_tokens": 10, "temperature": 0,
-                    "stream": True}
+            body = {
+                "messages": [{"role": "user", "content": questions[0]}],
+                "max_tokens": 10,
+                "temperature": 0,
+                "stream": True,
+            }
             with h.stream("POST", "/v1/chat/completions", json=body) as response:
-                text = "".join(e["choices"][0]["delta"].get("content") or "" for e in sse_events(response)
-                               if isinstance(e, dict) and e["choices"])
+                text = "".join(
+                    e["choices"][0]["delta"].get("content") or ""
+                    for e in sse_events(response)
+                    if isinstance(e, dict) and e["choices"]
+                )
         assert text == solo[0]
         with server.http() as h:  # grammars are llama.cpp's: a clear 400, not a failure mid-way
-            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10,
-                    "response_format": {"type": "json_object"}}
+            body = {
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 10,
+                "response_format": {"type": "json_object"},
+            }
             r = h.post("/v1/chat/completions", json=body)
             assert r.status_code == 400 and "llama.cpp" in r.json()["error"]["message"]

@@ -47,7 +47,7 @@ def test_page_is_self_contained_and_never_parses_html():
     page = INDEX.read_text(encoding="utf-8")
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page), "no external resources"
     assert "@import" not in page and "url(http" not in page
-    script = page[page.index("<script>"):]
+    script = page[page.index("<script>") :]
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, f"the page's script must not use {sink}"
 
@@ -83,11 +83,24 @@ def server(tiny_qwen3, tmp_path_factory):
         pytest.skip("chromium is not installed (CI: apt-get install -y chromium)")
     port = _free_port()
     log = tmp_path_factory.mktemp("webchat-server") / "server.log"
-    cmd = [sys.executable, "-c", "from qwenkit.cli import main; main()", "serve", "--model", str(tiny_qwen3),
-           "--host", "127.0.0.1", "--port", str(port), "--parallel", "2", "--ctx", "2048"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from qwenkit.cli import main; main()",
+        "serve",
+        "--model",
+        str(tiny_qwen3),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--parallel",
+        "2",
+        "--ctx",
+        "2048",
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -189,23 +202,33 @@ class CDP:
 
     def exceptions(self) -> list[str]:
         with self._cond:
-            return [e["params"]["exceptionDetails"].get("exception", {}).get("description", "")
-                    or e["params"]["exceptionDetails"].get("text", "")
-                    for e in self.events if e.get("method") == "Runtime.exceptionThrown"]
+            return [
+                e["params"]["exceptionDetails"].get("exception", {}).get("description", "")
+                or e["params"]["exceptionDetails"].get("text", "")
+                for e in self.events
+                if e.get("method") == "Runtime.exceptionThrown"
+            ]
 
     # input as a user makes it
     def type(self, text: str) -> None:
         self.call("Input.insertText", text=text)
 
     def key_enter(self, shift: bool = False) -> None:
-        common = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13,
-                  "modifiers": 8 if shift else 0}
+        common = {
+            "key": "Enter",
+            "code": "Enter",
+            "windowsVirtualKeyCode": 13,
+            "nativeVirtualKeyCode": 13,
+            "modifiers": 8 if shift else 0,
+        }
         self.call("Input.dispatchKeyEvent", type="keyDown", text="\r", unmodifiedText="\r", **common)
         self.call("Input.dispatchKeyEvent", type="keyUp", **common)
 
     def click(self, selector: str) -> None:
-        box = self.js(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
-                      " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        box = self.js(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
@@ -232,16 +255,36 @@ def browser(tmp_path):
     ev_r, ev_w = os.pipe()  # chromium writes replies and events on fd 4
     cmd_r, ev_w = _high_fd(cmd_r), _high_fd(ev_w)
     profile = tmp_path / "chromium-profile"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--disable-extensions", "--disable-dev-shm-usage", "--no-proxy-server",
-             "--mute-audio", "--hide-scrollbars", "--window-size=1000,820", f"--user-data-dir={profile}",
-             "--remote-debugging-pipe", "about:blank"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-dev-shm-usage",
+        "--no-proxy-server",
+        "--mute-audio",
+        "--hide-scrollbars",
+        "--window-size=1000,820",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-pipe",
+        "about:blank",
+    ]
     shell = f'exec "$0" "$@" 3<&{cmd_r} 4>&{ev_w} {cmd_r}<&- {ev_w}>&-'
     log = tmp_path / "chromium.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", "-c", shell, CHROMIUM, *flags], pass_fds=(cmd_r, ev_w), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", "-c", shell, CHROMIUM, *flags],
+            pass_fds=(cmd_r, ev_w),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     os.close(cmd_r)
     os.close(ev_w)
     cdp = CDP(cmd_w, ev_r)
@@ -276,8 +319,10 @@ def browser(tmp_path):
 # ----- the page in a browser ---------------------------------------------------------------------
 
 LAST = "[...document.querySelectorAll('#messages .msg.assistant')].at(-1)"
-DONE = (f"(() => {{ const m = {LAST};"
-        " return !!m && !m.hasAttribute('aria-busy') && !!m.querySelector('.meta, .error'); })()")
+DONE = (
+    f"(() => {{ const m = {LAST};"
+    " return !!m && !m.hasAttribute('aria-busy') && !!m.querySelector('.meta, .error'); })()"
+)
 
 # Replaces fetch for /v1/chat/completions with a stream the test feeds through window.__feed(bytes).
 FAKE_FETCH = """
@@ -335,8 +380,12 @@ def _sse(obj) -> bytes:
 
 
 def _chunk(**delta) -> dict:
-    return {"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": "m",
-            "choices": [{"index": 0, "delta": delta}]}
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta}],
+    }
 
 
 @needs_chromium
@@ -347,16 +396,24 @@ def test_web_chat(server, browser, tmp_path):
 
     cdp.call("Page.navigate", url=server + "/")
     cdp.wait("document.readyState === 'complete' && !!document.getElementById('input')", "the page to load", 30)
-    cdp.js("window.__csp = [];"
-           " document.addEventListener('securitypolicyviolation', e => window.__csp.push(e.violatedDirective))")
-    cdp.wait(f"document.getElementById('model').textContent === {json.dumps(model_id)}", "the model name", 30,
-             debug="document.getElementById('model').textContent")
+    cdp.js(
+        "window.__csp = [];"
+        " document.addEventListener('securitypolicyviolation', e => window.__csp.push(e.violatedDirective))"
+    )
+    cdp.wait(
+        f"document.getElementById('model').textContent === {json.dumps(model_id)}",
+        "the model name",
+        30,
+        debug="document.getElementById('model').textContent",
+    )
     assert cdp.js("document.activeElement.id") == "input"
     assert cdp.js("document.getElementById('think').checked") is False
 
     def set_max_tokens(n) -> None:
-        cdp.js(f"(() => {{ const i = document.getElementById('max-tokens'); i.value = {json.dumps(str(n))};"
-               " i.dispatchEvent(new Event('change')); })()")
+        cdp.js(
+            f"(() => {{ const i = document.getElementById('max-tokens'); i.value = {json.dumps(str(n))};"
+            " i.dispatchEvent(new Event('change')); })()"
+        )
 
     def n_assistant() -> int:
         return cdp.js("document.querySelectorAll('#messages .msg.assistant').length")
@@ -371,12 +428,16 @@ def test_web_chat(server, browser, tmp_path):
     assert cdp.js("document.getElementById('input').value") == "Hello <b>there</b>\nsecond line"
     cdp.key_enter()
     cdp.wait(DONE, "the first answer")
-    user = cdp.js("(() => { const u = document.querySelector('#messages .msg.user');"
-                  " return [u.textContent, u.children.length]; })()")
+    user = cdp.js(
+        "(() => { const u = document.querySelector('#messages .msg.user');"
+        " return [u.textContent, u.children.length]; })()"
+    )
     assert user == ["Hello <b>there</b>\nsecond line", 0]
-    first = cdp.js(f"(() => {{ const m = {LAST}; return {{answer: m.querySelector('.answer').textContent,"
-                   " reasoning: !!m.querySelector('details'), meta: m.querySelector('.meta').textContent,"
-                   " error: !!m.querySelector('.error')}; })()")
+    first = cdp.js(
+        f"(() => {{ const m = {LAST}; return {{answer: m.querySelector('.answer').textContent,"
+        " reasoning: !!m.querySelector('details'), meta: m.querySelector('.meta').textContent,"
+        " error: !!m.querySelector('.error')}; })()"
+    )
     assert first["answer"].strip(), first
     assert not first["reasoning"] and not first["error"], first
     meta = r"\d+ tokens? · ([\d.]+ tok/s · )?first token [\d.]+ s · prompt \d+( · cut at the token limit)?"
@@ -392,9 +453,11 @@ def test_web_chat(server, browser, tmp_path):
     cdp.type("Think about it")
     cdp.key_enter()
     cdp.wait(DONE, "the thinking answer")
-    think = cdp.js(f"(() => {{ const d = {LAST}.querySelector('details.reasoning');"
-                   " return d && {open: d.open, summary: d.querySelector('summary').textContent,"
-                   " text: d.querySelector('.reasoning-text').textContent}; })()")
+    think = cdp.js(
+        f"(() => {{ const d = {LAST}.querySelector('details.reasoning');"
+        " return d && {open: d.open, summary: d.querySelector('summary').textContent,"
+        " text: d.querySelector('.reasoning-text').textContent}; })()"
+    )
     assert think, "no reasoning <details> block"
     assert think["open"] is False
     assert re.fullmatch(r"Thought for [\d.]+ s \(\d+ tokens?\)", think["summary"]), think
@@ -420,8 +483,11 @@ def test_web_chat(server, browser, tmp_path):
     cdp.js("document.getElementById('input').focus()")
     cdp.type("Tell me a long story")
     cdp.key_enter()
-    cdp.wait(f"(() => {{ const m = {LAST}; return m.hasAttribute('aria-busy')"
-             " && m.querySelector('.answer').textContent.trim().length > 0; })()", "streamed text before the end")
+    cdp.wait(
+        f"(() => {{ const m = {LAST}; return m.hasAttribute('aria-busy')"
+        " && m.querySelector('.answer').textContent.trim().length > 0; })()",
+        "streamed text before the end",
+    )
     assert cdp.js("document.getElementById('send').textContent") == "Stop"
     cdp.click("#send")
     cdp.wait(DONE, "the stopped answer", 15)
@@ -451,8 +517,10 @@ def test_web_chat(server, browser, tmp_path):
     cdp.wait(f"{LAST}.querySelector('details.reasoning.live summary')?.textContent === 'Thinking…'", "Thinking…")
     assert cdp.js(f"{LAST}.querySelector('.reasoning-text').textContent") == reasoning
 
-    answer = ('Look:\n<script>window.__xss = 1</script>\n<img src=x onerror="window.__xss = 2">\n'
-              "```html\n<script>window.__xss = 3</script>\n<p>hi</p>\n```\nnaïve 漢字 ✓ done")
+    answer = (
+        'Look:\n<script>window.__xss = 1</script>\n<img src=x onerror="window.__xss = 2">\n'
+        "```html\n<script>window.__xss = 3</script>\n<p>hi</p>\n```\nnaïve 漢字 ✓ done"
+    )
     first_half, second_half = answer[:60], answer[60:]
     event1 = _sse(_chunk(content=first_half))
     event2 = _sse(_chunk(content=second_half)).replace(b"\n\n", b"\r\n\r\n")  # CRLF lines are SSE too
@@ -466,10 +534,18 @@ def test_web_chat(server, browser, tmp_path):
     feed(event2[cut:-1])  # all but the final \n: the event is not complete yet
     time.sleep(0.2)
     assert "done" not in cdp.js(f"{LAST}.querySelector('.answer').textContent")
-    usage = {"prompt_tokens": 10, "completion_tokens": 42, "total_tokens": 52,
-             "completion_tokens_details": {"reasoning_tokens": 7}}
-    feed(event2[-1:] + _sse(dict(_chunk(), choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-         + _sse(dict(_chunk(), choices=[], usage=usage)) + _sse(b"[DONE]"))
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 42,
+        "total_tokens": 52,
+        "completion_tokens_details": {"reasoning_tokens": 7},
+    }
+    feed(
+        event2[-1:]
+        + _sse(dict(_chunk(), choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        + _sse(dict(_chunk(), choices=[], usage=usage))
+        + _sse(b"[DONE]")
+    )
     cdp.js("window.__end()")
     cdp.wait(DONE, "the fed answer")
     fed = cdp.js(f"""(() => {{
@@ -485,8 +561,10 @@ def test_web_chat(server, browser, tmp_path):
         }};
     }})()""")
     assert fed["xss"] is None and fed["dangerous"] == 0, fed
-    assert fed["texts"] == ['Look:\n<script>window.__xss = 1</script>\n<img src=x onerror="window.__xss = 2">',
-                            "naïve 漢字 ✓ done"], fed
+    assert fed["texts"] == [
+        'Look:\n<script>window.__xss = 1</script>\n<img src=x onerror="window.__xss = 2">',
+        "naïve 漢字 ✓ done",
+    ], fed
     assert fed["code"] == [["html", "<script>window.__xss = 3</script>\n<p>hi</p>"]], fed
     assert re.fullmatch(r"Thought for [\d.]+ s \(7 tokens\)", fed["summary"]), fed
     assert fed["meta"].startswith("42 tokens · ") and "prompt 10" in fed["meta"], fed
@@ -509,8 +587,11 @@ def test_web_chat(server, browser, tmp_path):
     assert not any(reasoning in c or think["text"] in c for c in contents)
 
     # a mid-stream error event shows, keeping what had arrived
-    feed(_sse(_chunk(content="partial answer")) + _sse({"error": {"message": "generation failed: boom",
-                                                                   "type": "server_unavailable"}}) + _sse(b"[DONE]"))
+    feed(
+        _sse(_chunk(content="partial answer"))
+        + _sse({"error": {"message": "generation failed: boom", "type": "server_unavailable"}})
+        + _sse(b"[DONE]")
+    )
     cdp.js("window.__end()")
     cdp.wait(DONE, "the mid-stream error")
     assert cdp.js(f"{LAST}.querySelector('.error').textContent") == "generation failed: boom"
@@ -539,11 +620,15 @@ def test_web_chat(server, browser, tmp_path):
     cdp.click("#new-chat")
     assert cdp.js("document.querySelectorAll('#messages .msg').length") == 0
     assert cdp.js("document.getElementById('empty').hidden") is False
-    cdp.js("window.__bodies = []; window.fetch = (u, o) => {"
-           " if (String(u).includes('chat/completions')) window.__bodies.push([JSON.parse(o.body), o.headers]);"
-           " return window.__realFetch(u, o); }")
-    cdp.js("(() => { const k = document.getElementById('api-key'); k.value = ' sk-local ';"
-           " k.dispatchEvent(new Event('change')); })()")
+    cdp.js(
+        "window.__bodies = []; window.fetch = (u, o) => {"
+        " if (String(u).includes('chat/completions')) window.__bodies.push([JSON.parse(o.body), o.headers]);"
+        " return window.__realFetch(u, o); }"
+    )
+    cdp.js(
+        "(() => { const k = document.getElementById('api-key'); k.value = ' sk-local ';"
+        " k.dispatchEvent(new Event('change')); })()"
+    )
     assert cdp.js("localStorage.getItem('qwenkit.apiKey')") == "sk-local"
     cdp.click("#think")  # off
     set_max_tokens(8)

@@ -21,7 +21,9 @@ def pick_engine(engine: str, fmt: str) -> str:
     if engine == "auto":
         return "llamacpp" if fmt == "gguf" else "transformers"
     if engine == "llamacpp" and fmt != "gguf":
-        raise QwenkitError("this is a checkpoint directory; the llama.cpp engine needs a .gguf file (use --engine transformers)")
+        raise QwenkitError(
+            "this is a checkpoint directory; the llama.cpp engine needs a .gguf file (use --engine transformers)"
+        )
     return engine
 
 
@@ -58,8 +60,14 @@ def load(
         from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
 
         settings = TransformersSettings(
-            dtype=dtype, device_map=device_map, quantization=quantization, attn_implementation=attn_implementation,
-            n_ctx=n_ctx, n_parallel=n_parallel or 8, max_waiting=max_waiting, n_threads=n_threads,
+            dtype=dtype,
+            device_map=device_map,
+            quantization=quantization,
+            attn_implementation=attn_implementation,
+            n_ctx=n_ctx,
+            n_parallel=n_parallel or 8,
+            max_waiting=max_waiting,
+            n_threads=n_threads,
         )
         eng = TransformersEngine(local.path, settings)
     else:

@@ -257,7 +257,9 @@ class Model:
         merged = merge_options(config, options)
         return run_batch(self, [self.prepare(c, **merged) for c in conversations])
 
-    async def abatch(self, conversations: Sequence[Messages | str], *, config: Any = None, **options: Any) -> list[ChatResult]:
+    async def abatch(
+        self, conversations: Sequence[Messages | str], *, config: Any = None, **options: Any
+    ) -> list[ChatResult]:
         """`batch` for async code: the turns run concurrently, the event loop stays free."""
         import asyncio
 

@@ -92,8 +92,9 @@ def closing_text() -> str:
     return f"\n\n{STOP_PHRASE}\n</think>\n\n"
 
 
-def resolve_budget(thinking_budget: int | None, reasoning_effort: str | None,
-                   efforts: dict[str, int | None] | None = None) -> tuple[bool | None, int | None]:
+def resolve_budget(
+    thinking_budget: int | None, reasoning_effort: str | None, efforts: dict[str, int | None] | None = None
+) -> tuple[bool | None, int | None]:
     """(thinking override, budget) from the request: effort "none" turns thinking off."""
     if thinking_budget is not None and thinking_budget < 0:
         raise BadRequest("thinking_budget must be >= 0")
@@ -119,4 +120,3 @@ def parse_effort_budgets(text: str) -> dict[str, int | None]:
             raise BadRequest(f"bad effort budget {item!r}: expected low|medium|high=TOKENS or =none")
         table[name] = None if value == "none" else int(value)
     return table
-

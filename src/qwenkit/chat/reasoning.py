@@ -53,7 +53,7 @@ class ReasoningParser:
             buf, state = self._buf, self._state
             if state is _State.START:
                 if buf.startswith(OPEN):
-                    self._buf, self._state = buf[len(OPEN):], _State.REASONING_LEAD
+                    self._buf, self._state = buf[len(OPEN) :], _State.REASONING_LEAD
                 elif OPEN.startswith(buf) and not final:
                     break
                 else:
@@ -66,11 +66,11 @@ class ReasoningParser:
                 at = buf.find(CLOSE)
                 if at >= 0:
                     reasoning.append(buf[:at].rstrip("\n"))
-                    self._buf, self._state = buf[at + len(CLOSE):], _State.CONTENT_LEAD
+                    self._buf, self._state = buf[at + len(CLOSE) :], _State.CONTENT_LEAD
                     continue
                 keep = 0 if final else held_suffix(buf, CLOSE, "\n")
                 reasoning.append(buf[: len(buf) - keep])
-                self._buf = buf[len(buf) - keep:]
+                self._buf = buf[len(buf) - keep :]
                 break
             else:
                 content.append(buf)

@@ -26,8 +26,13 @@ OFFICIAL = {
 _PROBE = "qwenkit-probe-reasoning"
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     """Hugging Face's `tojson`: plain `json.dumps`, no HTML escaping, non-ASCII kept."""
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -104,8 +109,13 @@ class ChatTemplate:
         except QwenkitError:
             return ""
 
-    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                add_generation_prompt: bool, kwargs: dict[str, Any]) -> str:
+    def _render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        add_generation_prompt: bool,
+        kwargs: dict[str, Any],
+    ) -> str:
         try:
             return self._compiled.render(
                 messages=messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs

@@ -15,17 +15,32 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # no hard wraps: an error stays one line
 
-ModelOpt = typer.Option("default", "--model", "-m", help="Model reference: a name, hf:OWNER/REPO[/FILE] or a .gguf path.")
+ModelOpt = typer.Option(
+    "default", "--model", "-m", help="Model reference: a name, hf:OWNER/REPO[/FILE] or a .gguf path."
+)
 CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (default: 8192, capped at the model's).")
 ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores).")
-EngineOpt = typer.Option("auto", "--engine", "-e", help="auto (llama.cpp for a .gguf, transformers for a checkpoint directory), llamacpp or transformers.")
+EngineOpt = typer.Option(
+    "auto",
+    "--engine",
+    "-e",
+    help="auto (llama.cpp for a .gguf, transformers for a checkpoint directory), llamacpp or transformers.",
+)
 DtypeOpt = typer.Option("auto", "--dtype", help="Transformers engine: auto, bf16, fp16 or fp32.")
-QuantOpt = typer.Option(None, "--quantization", "-q", help="Transformers engine: 8bit or 4bit (bitsandbytes, CUDA only).")
+QuantOpt = typer.Option(
+    None, "--quantization", "-q", help="Transformers engine: 8bit or 4bit (bitsandbytes, CUDA only)."
+)
 ThinkOpt = typer.Option(None, "--think/--no-think", help="Qwen3 thinking on or off (default: the model's).")
 
 
-def load_model(model: str, ctx: int | None, threads: int | None, engine: str = "auto", dtype: str = "auto", quantization: str | None = None):
+def load_model(
+    model: str,
+    ctx: int | None,
+    threads: int | None,
+    engine: str = "auto",
+    dtype: str = "auto",
+    quantization: str | None = None,
+):
     from qwenkit.api import load
 
     return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization)
-

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from qwenkit.cli.common import app, err
 
+
 @app.command()
 def pull(ref: str = typer.Argument("default", help="Model reference to fetch and verify.")) -> None:
     """Fetch a model into the cache and verify its sha256."""
@@ -26,4 +27,3 @@ def models() -> None:
     for m in store.list_models():
         table.add_row(m.name, f"{m.size / 2**20:.0f} MiB", m.quant or "-", str(m.path))
     Console().print(table)
-

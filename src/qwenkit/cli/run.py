@@ -8,19 +8,35 @@ from typing import Optional
 
 import typer
 
-from qwenkit.cli.common import CtxOpt, DtypeOpt, EngineOpt, ModelOpt, QuantOpt, ThinkOpt, ThreadsOpt, app, err, load_model
+from qwenkit.cli.common import (
+    CtxOpt,
+    DtypeOpt,
+    EngineOpt,
+    ModelOpt,
+    QuantOpt,
+    ThinkOpt,
+    ThreadsOpt,
+    app,
+    err,
+    load_model,
+)
 from qwenkit.errors import QwenkitError
+
 
 @app.command()
 def run(
     prompt: str = typer.Argument(..., help="The prompt; '-' reads it from standard input."),
     model: str = ModelOpt,
     max_tokens: int = typer.Option(1024, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
     think: Optional[bool] = ThinkOpt,
-    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
+    thinking_budget: Optional[int] = typer.Option(
+        None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     ctx: Optional[int] = CtxOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -33,7 +49,9 @@ def run(
     if not text.strip():
         raise QwenkitError("the prompt is empty")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    options = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, think=think, thinking_budget=thinking_budget)
+    options = dict(
+        max_tokens=max_tokens, temperature=temperature, seed=seed, think=think, thinking_budget=thinking_budget
+    )
     with load_model(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)
@@ -73,7 +91,9 @@ def chat(
     think: Optional[bool] = ThinkOpt,
     system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
     max_tokens: int = typer.Option(2048, "--max-tokens", "-n", min=1, help="Most tokens per answer."),
-    thinking_budget: Optional[int] = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
+    thinking_budget: Optional[int] = typer.Option(
+        None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."
+    ),
     ctx: Optional[int] = CtxOpt,
     threads: Optional[int] = ThreadsOpt,
     engine: str = EngineOpt,
@@ -114,7 +134,9 @@ def _chat_loop(m, system: str | None, think: bool | None, max_tokens: int, think
             continue
         history.append({"role": "user", "content": line})
         try:
-            result = _stream_reply(m, history, dict(max_tokens=max_tokens, think=think, thinking_budget=thinking_budget))
+            result = _stream_reply(
+                m, history, dict(max_tokens=max_tokens, think=think, thinking_budget=thinking_budget)
+            )
         except KeyboardInterrupt:
             err.print("[yellow](interrupted)[/]")
             history.pop()
@@ -124,5 +146,3 @@ def _chat_loop(m, system: str | None, think: bool | None, max_tokens: int, think
             f"[dim]{result.usage.completion_tokens} tokens, {result.timings.decode_tps:.1f} tok/s, "
             f"first token {result.timings.ttft_s * 1000:.0f} ms, {result.finish_reason}[/]"
         )
-
-

@@ -9,6 +9,7 @@ import typer
 
 from qwenkit.cli.common import CtxOpt, DtypeOpt, EngineOpt, ModelOpt, QuantOpt, ThreadsOpt, app, err
 
+
 @app.command()
 def serve(
     model: str = ModelOpt,
@@ -29,8 +30,11 @@ def serve(
     max_tokens_cap: int = typer.Option(8192, "--max-tokens-cap", min=1, help="Largest max_tokens a request may ask."),
     cors: list[str] = typer.Option([], "--cors-origin", help="Allowed CORS origin (repeatable; none by default)."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
-    effort_budgets: str = typer.Option("", "--reasoning-effort-budgets",
-                                       help="Thinking budgets per reasoning_effort, e.g. low=512,medium=2048,high=none."),
+    effort_budgets: str = typer.Option(
+        "",
+        "--reasoning-effort-budgets",
+        help="Thinking budgets per reasoning_effort, e.g. low=512,medium=2048,high=none.",
+    ),
 ) -> None:
     """Serve an OpenAI-compatible API (and a web chat at /) with continuous batching."""
     import logging
@@ -55,20 +59,37 @@ def serve(
         err.print(f"preparing {local.name} for transformers (converted once, then reused)")
         convert_gguf(local.path)
     settings = ServeSettings(
-        host=host, port=port, api_keys=keys, requests_per_minute=rpm, tokens_per_minute=tpm,
-        max_body_bytes=max_body, max_tokens_cap=max_tokens_cap, cors_origins=tuple(cors), log_prompts=log_prompts,
+        host=host,
+        port=port,
+        api_keys=keys,
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+        max_body_bytes=max_body,
+        max_tokens_cap=max_tokens_cap,
+        cors_origins=tuple(cors),
+        log_prompts=log_prompts,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def load_model():
-        m = load(model, n_ctx=ctx, n_threads=threads, n_parallel=parallel, max_waiting=max_queue, progress=False,
-                 engine=engine, dtype=dtype, quantization=quantization)
+        m = load(
+            model,
+            n_ctx=ctx,
+            n_threads=threads,
+            n_parallel=parallel,
+            max_waiting=max_queue,
+            progress=False,
+            engine=engine,
+            dtype=dtype,
+            quantization=quantization,
+        )
         m.effort_budgets = efforts
         return m
 
     app_ = create_app(load_model, settings)
     where = f"http://{host}:{port}"
-    err.print(f"serving [bold]{model}[/] on {where} (web chat at {where}/, API at {where}/v1)"
-              + (f", {len(keys)} API key(s)" if keys else ", no API key required"))
+    err.print(
+        f"serving [bold]{model}[/] on {where} (web chat at {where}/, API at {where}/v1)"
+        + (f", {len(keys)} API key(s)" if keys else ", no API key required")
+    )
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
-

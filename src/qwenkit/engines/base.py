@@ -198,4 +198,3 @@ def iterate(
                 return
     finally:
         handle.cancel()
-

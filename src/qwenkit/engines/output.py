@@ -73,8 +73,15 @@ class RequestOutput:
             self.finish("length")
         return [] if self.finished else [token, *forced]
 
-    def finish(self, reason: str, *, text: str = "", token_ids: Sequence[int] = (), stop: str | None = None,
-               error: str | None = None) -> None:
+    def finish(
+        self,
+        reason: str,
+        *,
+        text: str = "",
+        token_ids: Sequence[int] = (),
+        stop: str | None = None,
+        error: str | None = None,
+    ) -> None:
         """Send the last chunk (flushing held text unless aborted)."""
         if self.finished:
             return
@@ -84,8 +91,16 @@ class RequestOutput:
             text += tail if late_stop else tail + self._stopper.flush()
             stop = late_stop
         self.on_finish()
-        self.emit(Chunk(text, list(token_ids), finish_reason=reason, stop_sequence=stop, error=error,
-                        cached_prompt_tokens=self.cached_prompt_tokens))
+        self.emit(
+            Chunk(
+                text,
+                list(token_ids),
+                finish_reason=reason,
+                stop_sequence=stop,
+                error=error,
+                cached_prompt_tokens=self.cached_prompt_tokens,
+            )
+        )
 
     def _full(self, used: int) -> bool:
         """No room for another token: `max_tokens` reached, or the context (`used` + the last

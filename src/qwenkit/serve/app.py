@@ -68,8 +68,12 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         yield
         holder.close()
 
-    app = FastAPI(title="qwenkit", version="0.1.0", lifespan=lifespan,
-                  description="An OpenAI-compatible server for the Qwen model family.")
+    app = FastAPI(
+        title="qwenkit",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="An OpenAI-compatible server for the Qwen model family.",
+    )
     app.state.settings = settings
     app.state.ready_model = holder.ready
     app.state.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
@@ -82,8 +86,12 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
         if keys.check(token):
             return None
-        return ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key",
-                        headers={"WWW-Authenticate": "Bearer"})
+        return ApiError(
+            401,
+            "a valid API key is required (Authorization: Bearer KEY)",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     app.state.unauthorized = unauthorized
 
@@ -97,8 +105,12 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         request.state.bucket = bucket
         wait = app.state.limiter.admit(bucket)
         if wait is not None:
-            raise ApiError(429, "rate limit reached for this API key", code="rate_limit_exceeded",
-                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+            raise ApiError(
+                429,
+                "rate limit reached for this API key",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+            )
 
     app.include_router(openai_router, dependencies=[Depends(authorize)])
 
@@ -123,8 +135,12 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         return files("qwenkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, on_done=app.state.metrics.count_request)
     return app

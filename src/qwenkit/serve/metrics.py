@@ -25,25 +25,40 @@ class _SchedulerCollector(Collector):
         yield GaugeMetricFamily("qwenkit_requests_running", "Requests holding a decode slot", value=s.running)
         yield GaugeMetricFamily("qwenkit_requests_waiting", "Requests queued for a slot", value=s.waiting)
         yield GaugeMetricFamily(
-            "qwenkit_kv_cache_usage_ratio", "Share of KV-cache cells in use", value=s.kv_used_cells / max(s.kv_total_cells, 1)
+            "qwenkit_kv_cache_usage_ratio",
+            "Share of KV-cache cells in use",
+            value=s.kv_used_cells / max(s.kv_total_cells, 1),
         )
         yield CounterMetricFamily(
             "qwenkit_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache", value=s.prefix_hit_tokens
         )
-        yield CounterMetricFamily("qwenkit_prompt_tokens_scheduled", "Prompt tokens submitted to the engine", value=s.prompt_tokens)
+        yield CounterMetricFamily(
+            "qwenkit_prompt_tokens_scheduled", "Prompt tokens submitted to the engine", value=s.prompt_tokens
+        )
 
 
 class Metrics:
     def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("qwenkit_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.requests = Counter(
+            "qwenkit_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
         self.prompt_tokens = Counter("qwenkit_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter("qwenkit_generation_tokens", "Tokens generated", registry=r)
         self.cancelled = Counter("qwenkit_requests_cancelled", "Requests ended by a client disconnect", registry=r)
-        self.ttft = Histogram("qwenkit_time_to_first_token_seconds", "Time to first token", buckets=_LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("qwenkit_inter_token_latency_seconds", "Time between streamed tokens", buckets=_TOKEN_GAP_BUCKETS, registry=r)
-        self.e2e = Histogram("qwenkit_e2e_request_latency_seconds", "Request latency, end to end", buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "qwenkit_time_to_first_token_seconds", "Time to first token", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            "qwenkit_inter_token_latency_seconds",
+            "Time between streamed tokens",
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "qwenkit_e2e_request_latency_seconds", "Request latency, end to end", buckets=_LATENCY_BUCKETS, registry=r
+        )
         r.register(_SchedulerCollector(stats))
 
     def count_request(self, scope: dict, status: int) -> None:

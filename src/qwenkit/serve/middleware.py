@@ -64,8 +64,14 @@ class AccessLog:
                 self.on_done(scope, sizes["status"])
             access_log.info(
                 "%s %s %s %s key=%s in=%dB out=%dB %.0fms",
-                rid, scope["method"], scope["path"], sizes["status"] or "-", key_id(_bearer(scope)),
-                sizes["in"], sizes["out"], (time.perf_counter() - started) * 1000,
+                rid,
+                scope["method"],
+                scope["path"],
+                sizes["status"] or "-",
+                key_id(_bearer(scope)),
+                sizes["in"],
+                sizes["out"],
+                (time.perf_counter() - started) * 1000,
             )
 
 
@@ -110,6 +116,11 @@ class BodyLimit:
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(error_body(413, f"the request body is larger than {self.max_bytes} bytes")).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -52,14 +52,17 @@ def _usage(result: ChatResult) -> UsageInfo:
 
 
 def _tool_out(call: Any, index: int) -> ToolCallOut:
-    return ToolCallOut(index=index, id=call.id, type="function",
-                       function=FunctionCallOut(name=call.name, arguments=call.arguments))
+    return ToolCallOut(
+        index=index, id=call.id, type="function", function=FunctionCallOut(name=call.name, arguments=call.arguments)
+    )
 
 
 def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -> PreparedTurn:
     settings = request.app.state.settings
     if len(body.messages) > settings.max_messages:
-        raise ApiError(400, f"too many messages: {len(body.messages)} (at most {settings.max_messages})", param="messages")
+        raise ApiError(
+            400, f"too many messages: {len(body.messages)} (at most {settings.max_messages})", param="messages"
+        )
     limit = _max_tokens(body.limit(), settings)
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     choice = body.tool_choice
@@ -81,8 +84,16 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     _log_prompt(request, messages)
     effort = "low" if body.reasoning_effort == "minimal" else body.reasoning_effort
-    turn = model.prepare(messages, tools=tools, think=think, max_tokens=limit, grammar=grammar,
-                         thinking_budget=body.thinking_budget, reasoning_effort=effort, **body.sampling())
+    turn = model.prepare(
+        messages,
+        tools=tools,
+        think=think,
+        max_tokens=limit,
+        grammar=grammar,
+        thinking_budget=body.thinking_budget,
+        reasoning_effort=effort,
+        **body.sampling(),
+    )
     _check_prompt(turn, settings, model)
     return turn
 
@@ -90,20 +101,28 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
 def _log_prompt(request: Request, prompt: object) -> None:
     """Prompt text goes to the log only with --log-prompts (the access log never has it)."""
     if request.app.state.settings.log_prompts:
-        log.info("request %s prompt: %s", getattr(request.state, "request_id", "-"), json.dumps(prompt, ensure_ascii=False))
+        log.info(
+            "request %s prompt: %s", getattr(request.state, "request_id", "-"), json.dumps(prompt, ensure_ascii=False)
+        )
 
 
 def _max_tokens(asked: int | None, settings) -> int:
     if asked is not None and asked > settings.max_tokens_cap:
-        raise ApiError(400, f"max_tokens is {asked}; this server allows at most {settings.max_tokens_cap}", param="max_tokens")
+        raise ApiError(
+            400, f"max_tokens is {asked}; this server allows at most {settings.max_tokens_cap}", param="max_tokens"
+        )
     return asked or settings.default_max_tokens
 
 
 def _check_prompt(turn: PreparedTurn, settings, model: Model, param: str = "messages") -> None:
     cap = min(settings.max_prompt_tokens or model.engine.n_ctx - 1, model.engine.n_ctx - 1)
     if len(turn.prompt) > cap:
-        raise ApiError(400, f"the prompt has {len(turn.prompt)} tokens; this server allows at most {cap}",
-                       code="context_length_exceeded", param=param)
+        raise ApiError(
+            400,
+            f"the prompt has {len(turn.prompt)} tokens; this server allows at most {cap}",
+            code="context_length_exceeded",
+            param=param,
+        )
 
 
 def _finish(result: ChatResult, parallel: bool) -> tuple[str, list]:
@@ -113,6 +132,7 @@ def _finish(result: ChatResult, parallel: bool) -> tuple[str, list]:
 
 async def _collect(model: Model, turn: PreparedTurn, request: Request) -> ChatResult:
     """Run a turn to the end, cancelling it if the client goes away meanwhile."""
+
     async def consume() -> ChatResult:
         async for delta in run_turn(model, turn, request.app.state.metrics, live=False):
             if delta.result is not None:
@@ -162,12 +182,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         reasoning=result.reasoning,
         tool_calls=[_tool_out(c, i) for i, c in enumerate(calls)] or None,
     )
-    return ChatCompletion(id=rid, model=model.name, choices=[ChatChoice(message=message, finish_reason=finish)],
-                          usage=_usage(result))
+    return ChatCompletion(
+        id=rid, model=model.name, choices=[ChatChoice(message=message, finish_reason=finish)], usage=_usage(result)
+    )
 
 
-async def _chat_events(model: Model, deltas: TurnStream, request: Request, rid: str,
-                       include_usage: bool, parallel: bool) -> AsyncIterator[str]:
+async def _chat_events(
+    model: Model, deltas: TurnStream, request: Request, rid: str, include_usage: bool, parallel: bool
+) -> AsyncIterator[str]:
     def event(delta: DeltaMessage, finish: str | None = None) -> str:
         chunk = ChatCompletionChunk(id=rid, model=model.name, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
         return chunk.model_dump_json(exclude_none=True)
@@ -206,14 +228,21 @@ async def completions(body: CompletionRequest, request: Request):
         return _sse(_completion_events(model, deltas, request, rid, prefix, include_usage))
     result = await _collect(model, turn, request)
     _spend(request, result)
-    return Completion(id=rid, model=model.name, usage=_usage(result),
-                      choices=[TextChoice(text=prefix + result.content, finish_reason=result.finish_reason)])
+    return Completion(
+        id=rid,
+        model=model.name,
+        usage=_usage(result),
+        choices=[TextChoice(text=prefix + result.content, finish_reason=result.finish_reason)],
+    )
 
 
-async def _completion_events(model: Model, deltas: TurnStream, request: Request, rid: str, prefix: str,
-                             include_usage: bool) -> AsyncIterator[str]:
+async def _completion_events(
+    model: Model, deltas: TurnStream, request: Request, rid: str, prefix: str, include_usage: bool
+) -> AsyncIterator[str]:
     def event(text: str, finish: str | None = None) -> str:
-        return Completion(id=rid, model=model.name, choices=[TextChoice(text=text, finish_reason=finish)]).model_dump_json(exclude_none=True)
+        return Completion(
+            id=rid, model=model.name, choices=[TextChoice(text=text, finish_reason=finish)]
+        ).model_dump_json(exclude_none=True)
 
     if prefix:
         yield event(prefix)
@@ -224,7 +253,9 @@ async def _completion_events(model: Model, deltas: TurnStream, request: Request,
             _spend(request, delta.result)
             yield event("", delta.finish_reason)
             if include_usage:
-                yield Completion(id=rid, model=model.name, choices=[], usage=_usage(delta.result)).model_dump_json(exclude_none=True)
+                yield Completion(id=rid, model=model.name, choices=[], usage=_usage(delta.result)).model_dump_json(
+                    exclude_none=True
+                )
 
 
 def _sse(events: AsyncIterator[str]) -> StreamingResponse:

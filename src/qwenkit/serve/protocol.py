@@ -147,7 +147,9 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
     thinking_budget: int | None = Field(
-        default=None, ge=0, validation_alias=AliasChoices("thinking_budget", "thinking_token_budget", "thinking_budget_tokens")
+        default=None,
+        ge=0,
+        validation_alias=AliasChoices("thinking_budget", "thinking_token_budget", "thinking_budget_tokens"),
     )
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 

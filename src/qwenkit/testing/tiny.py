@@ -156,9 +156,7 @@ def default_source_gguf() -> Path:
     try:
         from qwenkit.store import resolve  # type: ignore[attr-defined]
     except ImportError as e:
-        raise SourceGGUFUnavailable(
-            f"no source GGUF: set ${_SOURCE_ENV} (qwenkit.store unavailable: {e})"
-        ) from e
+        raise SourceGGUFUnavailable(f"no source GGUF: set ${_SOURCE_ENV} (qwenkit.store unavailable: {e})") from e
     try:
         p = Path(resolve("default", progress=False).path)
     except Exception as e:  # not fetched, offline, verification failed...: tests skip
@@ -175,9 +173,7 @@ def _check_arch(arch: str) -> None:
         raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
 
 
-def _resolve_template(
-    arch: str, chat_template: str | None, source_kv: dict[str, KV], templates_dir: Any
-) -> str | None:
+def _resolve_template(arch: str, chat_template: str | None, source_kv: dict[str, KV], templates_dir: Any) -> str | None:
     """The template text to embed, or None to embed none."""
     if chat_template == "":
         return None
@@ -257,9 +253,7 @@ def build_tiny_gguf(
         for tid, text in QWEN3_RENAMED_TOKENS.items():
             old = tokens[tid].decode("utf-8", errors="replace")
             if old != text and old != f"[PAD{tid}]":
-                raise ValueError(
-                    f"{source}: token {tid} is {old!r}, expected [PAD{tid}] or {text!r}"
-                )
+                raise ValueError(f"{source}: token {tid} is {old!r}, expected [PAD{tid}] or {text!r}")
             tokens[tid] = text.encode("utf-8")
             token_types[tid] = _TOKEN_TYPE_USER_DEFINED
     if bias_token is not None and not 0 <= bias_token < n_vocab:
@@ -323,9 +317,18 @@ def build_tiny_gguf(
 
     # ---- metadata
     params = dict(
-        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
-        n_ctx_train=n_ctx_train, head_dim=head_dim, seed=seed, bias_token=bias_token,
-        bias_strength=bias_strength if bias_token is not None else None, dtype=dtype,
+        arch=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        n_ff=n_ff,
+        n_ctx_train=n_ctx_train,
+        head_dim=head_dim,
+        seed=seed,
+        bias_token=bias_token,
+        bias_strength=bias_strength if bias_token is not None else None,
+        dtype=dtype,
         tie_embeddings=tie_embeddings,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -472,9 +475,7 @@ def tiny_gguf(
         fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=cache_dir)
         os.close(fd)
         try:
-            build_tiny_gguf(
-                tmp, arch=arch, source_gguf=source, **{**params, "chat_template": template or ""}
-            )
+            build_tiny_gguf(tmp, arch=arch, source_gguf=source, **{**params, "chat_template": template or ""})
             os.replace(tmp, out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -111,8 +111,17 @@ def _rename_qwen3_tokens(tokenizer_json: Path) -> None:
         vocab[text] = token_id
     added = [t for t in data["added_tokens"] if t["id"] not in QWEN3_RENAMED_TOKENS]
     for token_id, text in QWEN3_RENAMED_TOKENS.items():
-        added.append({"id": token_id, "content": text, "single_word": False, "lstrip": False,
-                      "rstrip": False, "normalized": False, "special": False})
+        added.append(
+            {
+                "id": token_id,
+                "content": text,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": False,
+            }
+        )
     data["added_tokens"] = sorted(added, key=lambda t: t["id"])
     tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 

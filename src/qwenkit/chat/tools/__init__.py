@@ -37,5 +37,13 @@ def parser_for(
     return PARSERS[key](tools)
 
 
-__all__ = ["PARSERS", "HermesParser", "Qwen3CoderParser", "ToolCall", "ToolParser", "new_call_id",
-           "parser_for", "tool_format"]
+__all__ = [
+    "PARSERS",
+    "HermesParser",
+    "Qwen3CoderParser",
+    "ToolCall",
+    "ToolParser",
+    "new_call_id",
+    "parser_for",
+    "tool_format",
+]

@@ -99,7 +99,7 @@ class ToolParser:
                 else:
                     content.append(self._pad + OPEN + body + ("" if at < 0 else CLOSE))
                     self.truncated = self.truncated or at < 0
-                self._buf = "" if at < 0 else buf[at + len(CLOSE):]
+                self._buf = "" if at < 0 else buf[at + len(CLOSE) :]
                 self._pad, self._in_call = "", False
             elif self._after_call:
                 self._buf = buf.lstrip(WHITESPACE)
@@ -109,12 +109,12 @@ class ToolParser:
                 if at >= 0:
                     text = buf[:at].rstrip(WHITESPACE)
                     content.append(text)
-                    self._pad = buf[len(text):at]
-                    self._buf, self._in_call = buf[at + len(OPEN):], True
+                    self._pad = buf[len(text) : at]
+                    self._buf, self._in_call = buf[at + len(OPEN) :], True
                     continue
                 keep = 0 if final else held_suffix(buf, OPEN, WHITESPACE)
                 content.append(buf[: len(buf) - keep])
-                self._buf = buf[len(buf) - keep:]
+                self._buf = buf[len(buf) - keep :]
                 break
         if final and self._in_call:  # the output ended right after an opening tag
             content.append(self._pad + OPEN)

@@ -224,8 +224,13 @@ class Scheduler:
         slot.request = request
         slot.feed = prompt[reuse:]
         slot.out = RequestOutput(
-            request.emit, request.params, request.controller, piece=self.model.piece, end_ids=self.eog_ids,
-            n_ctx=self.n_ctx, on_finish=lambda: self._release(slot),
+            request.emit,
+            request.params,
+            request.controller,
+            piece=self.model.piece,
+            end_ids=self.eog_ids,
+            n_ctx=self.n_ctx,
+            on_finish=lambda: self._release(slot),
         )
         slot.out.cached_prompt_tokens = reuse
 

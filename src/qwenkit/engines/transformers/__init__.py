@@ -19,9 +19,7 @@ def _require() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise ModelLoadError(
-            f"the transformers engine needs {', '.join(missing)}: pip install 'qwenkit[transformers]'"
-        )
+        raise ModelLoadError(f"the transformers engine needs {', '.join(missing)}: pip install 'qwenkit[transformers]'")
 
 
 _require()

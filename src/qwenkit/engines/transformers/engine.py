@@ -40,7 +40,12 @@ class TransformersEngine:
         self.vocab = Vocab(self.tokenizer, int(config.vocab_size), path / "tokenizer.json")
         self._eos = self._end_of_generation_ids()
         self.worker = Worker(
-            self.model, self.vocab, n_ctx=self.n_ctx, max_batch=s.n_parallel, max_waiting=s.max_waiting, eos_ids=self._eos,
+            self.model,
+            self.vocab,
+            n_ctx=self.n_ctx,
+            max_batch=s.n_parallel,
+            max_waiting=s.max_waiting,
+            eos_ids=self._eos,
             n_threads=s.n_threads,
         )
 

@@ -10,9 +10,14 @@ from qwenkit.errors import ModelLoadError, QwenkitError
 
 DTYPES = {
     "auto": "auto",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "fp32": "float32", "float32": "float32", "float": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
 }
 QUANTIZATIONS = (None, "8bit", "4bit")
 

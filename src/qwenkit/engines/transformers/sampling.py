@@ -39,7 +39,9 @@ class _Penalties:
     """llama.cpp's penalties: repetition (HF's processor, same rule), then frequency and presence."""
 
     def __init__(self, p: SamplingParams) -> None:
-        self.repetition = RepetitionPenaltyLogitsProcessor(p.repetition_penalty) if p.repetition_penalty != 1.0 else None
+        self.repetition = (
+            RepetitionPenaltyLogitsProcessor(p.repetition_penalty) if p.repetition_penalty != 1.0 else None
+        )
         self.frequency = p.frequency_penalty
         self.presence = p.presence_penalty
 

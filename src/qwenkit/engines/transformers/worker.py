@@ -43,8 +43,15 @@ class _Row:
         self.sampler = sampler
         self.pos = 0  # real tokens in the cache for this row (its next position id)
         self.feed: list[int] = list(request.prompt)  # tokens to run next
-        self.out = RequestOutput(request.emit, request.params, request.controller, piece=worker.vocab.piece,
-                                 end_ids=worker.eos_ids, n_ctx=worker.n_ctx, on_finish=self.release)
+        self.out = RequestOutput(
+            request.emit,
+            request.params,
+            request.controller,
+            piece=worker.vocab.piece,
+            end_ids=worker.eos_ids,
+            n_ctx=worker.n_ctx,
+            on_finish=self.release,
+        )
 
     def release(self) -> None:
         """Leave the batch (before the last chunk is sent, so stats are already right)."""
