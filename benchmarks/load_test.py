@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from servers import free_port, qwenkit_cmd, running  # noqa: E402
+from servers import free_port, qwenkit_cmd, running
 
 
 def rss_mib(pid: int) -> float:
@@ -96,7 +96,8 @@ def main() -> None:
 
     path = store.resolve(args.model).path
     port = free_port()
-    cmd = qwenkit_cmd(str(path), port, parallel=args.parallel, threads=args.threads, ctx=2048) + [
+    cmd = [
+        *qwenkit_cmd(str(path), port, parallel=args.parallel, threads=args.threads, ctx=2048),
         "--max-queue",
         str(args.max_queue),
     ]

@@ -22,8 +22,8 @@ from pathlib import Path
 from openai import AsyncOpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llamacpp_tools import WORK, tool  # noqa: E402
-from servers import free_port, llama_server_cmd, qwenkit_cmd, running  # noqa: E402
+from llamacpp_tools import WORK, tool
+from servers import free_port, llama_server_cmd, qwenkit_cmd, running
 
 PROMPTS = [
     "Write a detailed essay on the history of the printing press.",

@@ -13,7 +13,7 @@ import os
 # Set before anything loads libgomp; subprocesses (servers under test) inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
+import pytest
 
 from qwenkit.testing import tiny
 

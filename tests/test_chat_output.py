@@ -217,7 +217,7 @@ def piecewise(text: str) -> list[list[str]]:
     rng = random.Random(len(text))
     for _ in range(5):
         cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, 5)))
-        out.append([text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])])
+        out.append([text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=False)])
     return out
 
 
@@ -233,7 +233,7 @@ def stream(pieces: list[str], starts: bool, fmt: str | None):
     return summary(reasoning, content, calls, parser.truncated_tool_call)
 
 
-@pytest.mark.parametrize("text, starts, fmt, reasoning, content, calls, truncated", CORPUS)
+@pytest.mark.parametrize(("text", "starts", "fmt", "reasoning", "content", "calls", "truncated"), CORPUS)
 def test_corpus_streamed_at_every_split_equals_one_shot(text, starts, fmt, reasoning, content, calls, truncated):
     want = (reasoning, content, calls, truncated)
     parsed = OutputParser(starts, fmt, [QUERY_TOOL]).parse(text)
@@ -316,7 +316,7 @@ def test_parse_leaves_streaming_state_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    "value, schema, converted",
+    ("value", "schema", "converted"),
     [
         ("7", {"type": "integer"}, 7),
         ("-7", {"type": "number"}, -7),

@@ -29,7 +29,7 @@ def piecewise(text: str) -> list[list[str]]:
     rng = random.Random(len(text))
     for _ in range(5):
         cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, 4)))
-        out.append([text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])])
+        out.append([text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=False)])
     return out
 
 
@@ -69,7 +69,7 @@ CORPUS = [
 ]
 
 
-@pytest.mark.parametrize("text, starts, reasoning, content", CORPUS)
+@pytest.mark.parametrize(("text", "starts", "reasoning", "content"), CORPUS)
 def test_corpus_at_every_split(text: str, starts: bool, reasoning: str, content: str) -> None:
     assert split_reasoning(text, starts) == (reasoning, content) == spec_split(text, starts)
     for pieces in piecewise(text):

@@ -319,7 +319,7 @@ def test_tool_response_user_turn_is_not_a_query() -> None:
 
 
 @pytest.mark.parametrize(
-    "messages, message",
+    ("messages", "message"),
     [
         ([], "must not be empty"),
         ("hello", "list of message"),
@@ -396,7 +396,7 @@ def test_load_template_prefers_model_file() -> None:
 
 
 @pytest.mark.parametrize(
-    "architecture, hint, name",
+    ("architecture", "hint", "name"),
     [
         ("qwen3", None, "qwen3"),
         ("qwen3moe", "Qwen3-30B-A3B", "qwen3"),

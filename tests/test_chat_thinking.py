@@ -70,7 +70,7 @@ def test_no_block_without_generation_prompt() -> None:
 
 
 @pytest.mark.parametrize(
-    "prompt, closed",
+    ("prompt", "closed"),
     [
         ("<|im_start|>assistant\n", "<|im_start|>assistant\n" + EMPTY_THINK),
         ("<|im_start|>assistant\n<think>\n", "<|im_start|>assistant\n" + EMPTY_THINK),
@@ -84,7 +84,7 @@ def test_close_thinking(prompt: str, closed: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "contents, switch",
+    ("contents", "switch"),
     [
         (["Hi"], None),
         (["Hi /no_think"], False),
@@ -107,7 +107,7 @@ def test_soft_switch_in_system_message() -> None:
 
 
 @pytest.mark.parametrize(
-    "flag, text, thinking",
+    ("flag", "text", "thinking"),
     [
         (None, "Hi", True),
         (True, "Hi", True),

@@ -504,7 +504,7 @@ def test_prefix_reuse_after_finished_request(tiny_qwen2):
     engine = LlamaCppEngine(tiny_qwen2, LlamaCppSettings(n_ctx=1024, n_parallel=2, n_threads=THREADS))
     try:
         a, b = engine.tokenize(first), engine.tokenize(second)
-        common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
         assert common > 100
         run(engine, a, max_tokens=8, **GREEDY)
         before = engine.stats()
@@ -528,7 +528,7 @@ def test_a_new_conversation_does_not_evict_another(tiny_qwen2):
     engine = LlamaCppEngine(tiny_qwen2, LlamaCppSettings(n_ctx=1024, n_parallel=2, n_threads=THREADS))
     try:
         a, b = engine.tokenize(first), engine.tokenize(second)
-        common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
         answer_a = ids_of(run(engine, a, max_tokens=8, **GREEDY))
         run(engine, b, max_tokens=8, **GREEDY)  # takes the empty slot, copying the shared prefix
         assert engine.stats().prefix_hit_tokens == common
@@ -543,7 +543,7 @@ def test_a_new_conversation_does_not_evict_another(tiny_qwen2):
 
 def _slots(*caches: list[int]) -> list[_Slot]:
     slots = [_Slot(i) for i in range(len(caches))]
-    for slot, cached in zip(slots, caches):
+    for slot, cached in zip(slots, caches, strict=False):
         slot.cached = list(cached)
     return slots
 
@@ -553,9 +553,9 @@ def test_slot_choice_keeps_running_sequences_contiguous():
     slots = _slots([], [], [9, 9, 9], [], [], conversation, [], [])
     free = slots[2:]
     # slots 0 and 1 run: slot 2 joins them although slot 5 holds this conversation (it is copied)
-    assert _slot_for(free, {0, 1}, conversation + [6]) is slots[2]
+    assert _slot_for(free, {0, 1}, [*conversation, 6]) is slots[2]
     # nothing runs: the conversation's own slot, then an empty one rather than a used one
-    assert _slot_for(free, set(), conversation + [6]) is slots[5]
+    assert _slot_for(free, set(), [*conversation, 6]) is slots[5]
     assert _slot_for(free, set(), [7, 8]) is slots[3]
     # between two gaps, the one that closes the gap
     assert _slot_for([slots[1], slots[3], slots[7]], {0, 2}, [7]) is slots[1]
@@ -738,4 +738,4 @@ def test_prompt_ids_outside_the_vocabulary_are_refused_not_fatal(tiny_engine):
     # llama.cpp aborts the whole process on such an id: it must be refused before queueing
     with pytest.raises(BadRequest, match="outside the vocabulary"):
         next(tiny_engine.generate([1, 2, 10**9], SamplingParams(max_tokens=2)))
-    assert [c for c in tiny_engine.generate([1, 2, 3], SamplingParams(max_tokens=2, temperature=0))][-1].finish_reason
+    assert list(tiny_engine.generate([1, 2, 3], SamplingParams(max_tokens=2, temperature=0)))[-1].finish_reason

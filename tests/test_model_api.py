@@ -288,7 +288,7 @@ def test_leaving_a_stream_early_cancels_the_request(qwen3):
     qwen3.engine.submit = recording_submit
     try:
         deltas = qwen3.chat("Tell me a story.", think=False, max_tokens=900, temperature=0, stream=True)
-        for _, _delta in zip(range(3), deltas):
+        for _, _delta in zip(range(3), deltas, strict=False):
             pass
         assert len(requests) == 1 and not requests[0].cancelled
         deltas.close()

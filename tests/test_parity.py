@@ -30,10 +30,10 @@ import pytest
 pytest.importorskip("torch", reason="the transformers extra is not installed")
 pytest.importorskip("transformers", reason="the transformers extra is not installed")
 
-import torch  # noqa: E402
+import torch
 
-from qwenkit.engines.base import SamplingParams  # noqa: E402
-from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings  # noqa: E402
+from qwenkit.engines.base import SamplingParams
+from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings
 
 TIE_LOGITS = 0.25
 TORCH_THREADS = int(os.environ.get("QWENKIT_TEST_TORCH_THREADS", "1"))
@@ -201,7 +201,7 @@ def _greedy_many(engine, prompts: list[list[int]]) -> list[list[int]]:
     """Greedy continuations of all prompts, submitted together (decoded as one batch)."""
     params = SamplingParams(max_tokens=N_TOKENS, temperature=0.0)
     queues = [queue.Queue() for _ in prompts]
-    for q, ids in zip(queues, prompts):
+    for q, ids in zip(queues, prompts, strict=False):
         engine.submit(ids, params, q.put)
     out = []
     for q in queues:
@@ -223,7 +223,7 @@ def test_greedy_parity_first_32_tokens(real_pair):
     assert prompts == [hf.tokenize(_chat(p)) for p in PARITY_PROMPTS]
     ours = _greedy_many(hf, prompts)
     report = []
-    for prompt, text, b in zip(prompts, PARITY_PROMPTS, ours):
+    for prompt, text, b in zip(prompts, PARITY_PROMPTS, ours, strict=False):
         a = [
             t for c in llama.generate(prompt, SamplingParams(max_tokens=N_TOKENS, temperature=0.0)) for t in c.token_ids
         ]
@@ -235,7 +235,7 @@ def test_greedy_parity_first_32_tokens(real_pair):
         margins = top2[:, 0] - top2[:, 1]
         ties = (margins < TIE_LOGITS).nonzero()
         first_tie = int(ties[0]) if ties.numel() else len(a)
-        agree = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        agree = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         report.append(
             f"{text[:24]!r}: agree {agree}/{len(a)}, max gap {float(gaps.max()):.3f}, first near-tie {first_tie}"
         )

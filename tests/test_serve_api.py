@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from serve_helpers import sse_events, start_server
-
 
 HELLO = [{"role": "user", "content": "Say something about tea."}]
 GREEDY = {"temperature": 0, "seed": 7}

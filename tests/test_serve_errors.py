@@ -9,7 +9,6 @@ import json
 import httpx
 import openai
 import pytest
-
 from serve_helpers import assert_openai_error, start_server
 
 MAX_BODY = 4096

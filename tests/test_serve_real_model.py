@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from serve_helpers import start_server
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from serve_helpers import THINK_CLOSE, assert_openai_error, start_server
 
 HELLO = [{"role": "user", "content": "Why is the sky blue?"}]

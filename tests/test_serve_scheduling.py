@@ -15,7 +15,6 @@ import threading
 import httpx
 import openai
 import pytest
-
 from serve_helpers import assert_openai_error, metric_families, sse_events, start_server
 
 HELLO = [{"role": "user", "content": "Tell me a long story."}]

@@ -12,7 +12,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from serve_helpers import assert_openai_error, start_server
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -44,7 +43,7 @@ def auth_server(tiny_qwen2, tmp_path_factory):
 # ----- authentication ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,path,body", V1_ROUTES, ids=[r[1] for r in V1_ROUTES])
+@pytest.mark.parametrize(("method", "path", "body"), V1_ROUTES, ids=[r[1] for r in V1_ROUTES])
 @pytest.mark.parametrize(
     "header",
     [

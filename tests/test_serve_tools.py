@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from serve_helpers import start_server
 
 GREEDY = {"temperature": 0, "seed": 11}

@@ -11,8 +11,8 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -145,7 +145,7 @@ def test_parse_hf_refs():
 
 
 @pytest.mark.parametrize(
-    "text, match",
+    ("text", "match"),
     [
         ("", "empty model reference"),
         ("   ", "empty model reference"),
@@ -173,7 +173,7 @@ def test_unknown_name_lists_accepted_forms():
 
 def test_embedded_specs():
     small, big = store.EMBEDDED["qwen2.5-coder-0.5b-instruct"], store.EMBEDDED["qwen2.5-coder-1.5b-instruct"]
-    assert store.DEFAULT_MODEL == small.name
+    assert small.name == store.DEFAULT_MODEL
     assert (small.parts, small.size, small.requirement(6), small.member(6)) == (
         6,
         491_400_064,

@@ -56,7 +56,7 @@ def test_decoder_every_three_way_split_of_multibyte_run():
 
 
 def test_decoder_holds_incomplete_character_until_completed():
-    data = "中".encode("utf-8")  # 3 bytes
+    data = "中".encode()  # 3 bytes
     decoder = IncrementalDecoder()
     assert decoder.feed(data[:1]) == ""
     assert decoder.feed(data[1:2]) == ""
@@ -65,7 +65,7 @@ def test_decoder_holds_incomplete_character_until_completed():
 
 def test_decoder_flush_turns_incomplete_tail_into_replacement():
     decoder = IncrementalDecoder()
-    assert decoder.feed(b"ok" + "😀".encode("utf-8")[:2]) == "ok"
+    assert decoder.feed(b"ok" + "😀".encode()[:2]) == "ok"
     assert decoder.flush() == "\ufffd"
 
 

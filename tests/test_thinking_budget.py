@@ -62,7 +62,7 @@ def test_budget_closes_at_the_first_sentence_end_after_the_budget():
 
 
 def test_natural_close_is_left_alone():
-    step, forced = _run(_controller(16), [100] * 5 + [THINK_CLOSE] + [100] * 100)
+    _step, forced = _run(_controller(16), [100] * 5 + [THINK_CLOSE] + [100] * 100)
     assert forced == []
 
 
@@ -116,10 +116,7 @@ def test_effort_budget_table_parsing():
 @pytest.fixture(scope="module", params=["llamacpp", "transformers"])
 def qwen3(request, tiny_qwen3):
     """A tiny random Qwen3 on each engine: the budget is the chat layer's, engines only run it."""
-    if request.param == "llamacpp":
-        path = tiny_qwen3
-    else:
-        path = request.getfixturevalue("tiny_hf_qwen3")
+    path = tiny_qwen3 if request.param == "llamacpp" else request.getfixturevalue("tiny_hf_qwen3")
     with qwenkit.load(str(path), engine=request.param, n_ctx=2048, n_threads=2, progress=False) as model:
         yield model
 

@@ -17,12 +17,12 @@ import pytest
 pytest.importorskip("torch", reason="the transformers extra is not installed")
 pytest.importorskip("transformers", reason="the transformers extra is not installed")
 
-import torch  # noqa: E402
+import torch
 
-import qwenkit  # noqa: E402
-from qwenkit.engines.base import Chunk, Engine, QueueFull, SamplingParams  # noqa: E402
-from qwenkit.engines.transformers import TransformersEngine, TransformersSettings  # noqa: E402
-from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError  # noqa: E402
+import qwenkit
+from qwenkit.engines.base import Chunk, Engine, QueueFull, SamplingParams
+from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
+from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 
 IM_END, ENDOFTEXT, THINK_OPEN, THINK_CLOSE = 151645, 151643, 151667, 151668
 # torch's multi-threaded matmuls collapse on an oversubscribed CI machine; one thread is steady

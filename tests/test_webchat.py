@@ -13,6 +13,7 @@ is replaced for a turn by a stream the test feeds piece by piece.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -303,10 +304,8 @@ def browser(tmp_path):
                 cdp.call("Browser.close", browser=True, timeout=5)
         except (AssertionError, OSError):
             pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         try:  # chromium's helper processes live in the session started for it
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -7,4 +7,4 @@ from qwenkit.model import Model
 from qwenkit.results import ChatDelta, ChatResult
 
 __version__ = "0.1.0"
-__all__ = ["ChatDelta", "ChatResult", "GenerationConfig", "Model", "QwenkitError", "load", "__version__"]
+__all__ = ["ChatDelta", "ChatResult", "GenerationConfig", "Model", "QwenkitError", "__version__", "load"]

@@ -9,7 +9,6 @@ from qwenkit.chat import load_template
 from qwenkit.errors import QwenkitError
 from qwenkit.model import Model
 
-
 ENGINES = ("auto", "llamacpp", "transformers")
 
 

@@ -12,8 +12,9 @@ override the config's fields.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from qwenkit.errors import BadRequest
 

@@ -7,8 +7,9 @@ below runs them synchronously, the server runs them around the engine's own thre
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from qwenkit.chat import ChatTemplate, Delta, OutputParser, build_prompt, sampling_defaults, tool_format
 from qwenkit.chat.budget import EFFORT_BUDGETS, ThinkingBudget, closing_text, resolve_budget, room_to_think
@@ -55,10 +56,7 @@ class TurnDecoder:
         if chunk.token_ids and self._first is None:
             self._first = time.perf_counter()
         self._count(chunk.token_ids)
-        if self.parser is None:
-            parsed = Delta(content=chunk.text)
-        else:
-            parsed = self.parser.feed(chunk.text)
+        parsed = Delta(content=chunk.text) if self.parser is None else self.parser.feed(chunk.text)
         if chunk.finish_reason is not None and self.parser is not None:
             last = self.parser.finish()
             parsed.reasoning += last.reasoning

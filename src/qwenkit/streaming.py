@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from typing import TYPE_CHECKING, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from qwenkit.engines.base import Chunk
 from qwenkit.results import ChatDelta, ChatResult

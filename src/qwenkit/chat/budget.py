@@ -14,7 +14,7 @@ Two limits close thinking, whichever comes first:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from qwenkit.errors import BadRequest
 

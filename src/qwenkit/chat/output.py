@@ -6,8 +6,9 @@ call. Feeding the output in any pieces and calling `finish` gives the same resul
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from qwenkit.chat.reasoning import ReasoningParser
 from qwenkit.chat.tools import ToolCall, parser_for

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Messages = list[dict[str, str]]
 
@@ -48,4 +48,4 @@ def multilingual_messages(prompt: str, *, language: str | None = None, system: s
 
 def _messages(system: str | None, user: str) -> Messages:
     head = [{"role": "system", "content": system}] if system else []
-    return head + [{"role": "user", "content": user}]
+    return [*head, {"role": "user", "content": user}]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any
 
 from qwenkit.engines.base import SamplingParams
 from qwenkit.errors import BadRequest

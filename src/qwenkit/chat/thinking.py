@@ -8,8 +8,9 @@ decides, and with none thinking is on.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from qwenkit.chat.messages import normalize_messages
 

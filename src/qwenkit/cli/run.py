@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
@@ -28,21 +27,17 @@ def run(
     prompt: str = typer.Argument(..., help="The prompt; '-' reads it from standard input."),
     model: str = ModelOpt,
     max_tokens: int = typer.Option(1024, "--max-tokens", "-n", min=1, help="Most tokens to generate."),
-    temperature: Optional[float] = typer.Option(
-        None, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."
-    ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
-    think: Optional[bool] = ThinkOpt,
-    thinking_budget: Optional[int] = typer.Option(
-        None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."
-    ),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed for reproducible sampling."),
+    system: str | None = typer.Option(None, "--system", "-s", help="A system message."),
+    think: bool | None = ThinkOpt,
+    thinking_budget: int | None = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
-    ctx: Optional[int] = CtxOpt,
-    threads: Optional[int] = ThreadsOpt,
+    ctx: int | None = CtxOpt,
+    threads: int | None = ThreadsOpt,
     engine: str = EngineOpt,
     dtype: str = DtypeOpt,
-    quantization: Optional[str] = QuantOpt,
+    quantization: str | None = QuantOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -88,17 +83,15 @@ def _stream_reply(m, messages: list[dict], options: dict):
 @app.command()
 def chat(
     model: str = ModelOpt,
-    think: Optional[bool] = ThinkOpt,
-    system: Optional[str] = typer.Option(None, "--system", "-s", help="A system message."),
+    think: bool | None = ThinkOpt,
+    system: str | None = typer.Option(None, "--system", "-s", help="A system message."),
     max_tokens: int = typer.Option(2048, "--max-tokens", "-n", min=1, help="Most tokens per answer."),
-    thinking_budget: Optional[int] = typer.Option(
-        None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."
-    ),
-    ctx: Optional[int] = CtxOpt,
-    threads: Optional[int] = ThreadsOpt,
+    thinking_budget: int | None = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
+    ctx: int | None = CtxOpt,
+    threads: int | None = ThreadsOpt,
     engine: str = EngineOpt,
     dtype: str = DtypeOpt,
-    quantization: Optional[str] = QuantOpt,
+    quantization: str | None = QuantOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /think /no_think /reset /exit."""
     with load_model(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly

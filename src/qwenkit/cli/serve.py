@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,15 +15,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1 unless told otherwise)."),
     port: int = typer.Option(8000, "--port", "-p", min=1, max=65535),
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests decoded together."),
-    ctx: Optional[int] = CtxOpt,
-    threads: Optional[int] = ThreadsOpt,
+    ctx: int | None = CtxOpt,
+    threads: int | None = ThreadsOpt,
     engine: str = EngineOpt,
     dtype: str = DtypeOpt,
-    quantization: Optional[str] = QuantOpt,
+    quantization: str | None = QuantOpt,
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key (repeatable)."),
-    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="File of API keys, one per line."),
-    rpm: Optional[int] = typer.Option(None, "--rate-limit-rpm", min=1, help="Requests per minute per key."),
-    tpm: Optional[int] = typer.Option(None, "--rate-limit-tpm", min=1, help="Tokens per minute per key."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="File of API keys, one per line."),
+    rpm: int | None = typer.Option(None, "--rate-limit-rpm", min=1, help="Requests per minute per key."),
+    tpm: int | None = typer.Option(None, "--rate-limit-tpm", min=1, help="Tokens per minute per key."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting for a slot before 429."),
     max_body: int = typer.Option(1_000_000, "--max-body-bytes", min=1024, help="Largest request body."),
     max_tokens_cap: int = typer.Option(8192, "--max-tokens-cap", min=1, help="Largest max_tokens a request may ask."),
@@ -43,10 +42,9 @@ def serve(
 
     from qwenkit import store
     from qwenkit.api import load
+    from qwenkit.chat.budget import parse_effort_budgets
     from qwenkit.serve import ServeSettings, create_app
     from qwenkit.serve.settings import read_api_keys
-
-    from qwenkit.chat.budget import parse_effort_budgets
 
     efforts = parse_effort_budgets(effort_budgets)
     keys = read_api_keys(api_key, api_key_file)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import queue
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from qwenkit.errors import BadRequest, QwenkitError
 

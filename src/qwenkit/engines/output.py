@@ -8,7 +8,7 @@ force the tokens that follow.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from qwenkit.engines.base import Chunk, SamplingParams, StepController
 from qwenkit.engines.text import IncrementalDecoder, StopMatcher

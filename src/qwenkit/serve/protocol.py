@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,7 +21,7 @@ class ContentPart(_Request):
 
 class FunctionCall(_Request):
     name: str
-    arguments: Union[str, dict[str, Any]] = "{}"
+    arguments: str | dict[str, Any] = "{}"
 
 
 class ToolCallIn(_Request):
@@ -32,7 +32,7 @@ class ToolCallIn(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[ContentPart], None] = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
@@ -92,7 +92,7 @@ class SamplingFields(_Request):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
     logit_bias: dict[str, float] | None = None
     user: str | None = Field(default=None, max_length=256)
@@ -101,7 +101,7 @@ class SamplingFields(_Request):
 
     @field_validator("stop")
     @classmethod
-    def _stops(cls, value: Union[str, list[str], None]) -> list[str]:
+    def _stops(cls, value: str | list[str] | None) -> list[str]:
         stops = [value] if isinstance(value, str) else list(value or [])
         if len(stops) > 16:
             raise ValueError("at most 16 stop sequences")
@@ -141,7 +141,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[ToolDef] | None = None
-    tool_choice: Union[Literal["auto", "none", "required"], NamedToolChoice, None] = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -164,9 +164,8 @@ class ChatCompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
         choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice) or choice == "required":
-            if not self.tools:
-                raise ValueError("tool_choice requires tools")
+        if (isinstance(choice, NamedToolChoice) or choice == "required") and not self.tools:
+            raise ValueError("tool_choice requires tools")
         if isinstance(choice, NamedToolChoice):
             if choice.function.name not in {t.function.name for t in self.tools or []}:
                 raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
@@ -184,13 +183,13 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: Union[str, list[str]]
+    prompt: str | list[str]
     max_tokens: int = Field(default=16, ge=1)
     echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: Union[str, list[str]]) -> str:
+    def _one_prompt(cls, value: str | list[str]) -> str:
         if isinstance(value, list):
             if len(value) != 1:
                 raise ValueError("exactly one prompt is supported per request")

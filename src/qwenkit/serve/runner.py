@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from qwenkit.engines.base import Chunk
 from qwenkit.model import Model, PreparedTurn

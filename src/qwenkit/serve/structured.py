@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llama_cpp.llama_grammar import SchemaConverter, json_schema_to_gbnf
 

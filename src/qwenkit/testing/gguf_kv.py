@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 NUMPY_DTYPES = {
     0: "<u1",

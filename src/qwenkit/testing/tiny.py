@@ -124,7 +124,7 @@ class SourceGGUFUnavailable(LookupError):
 
 def _template_dirs(templates_dir: os.PathLike[str] | str | None) -> list[Path]:
     dirs = [Path(templates_dir)] if templates_dir is not None else []
-    return dirs + [_PACKAGE_TEMPLATES]
+    return [*dirs, _PACKAGE_TEMPLATES]
 
 
 def official_template(arch: str, templates_dir: os.PathLike[str] | str | None = None) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from qwenkit.chat.tools.base import ToolCall, ToolParser, new_call_id
 from qwenkit.chat.tools.hermes import HermesParser

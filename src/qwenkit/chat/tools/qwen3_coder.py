@@ -7,7 +7,8 @@ import ast
 import json
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from qwenkit.chat.tools.base import ToolCall, ToolParser, loads_json
 

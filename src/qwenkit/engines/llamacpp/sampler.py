@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 from collections import Counter, deque
-from typing import Iterator
+from collections.abc import Iterator
 
 import llama_cpp as C
 import numpy as np

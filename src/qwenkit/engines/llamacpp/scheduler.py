@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 import llama_cpp as C
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
-from qwenkit.engines.base import Request, Chunk, EngineStats, SamplingParams, StepController, iterate
+from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
 from qwenkit.errors import ModelLoadError
 

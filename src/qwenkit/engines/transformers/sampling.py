@@ -10,18 +10,18 @@ the engine is running). Grammars are the llama.cpp engine's alone.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
+
+from qwenkit.engines.base import SamplingParams
+from qwenkit.errors import BadRequest
 from transformers.generation.logits_process import (
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
-
-from qwenkit.engines.base import SamplingParams
-from qwenkit.errors import BadRequest
 
 PENALTY_WINDOW = 64  # as the llama.cpp engine: tokens looked back at by the penalties
 

@@ -238,7 +238,7 @@ class Worker:
         """Append `rows` (their own cache and mask) to the running batch, left-padding the shorter."""
         old_len, new_len = self.mask.shape[1], mask.shape[1]
         width = max(old_len, new_len)
-        for mine, theirs in zip(self.cache.layers, cache.layers):
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=False):
             mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)], dim=0)
             mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)], dim=0)
         self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)], dim=0)
