@@ -22,8 +22,9 @@ from pathlib import Path
 from openai import AsyncOpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llamacpp_tools import WORK, tool
 from servers import free_port, llama_server_cmd, qwenkit_cmd, running
+
+from qwenkit.engines.llamacpp.vendor import tool, work_dir
 
 PROMPTS = [
     "Write a detailed essay on the history of the printing press.",
@@ -128,15 +129,16 @@ def main() -> None:
 
     path = store.resolve(args.model).path
     binary = tool("llama-server")
-    WORK.mkdir(exist_ok=True)
+    work = work_dir()
+    work.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": args.model, "threads": args.threads, "new_tokens": NEW_TOKENS, "levels": {}}
     qport, lport = free_port(), free_port()
     q_cmd = qwenkit_cmd(str(path), qport, parallel=parallel, threads=args.threads, ctx=args.ctx)
     with contextlib.ExitStack() as stack:
-        bases = {"qwenkit": stack.enter_context(running(q_cmd, qport, WORK / "qwenkit-serve.log"))[0]}
+        bases = {"qwenkit": stack.enter_context(running(q_cmd, qport, work / "qwenkit-serve.log"))[0]}
         if binary is not None:  # both stay up; only one is ever sent work at a time
             l_cmd = llama_server_cmd(binary, path, lport, parallel=parallel, threads=args.threads, ctx=args.ctx)
-            bases["llama_server"] = stack.enter_context(running(l_cmd, lport, WORK / "llama-server.log"))[0]
+            bases["llama_server"] = stack.enter_context(running(l_cmd, lport, work / "llama-server.log"))[0]
         else:
             results["note"] = "llama-server unavailable: no ratio"
         for name, base in bases.items():
