@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qwenkit.engines.llamacpp.vendor import tool  # noqa: E402
+from qwenkit.engines.llamacpp.vendor import tool
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a map. Do not stop early."
 
