@@ -16,6 +16,8 @@ import tarfile
 from importlib.metadata import version
 from pathlib import Path
 
+from filelock import FileLock
+
 from qwenkit.store.cache import home
 
 
@@ -45,7 +47,8 @@ def source() -> Path:
 def tool(name: str) -> Path | None:
     """Path to a built llama.cpp tool (`llama-bench`, `llama-server`, `llama-quantize`), building it if needed.
 
-    Returns None, with the reason on stderr, when it cannot be built here.
+    Returns None, with the reason on stderr, when it cannot be built here. Concurrent callers (two
+    benchmark processes, say) wait on one lock and build once.
     """
     if shutil.which("cmake") is None:
         print(f"skip {name}: cmake is not installed", file=sys.stderr)
@@ -57,8 +60,12 @@ def tool(name: str) -> Path | None:
         return None
     build = src.parent.parent / "build"
     binary = build / "bin" / name
-    if binary.exists():
-        return binary
+    with FileLock(work_dir() / "build.lock"):
+        return binary if binary.exists() else _build(src, build, name)
+
+
+def _build(src: Path, build: Path, name: str) -> Path | None:
+    binary = build / "bin" / name
     print(f"building {name} from {src} (several minutes, once)...", file=sys.stderr)
     configure = [
         *("cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"),
