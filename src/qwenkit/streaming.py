@@ -10,6 +10,7 @@ the engine request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
@@ -59,10 +60,8 @@ class AsyncTurn:
         q: asyncio.Queue[Chunk] = asyncio.Queue()
 
         def emit(chunk: Chunk) -> None:  # on the engine thread
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
                 loop.call_soon_threadsafe(q.put_nowait, chunk)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
 
         model, turn = self._model, self._turn
         self._decoder = model.decoder(turn)

@@ -166,9 +166,9 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.tool_choice
         if (isinstance(choice, NamedToolChoice) or choice == "required") and not self.tools:
             raise ValueError("tool_choice requires tools")
-        if isinstance(choice, NamedToolChoice):
-            if choice.function.name not in {t.function.name for t in self.tools or []}:
-                raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
+        names = {t.function.name for t in self.tools or []}
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
         return self
 
     def thinking(self) -> bool | None:

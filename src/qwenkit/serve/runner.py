@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -40,10 +41,8 @@ class TurnStream:
                 return
             batch = held[:]
             held.clear()
-            try:
+            with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown): nobody is listening
                 loop.call_soon_threadsafe(chunks.put_nowait, batch)
-            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-                pass
 
         self._model, self._turn, self._metrics = model, turn, metrics
         self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))

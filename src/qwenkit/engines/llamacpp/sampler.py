@@ -56,10 +56,8 @@ class SamplerChain:
         if self.penalties is not None:
             self.penalties.apply(logits)
         if self.grammar is None:
-            if self.greedy:
-                token = int(logits.argmax())
-            else:
-                token = C.llama_sampler_sample(self.ptr, ctx, batch_index)  # reads the edited row
+            # llama_sampler_sample reads the edited row
+            token = int(logits.argmax()) if self.greedy else C.llama_sampler_sample(self.ptr, ctx, batch_index)
             self._remember(token)
             return token
         token = self._apply(self.ptr, self._candidates(logits))
