@@ -111,7 +111,6 @@ def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
 
     def build(tmp: Path) -> None:
         import torch
-
         from transformers import AutoModelForCausalLM, GgufConfig
 
         log.warning("converting %s to a transformers checkpoint (once; later loads reuse %s)", gguf.name, out)

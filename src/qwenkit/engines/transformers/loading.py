@@ -86,7 +86,6 @@ def quantization_config(settings: TransformersSettings):
             f"{settings.quantization} quantization needs bitsandbytes: pip install bitsandbytes"
         ) from None
     import torch
-
     from transformers import BitsAndBytesConfig
 
     if settings.quantization == "8bit":
@@ -100,7 +99,6 @@ def quantization_config(settings: TransformersSettings):
 def load_checkpoint(path: Path, settings: TransformersSettings):
     """(model, tokenizer) from a checkpoint directory, per `settings`."""
     import torch
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if settings.n_threads:
