@@ -13,13 +13,22 @@ import asyncio
 import contextlib
 import queue
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from qwenkit.engines.base import Chunk
+from qwenkit.engines.base import Chunk, Engine, StepController
 from qwenkit.results import ChatDelta, ChatResult
+from qwenkit.turn import PreparedTurn, TurnDecoder
 
-if TYPE_CHECKING:
-    from qwenkit.model import Model, PreparedTurn
+
+class TurnRunner(Protocol):
+    """What running a turn needs of a model (`Model` is one): its engine, a decoder and a controller."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def decoder(self, turn: PreparedTurn) -> TurnDecoder: ...
+
+    def controller(self, turn: PreparedTurn) -> StepController | None: ...
 
 
 class AsyncTurn:
@@ -30,7 +39,7 @@ class AsyncTurn:
     object) cancels the request if it has not finished.
     """
 
-    def __init__(self, model: Model, turn: PreparedTurn) -> None:
+    def __init__(self, model: TurnRunner, turn: PreparedTurn) -> None:
         self._model, self._turn = model, turn
         self._queue: asyncio.Queue[Chunk] | None = None
         self._handle = None
@@ -65,8 +74,7 @@ class AsyncTurn:
 
         model, turn = self._model, self._turn
         self._decoder = model.decoder(turn)
-        controller = model.controller(turn) if hasattr(model, "controller") else None
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, controller)
+        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))
         self._queue = q
 
     def cancel(self) -> None:
@@ -97,7 +105,7 @@ async def collect(stream: AsyncIterator[ChatDelta]) -> ChatResult:
     raise RuntimeError("the engine ended without a final chunk")  # engines always send one
 
 
-def run_batch(model: Model, turns: Sequence[PreparedTurn]) -> list[ChatResult]:
+def run_batch(model: TurnRunner, turns: Sequence[PreparedTurn]) -> list[ChatResult]:
     """Submit every turn at once, wait for all, return their results in order."""
     chunks: queue.Queue[tuple[int, Chunk]] = queue.Queue()
     decoders = [model.decoder(turn) for turn in turns]
@@ -105,9 +113,8 @@ def run_batch(model: Model, turns: Sequence[PreparedTurn]) -> list[ChatResult]:
     handles = []
     try:
         for i, turn in enumerate(turns):
-            controller = model.controller(turn) if hasattr(model, "controller") else None
             emit = lambda chunk, i=i: chunks.put((i, chunk))  # noqa: E731
-            handles.append(model.engine.submit(turn.prompt, turn.params, emit, controller))
+            handles.append(model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn)))
         remaining = len(turns)
         while remaining:
             i, chunk = chunks.get()

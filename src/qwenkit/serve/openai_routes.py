@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from qwenkit.model import Model, PreparedTurn
+from qwenkit.model import Model
 from qwenkit.results import ChatResult
 from qwenkit.serve import structured
 from qwenkit.serve.http_errors import ApiError, error_body
@@ -36,6 +36,7 @@ from qwenkit.serve.protocol import (
     new_id,
 )
 from qwenkit.serve.runner import EngineFailure, TurnStream, run_turn
+from qwenkit.turn import PreparedTurn
 
 router = APIRouter()
 log = logging.getLogger("qwenkit.prompts")

@@ -8,9 +8,10 @@ import time
 from collections.abc import AsyncIterator
 
 from qwenkit.engines.base import Chunk
-from qwenkit.model import Model, PreparedTurn
+from qwenkit.model import Model
 from qwenkit.results import ChatDelta
 from qwenkit.serve.metrics import Metrics
+from qwenkit.turn import PreparedTurn
 
 
 def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True) -> TurnStream:
