@@ -6,7 +6,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.transformers.convert import convert_gguf
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
+from qwenkit.engines.transformers.vocab import Vocab
+from qwenkit.engines.transformers.worker import Worker
 from qwenkit.errors import ModelLoadError
 
 DEFAULT_CTX = 8192
@@ -18,10 +21,6 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, path: str | Path, settings: TransformersSettings | None = None) -> None:
-        from qwenkit.engines.transformers.convert import convert_gguf
-        from qwenkit.engines.transformers.vocab import Vocab
-        from qwenkit.engines.transformers.worker import Worker
-
         s = settings or TransformersSettings()
         self.settings = s
         path = Path(path)
