@@ -15,7 +15,7 @@ import queue
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from qwenkit.engines.base import Chunk, Engine, StepController
+from qwenkit.engines.base import Chunk, Engine, RequestHandle, StepController
 from qwenkit.results import ChatDelta, ChatResult
 from qwenkit.turn import PreparedTurn, TurnDecoder
 
@@ -41,9 +41,8 @@ class AsyncTurn:
 
     def __init__(self, model: TurnRunner, turn: PreparedTurn) -> None:
         self._model, self._turn = model, turn
-        self._queue: asyncio.Queue[Chunk] | None = None
-        self._handle = None
-        self._decoder = None
+        self._live: tuple[asyncio.Queue[Chunk], TurnDecoder] | None = None  # once submitted
+        self._handle: RequestHandle | None = None
         self._finished = False
 
     def __aiter__(self) -> AsyncTurn:
@@ -52,19 +51,20 @@ class AsyncTurn:
     async def __anext__(self) -> ChatDelta:
         if self._finished:
             raise StopAsyncIteration
-        if self._handle is None:
-            self._submit()
+        if self._live is None:
+            self._live = self._submit()
+        queue, decoder = self._live
         try:
-            chunk = await self._queue.get()
+            chunk = await queue.get()
         except BaseException:  # cancelled while waiting: the request goes too
             self.cancel()
             raise
-        delta = self._decoder.feed(chunk)
+        delta = decoder.feed(chunk)
         if chunk.finish_reason is not None:
             self._finished = True
         return delta
 
-    def _submit(self) -> None:
+    def _submit(self) -> tuple[asyncio.Queue[Chunk], TurnDecoder]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Chunk] = asyncio.Queue()
 
@@ -73,9 +73,9 @@ class AsyncTurn:
                 loop.call_soon_threadsafe(q.put_nowait, chunk)
 
         model, turn = self._model, self._turn
-        self._decoder = model.decoder(turn)
+        decoder = model.decoder(turn)
         self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))
-        self._queue = q
+        return q, decoder
 
     def cancel(self) -> None:
         if self._handle is not None and not self._finished:

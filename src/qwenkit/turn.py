@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenkit.chat import Delta, OutputParser
-from qwenkit.engines.base import Chunk, SamplingParams
+from qwenkit.engines.base import Chunk, FinishReason, SamplingParams
 from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
 
 
@@ -38,7 +38,8 @@ class TurnDecoder:
         self.model_name = model_name
         self.turn = turn
         self.parser = None if turn.raw else OutputParser(turn.starts_in_thinking, turn.tool_format, turn.tools)
-        self._think_open, self._think_close = think_ids or (None, None)
+        self._think_open: int | None = think_ids[0] if think_ids else None
+        self._think_close: int | None = think_ids[1] if think_ids else None
         self._in_thinking = turn.starts_in_thinking
         self.usage = Usage(prompt_tokens=len(turn.prompt))
         self.content: list[str] = []
@@ -63,7 +64,7 @@ class TurnDecoder:
         delta = ChatDelta(parsed.content, parsed.reasoning, parsed.tool_calls)
         if chunk.finish_reason is not None:
             self.usage.cached_prompt_tokens = chunk.cached_prompt_tokens
-            delta.finish_reason = self._finish_reason(chunk)
+            delta.finish_reason = self._finish_reason(chunk.finish_reason, chunk.error)
             delta.result = self.result(delta.finish_reason)
         return delta
 
@@ -79,12 +80,12 @@ class TurnDecoder:
             if token == self._think_close:
                 self._in_thinking = False
 
-    def _finish_reason(self, chunk: Chunk) -> str:
-        if chunk.error:
+    def _finish_reason(self, reason: FinishReason, error: str | None) -> str:
+        if error:
             return "error"
-        if chunk.finish_reason == "stop" and self.tool_calls:
+        if reason == "stop" and self.tool_calls:
             return "tool_calls"
-        return chunk.finish_reason
+        return reason
 
     def result(self, finish_reason: str) -> ChatResult:
         end = time.perf_counter()

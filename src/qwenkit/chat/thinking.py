@@ -33,7 +33,7 @@ def soft_switch(messages: Sequence[Mapping[str, Any]]) -> bool | None:
     """The most recent `/think` (True) or `/no_think` (False) in a user or system message."""
     for message in reversed(messages):
         if message.get("role") in ("user", "system") and isinstance(message.get("content"), str):
-            found = _SOFT_SWITCH.findall(message["content"])
+            found: list[str] = _SOFT_SWITCH.findall(message["content"])
             if found:
                 return found[-1] == "think"
     return None

@@ -74,7 +74,8 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
     think = body.thinking()
     fmt = body.response_format
     if fmt is not None and fmt.type != "text":
-        grammar = structured.json_grammar(fmt.json_schema.schema_ if fmt.type == "json_schema" else None)
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" and fmt.json_schema is not None else None
+        grammar = structured.json_grammar(schema)
     elif tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
         wanted = [t["function"] for t in tools]
         if isinstance(choice, NamedToolChoice):

@@ -183,13 +183,13 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: str | list[str]
+    prompt: str  # OpenAI's one-item list form is accepted too (see _one_prompt)
     max_tokens: int = Field(default=16, ge=1)
     echo: bool = False
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str:
+    def _one_prompt(cls, value: object) -> object:
         if isinstance(value, list):
             if len(value) != 1:
                 raise ValueError("exactly one prompt is supported per request")

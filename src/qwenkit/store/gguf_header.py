@@ -128,7 +128,7 @@ def _scan(buf: memoryview, path: Path, wanted: tuple[str, ...], *, exact: bool =
     pos = 24
 
     def string_end(at: int) -> int:
-        (n,) = struct.unpack_from("<Q", buf, at)
+        n: int = struct.unpack_from("<Q", buf, at)[0]
         return at + 8 + n
 
     for _ in range(n_kv):

@@ -369,8 +369,8 @@ def build_tiny_gguf(
     for key, item in kv.items():
         if not key.startswith("tokenizer.ggml."):
             continue
-        if item.vtype == ARRAY:
-            items = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": token_types}
+        if item.vtype == ARRAY and item.sub_type is not None:
+            items: dict[str, list[Any]] = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": token_types}
             arr = _PackedArray(items.get(key, item.value), item.sub_type)
             w.add_key_value(key, arr, VT.ARRAY, sub_type=VT(item.sub_type))
         else:

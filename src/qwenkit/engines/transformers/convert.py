@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -140,7 +141,7 @@ def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
     return _publish(out, build, what=gguf.name, source=gguf)
 
 
-def _config_overrides(gguf: Path) -> dict:
+def _config_overrides(gguf: Path) -> dict[str, int]:
     """Config values transformers' GGUF reader misses: the head size of a Qwen3-style model
     (`attention.key_length`), which it otherwise takes as 128 whatever the file says."""
     try:
@@ -166,7 +167,7 @@ def _end_of_generation_ids(tokenizer_dir: Path, eos: int | list[int] | None) -> 
     return sorted(ids)
 
 
-def _publish(out: Path, build, *, what: str, source: Path) -> Path:
+def _publish(out: Path, build: Callable[[Path], None], *, what: str, source: Path) -> Path:
     """Build into a temp directory beside `out` and rename it into place, under a file lock."""
     if is_converted(out):
         return out
