@@ -32,10 +32,7 @@ def decode_tps(engine, prompt: list[int], tokens: int) -> tuple[float, float]:
     suppress = tuple((t, -1000.0) for t in sorted(engine.eos_token_ids()))
     params = SamplingParams(max_tokens=tokens, temperature=0.0, logit_bias=suppress)
     start = time.perf_counter()
-    stamps = []
-    for chunk in engine.generate(prompt, params):
-        if chunk.token_ids:
-            stamps.append(time.perf_counter())
+    stamps = [time.perf_counter() for chunk in engine.generate(prompt, params) if chunk.token_ids]
     n = len(stamps) - 1
     return (n / (stamps[-1] - stamps[0]) if n > 0 else 0.0), stamps[0] - start
 

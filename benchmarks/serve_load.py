@@ -69,7 +69,7 @@ def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict:
     """
     totals = {name: [0, 0.0] for name in bases}
     per_round: dict[str, list[float]] = {name: [] for name in bases}
-    for name, base in bases.items():
+    for base in bases.values():
         asyncio.run(wave(base, ["Say hi."]))  # warm-up
     for r in range(rounds):
         prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]

@@ -169,10 +169,9 @@ def start_server(
     full_env = dict(os.environ)  # QWENKIT_HOME and friends pass through
     full_env.pop("QWENKIT_API_KEYS", None)
     full_env.update(env or {})
-    log_file = tempfile.NamedTemporaryFile(prefix=f"qwenkit-serve-{port}-", suffix=".log", delete=False)
-    log_path = Path(log_file.name)
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=str(REPO))
-    log_file.close()
+    with tempfile.NamedTemporaryFile(prefix=f"qwenkit-serve-{port}-", suffix=".log", delete=False) as log_file:
+        log_path = Path(log_file.name)
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=str(REPO))
     server = Server(proc, port, log_path)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -35,7 +35,7 @@ def test_user_values_win_and_none_means_unset() -> None:
 
 
 def test_unknown_sampling_parameter() -> None:
-    with pytest.raises(BadRequest, match="unknown sampling parameter.*temprature"):
+    with pytest.raises(BadRequest, match=r"unknown sampling parameter.*temprature"):
         sampling_defaults({"temprature": 0.1}, thinking=False)
 
 

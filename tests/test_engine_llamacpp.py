@@ -329,7 +329,8 @@ def test_penalties_act_on_repeated_tokens(tiny_engine, penalty):
     ],
 )
 def test_invalid_sampling_params_are_rejected(params):
-    with pytest.raises(ValueError):
+    (name,) = params
+    with pytest.raises(ValueError, match=f"^{name} must"):
         SamplingParams(**params)
 
 

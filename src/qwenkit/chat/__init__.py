@@ -9,8 +9,8 @@ from qwenkit.chat.output import Delta, OutputParser, ParsedOutput
 from qwenkit.chat.prompts import coding_messages, math_messages, multilingual_messages
 from qwenkit.chat.reasoning import ReasoningParser, split_reasoning
 from qwenkit.chat.sampling import sampling_defaults
-from qwenkit.chat.template import ChatTemplate, load_template, official_template
-from qwenkit.chat.thinking import ChatPrompt, build_prompt, close_thinking, resolve_thinking, soft_switch
+from qwenkit.chat.template import ChatTemplate, close_thinking, load_template, official_template
+from qwenkit.chat.thinking import ChatPrompt, build_prompt, resolve_thinking, soft_switch
 from qwenkit.chat.tools import ToolCall, ToolParser, parser_for, tool_format
 
 __all__ = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from importlib import resources
@@ -13,7 +14,6 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from qwenkit.chat.messages import normalize_messages, normalize_tools
-from qwenkit.chat.thinking import close_thinking
 from qwenkit.errors import QwenkitError, TemplateError
 
 # Official templates shipped as package data, by the name `official_template` takes.
@@ -25,6 +25,9 @@ OFFICIAL = {
 }
 
 _PROBE = "qwenkit-probe-reasoning"
+
+EMPTY_THINK = "<think>\n\n</think>\n\n"
+_OPEN_TAIL = re.compile(r"<think>\s*(?:</think>\s*)?\Z")
 
 
 def _tojson(
@@ -123,6 +126,17 @@ class ChatTemplate:
             )
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError, LookupError) as e:
             raise TemplateError(f"chat template {self.name!r} cannot render this conversation: {e}") from None
+
+
+def close_thinking(prompt: str) -> str:
+    """`prompt` ending with exactly one empty think block.
+
+    A `<think>` the generation prompt already opened (optionally closed) is replaced.
+    """
+    if prompt.endswith(EMPTY_THINK):
+        return prompt
+    tail = _OPEN_TAIL.search(prompt)
+    return (prompt[: tail.start()] if tail else prompt) + EMPTY_THINK
 
 
 def official_template(name: str) -> ChatTemplate:

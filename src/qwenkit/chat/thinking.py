@@ -1,4 +1,6 @@
-"""Qwen3 thinking mode: the hard switch, the `/think` and `/no_think` soft switches, the empty block.
+"""Qwen3 thinking mode: the hard switch and the `/think` and `/no_think` soft switches.
+
+The empty think block that turns thinking off belongs to the template (`template.close_thinking`).
 
 Precedence (as in the Qwen3 docs): an explicit `enable_thinking=False` always wins and soft
 switches are then ignored; otherwise the most recent soft switch in a user or system message
@@ -10,17 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qwenkit.chat.messages import normalize_messages
-
-if TYPE_CHECKING:
-    from qwenkit.chat.template import ChatTemplate
-
-EMPTY_THINK = "<think>\n\n</think>\n\n"
+from qwenkit.chat.template import ChatTemplate
 
 _SOFT_SWITCH = re.compile(r"(?<!\S)/(no_think|think)(?![\w/])")
-_OPEN_TAIL = re.compile(r"<think>\s*(?:</think>\s*)?\Z")
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ def soft_switch(messages: Sequence[Mapping[str, Any]]) -> bool | None:
     """The most recent `/think` (True) or `/no_think` (False) in a user or system message."""
     for message in reversed(messages):
         if message.get("role") in ("user", "system") and isinstance(message.get("content"), str):
-            found = _SOFT_SWITCH.findall(message["content"])
+            found: list[str] = _SOFT_SWITCH.findall(message["content"])
             if found:
                 return found[-1] == "think"
     return None
@@ -48,17 +45,6 @@ def resolve_thinking(enable_thinking: bool | None, messages: Sequence[Mapping[st
         return False
     switch = soft_switch(messages)
     return True if switch is None else switch
-
-
-def close_thinking(prompt: str) -> str:
-    """`prompt` ending with exactly one empty think block.
-
-    A `<think>` the generation prompt already opened (optionally closed) is replaced.
-    """
-    if prompt.endswith(EMPTY_THINK):
-        return prompt
-    tail = _OPEN_TAIL.search(prompt)
-    return (prompt[: tail.start()] if tail else prompt) + EMPTY_THINK
 
 
 def build_prompt(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 from rich.markup import escape
+from typer._click import exceptions as click_exceptions  # typer vendors click: click's own classes miss its errors
 
 from qwenkit.cli import models, run, serve  # noqa: F401  (each module registers its verbs)
 from qwenkit.cli.common import app, err
@@ -14,13 +16,6 @@ from qwenkit.errors import QwenkitError
 
 def main() -> None:
     """Entry point: user-facing errors print one line and exit non-zero, never a traceback."""
-    import logging
-
-    try:  # typer vendors its own click (typer._click): click's exception classes do not catch its errors
-        from typer._click import exceptions as click_exceptions
-    except ImportError:
-        from click import exceptions as click_exceptions
-
     # llama.cpp's own error lines would reach stderr through logging's last resort; the
     # QwenkitError message below carries the first of them
     logging.getLogger("qwenkit").addHandler(logging.NullHandler())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from qwenkit.engines.base import Chunk, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, FinishReason, SamplingParams, StepController
 from qwenkit.engines.text import IncrementalDecoder, StopMatcher
 
 
@@ -75,7 +75,7 @@ class RequestOutput:
 
     def finish(
         self,
-        reason: str,
+        reason: FinishReason,
         *,
         text: str = "",
         token_ids: Sequence[int] = (),

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qwenkit.engines.llamacpp import QueueFull
+from qwenkit.engines.base import QueueFull
 from qwenkit.errors import QwenkitError
 from qwenkit.serve.protocol import ErrorDetail, ErrorResponse
 

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from qwenkit.model import Model, PreparedTurn
+from qwenkit.model import Model
 from qwenkit.results import ChatResult
 from qwenkit.serve import structured
 from qwenkit.serve.http_errors import ApiError, error_body
@@ -36,6 +36,7 @@ from qwenkit.serve.protocol import (
     new_id,
 )
 from qwenkit.serve.runner import EngineFailure, TurnStream, run_turn
+from qwenkit.turn import PreparedTurn
 
 router = APIRouter()
 log = logging.getLogger("qwenkit.prompts")
@@ -73,7 +74,8 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
     think = body.thinking()
     fmt = body.response_format
     if fmt is not None and fmt.type != "text":
-        grammar = structured.json_grammar(fmt.json_schema.schema_ if fmt.type == "json_schema" else None)
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" and fmt.json_schema is not None else None
+        grammar = structured.json_grammar(schema)
     elif tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
         wanted = [t["function"] for t in tools]
         if isinstance(choice, NamedToolChoice):

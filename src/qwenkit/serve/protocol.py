@@ -166,9 +166,9 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.tool_choice
         if (isinstance(choice, NamedToolChoice) or choice == "required") and not self.tools:
             raise ValueError("tool_choice requires tools")
-        if isinstance(choice, NamedToolChoice):
-            if choice.function.name not in {t.function.name for t in self.tools or []}:
-                raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
+        names = {t.function.name for t in self.tools or []}
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
         return self
 
     def thinking(self) -> bool | None:
@@ -183,13 +183,13 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: str | list[str]
+    prompt: str  # OpenAI's one-item list form is accepted too (see _one_prompt)
     max_tokens: int = Field(default=16, ge=1)
     echo: bool = False
 
-    @field_validator("prompt")
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str:
+    def _one_prompt(cls, value: object) -> object:
         if isinstance(value, list):
             if len(value) != 1:
                 raise ValueError("exactly one prompt is supported per request")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 from qwenkit.engines.base import Chunk
-from qwenkit.model import Model, PreparedTurn
+from qwenkit.model import Model
 from qwenkit.results import ChatDelta
 from qwenkit.serve.metrics import Metrics
+from qwenkit.turn import PreparedTurn
 
 
 def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True) -> TurnStream:
@@ -40,10 +42,8 @@ class TurnStream:
                 return
             batch = held[:]
             held.clear()
-            try:
+            with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown): nobody is listening
                 loop.call_soon_threadsafe(chunks.put_nowait, batch)
-            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-                pass
 
         self._model, self._turn, self._metrics = model, turn, metrics
         self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))

@@ -72,9 +72,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import gguf
 import numpy as np
+from filelock import FileLock
 
-from qwenkit.testing.gguf_kv import ARRAY, KV, NUMPY_DTYPES, STRING, read_tokenizer_metadata, tokenizer_metadata
+from qwenkit.store import resolve
+from qwenkit.store.gguf_header import ARRAY, KV, NUMPY_DTYPES, STRING, decoded, read_metadata
 
 __all__ = [
     "BUILDER_VERSION",
@@ -154,10 +157,6 @@ def default_source_gguf() -> Path:
             raise SourceGGUFUnavailable(f"${_SOURCE_ENV}={env} is not a file")
         return p
     try:
-        from qwenkit.store import resolve  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise SourceGGUFUnavailable(f"no source GGUF: set ${_SOURCE_ENV} (qwenkit.store unavailable: {e})") from e
-    try:
         p = Path(resolve("default", progress=False).path)
     except Exception as e:  # not fetched, offline, verification failed...: tests skip
         raise SourceGGUFUnavailable(
@@ -166,6 +165,26 @@ def default_source_gguf() -> Path:
     if not p.is_file():
         raise SourceGGUFUnavailable(f"no source GGUF: store's default model {p} is missing")
     return p
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_metadata_cached(path: str, _size: int, _mtime_ns: int) -> dict[str, KV]:
+    kv = read_metadata(Path(path), ("tokenizer.", "general.architecture"))
+    if "tokenizer.ggml.tokens" not in kv:
+        raise ValueError(f"{path} has no tokenizer metadata")
+    return kv
+
+
+def tokenizer_metadata(source: Path) -> dict[str, KV]:
+    """The source GGUF's ``tokenizer.*`` keys (and its architecture), as stored; cached per file version."""
+    st = source.stat()
+    return _tokenizer_metadata_cached(str(source.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def read_tokenizer_metadata(source_gguf: os.PathLike[str] | str) -> dict[str, Any]:
+    """The source GGUF's ``tokenizer.*`` keys, decoded (for inspection and tests)."""
+    kv = tokenizer_metadata(Path(source_gguf))
+    return {k: decoded(v.value) for k, v in kv.items() if k.startswith("tokenizer.")}
 
 
 def _check_arch(arch: str) -> None:
@@ -227,8 +246,6 @@ def build_tiny_gguf(
     dtype: storage of the 2-D weight matrices (norms and biases are always f32).
     templates_dir: where to look first for the official template files.
     """
-    import gguf  # dev dependency; imported here so qwenkit.testing imports without it
-
     _check_arch(arch)
     path = Path(path)
     source = Path(source_gguf)
@@ -332,7 +349,7 @@ def build_tiny_gguf(
         tie_embeddings=tie_embeddings,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = _fast_writer_class()(path, arch)
+    w = _FastWriter(path, arch)
     w.add_type("model")
     w.add_name(f"qwenkit tiny {arch}")
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
@@ -352,8 +369,8 @@ def build_tiny_gguf(
     for key, item in kv.items():
         if not key.startswith("tokenizer.ggml."):
             continue
-        if item.vtype == ARRAY:
-            items = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": token_types}
+        if item.vtype == ARRAY and item.sub_type is not None:
+            items: dict[str, list[Any]] = {"tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": token_types}
             arr = _PackedArray(items.get(key, item.value), item.sub_type)
             w.add_key_value(key, arr, VT.ARRAY, sub_type=VT(item.sub_type))
         else:
@@ -376,7 +393,7 @@ def build_tiny_gguf(
 
 class _PackedArray(list):
     """A metadata array that also carries its GGUF serialization (little-endian), so that
-    ``_fast_writer_class`` writes the 450,000 tokenizer strings in one go instead of packing
+    ``_FastWriter`` writes the 450,000 tokenizer strings in one go instead of packing
     them one by one (which takes most of a second). Still a plain list of the items, so a
     stock GGUFWriter writes it correctly too, only slower."""
 
@@ -389,24 +406,18 @@ class _PackedArray(list):
             self.packed = np.asarray(items, dtype=NUMPY_DTYPES[sub_type]).tobytes()
 
 
-@lru_cache(maxsize=1)
-def _fast_writer_class() -> type:
-    import gguf
-
-    class _Writer(gguf.GGUFWriter):
-        def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
-            if (
-                isinstance(val, _PackedArray)
-                and vtype == gguf.GGUFValueType.ARRAY
-                and sub_type is not None
-                and getattr(self, "endianess", gguf.GGUFEndian.LITTLE) == gguf.GGUFEndian.LITTLE
-                and len(val) > 0
-            ):
-                head = struct.pack("<I", int(vtype)) if add_vtype else b""
-                return head + struct.pack("<IQ", int(sub_type), len(val)) + val.packed
-            return super()._pack_val(val, vtype, add_vtype, sub_type)
-
-    return _Writer
+class _FastWriter(gguf.GGUFWriter):
+    def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
+        if (
+            isinstance(val, _PackedArray)
+            and vtype == gguf.GGUFValueType.ARRAY
+            and sub_type is not None
+            and getattr(self, "endianess", gguf.GGUFEndian.LITTLE) == gguf.GGUFEndian.LITTLE
+            and len(val) > 0
+        ):
+            head = struct.pack("<I", int(vtype)) if add_vtype else b""
+            return head + struct.pack("<IQ", int(sub_type), len(val)) + val.packed
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,8 +477,6 @@ def tiny_gguf(
     out = cache_dir / f"tiny-{arch}-{key}.gguf"
     if out.is_file():
         return out
-
-    from filelock import FileLock
 
     with FileLock(str(out) + ".lock", timeout=600):
         if out.is_file():

@@ -27,6 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from qwenkit.testing.tiny import ARCHS, QWEN3_RENAMED_TOKENS, default_source_gguf, official_template
 
 __all__ = ["BUILDER_VERSION", "build_tiny_hf", "tiny_hf"]
@@ -52,6 +54,7 @@ def build_tiny_hf(
     chat_template: str | None = None,
 ) -> Path:
     """Write a tiny random ``arch`` checkpoint directory to ``path`` (which must not exist)."""
+    # torch and the transformers engine are an optional extra: imported when a checkpoint is built
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
@@ -139,9 +142,7 @@ def tiny_hf(
     **params: Any,
 ) -> Path:
     """A tiny ``arch`` checkpoint directory in ``cache_dir``, built on first use, then reused."""
-    from filelock import FileLock
-
-    from qwenkit.engines.transformers.convert import source_key
+    from qwenkit.engines.transformers.convert import source_key  # needs torch, as the checkpoint does
 
     defaults = {
         name: p.default

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from qwenkit.chat.template import ChatTemplate
 from qwenkit.chat.tools.base import ToolCall, ToolParser, new_call_id
 from qwenkit.chat.tools.hermes import HermesParser
 from qwenkit.chat.tools.qwen3_coder import Qwen3CoderParser
 from qwenkit.errors import BadRequest
-
-if TYPE_CHECKING:
-    from qwenkit.chat.template import ChatTemplate
 
 PARSERS: dict[str, type[ToolParser]] = {p.name: p for p in (HermesParser, Qwen3CoderParser)}
 

@@ -124,4 +124,5 @@ class ToolParser:
 
 
 def _function_spec(tool: Mapping[str, Any]) -> Mapping[str, Any]:
-    return tool.get("function", tool)
+    spec = tool.get("function", tool)  # normalize_tools checked that it is a mapping
+    return spec if isinstance(spec, Mapping) else tool

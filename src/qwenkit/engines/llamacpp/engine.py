@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +65,7 @@ class LlamaCppEngine:
         self,
         prompt: Sequence[int],
         params: SamplingParams,
-        emit,
+        emit: Callable[[Chunk], None],
         controller: StepController | None = None,
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""

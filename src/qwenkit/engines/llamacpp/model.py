@@ -17,7 +17,6 @@ log = logging.getLogger("qwenkit.llamacpp")
 _GGML_LOG_LEVEL_ERROR = 4
 
 
-@C.llama_log_callback
 def _route_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """Send llama.cpp's chatter to Python logging: errors as errors, the rest at debug."""
     message = text.decode("utf-8", errors="replace").rstrip()
@@ -27,6 +26,7 @@ def _route_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         log.log(logging.ERROR if level == _GGML_LOG_LEVEL_ERROR else logging.DEBUG, message)
 
 
+_log_callback = C.llama_log_callback(_route_log)  # one C function pointer, kept alive for llama.cpp
 _load_errors: list[str] | None = None  # llama.cpp's error lines while a model loads (for the message)
 
 
@@ -36,7 +36,7 @@ _backend_ready = False
 def _init_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        C.llama_log_set(_route_log, ctypes.c_void_p(0))
+        C.llama_log_set(_log_callback, ctypes.c_void_p(0))
         C.llama_backend_init()
         _backend_ready = True
 
@@ -69,7 +69,7 @@ class LlamaModel:
                 "or an architecture this llama.cpp build does not know"
             )
         self.path = path
-        self.vocab = C.llama_model_get_vocab(self.ptr)
+        self.vocab: C.llama_vocab_p = C.llama_model_get_vocab(self.ptr)
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
         self._pieces: dict[int, bytes] = {}

@@ -56,10 +56,8 @@ class SamplerChain:
         if self.penalties is not None:
             self.penalties.apply(logits)
         if self.grammar is None:
-            if self.greedy:
-                token = int(logits.argmax())
-            else:
-                token = C.llama_sampler_sample(self.ptr, ctx, batch_index)  # reads the edited row
+            # llama_sampler_sample reads the edited row
+            token = int(logits.argmax()) if self.greedy else C.llama_sampler_sample(self.ptr, ctx, batch_index)
             self._remember(token)
             return token
         token = self._apply(self.ptr, self._candidates(logits))
@@ -109,7 +107,7 @@ class SamplerChain:
         return int(data["id"][arr.contents.selected])
 
 
-def _as_array(data: np.ndarray):
+def _as_array(data: np.ndarray) -> ctypes._Pointer[C.llama_token_data_array]:
     arr = C.llama_token_data_array(
         data=data.ctypes.data_as(C.llama_token_data_p), size=len(data), selected=-1, sorted=False
     )
@@ -163,7 +161,7 @@ class _Penalties:
         logits[ids] = x - (counts * self.frequency + self.presence)
 
 
-def _samplers(p: SamplingParams) -> Iterator:
+def _samplers(p: SamplingParams) -> Iterator[C.llama_sampler_p]:
     """Yield the chain's samplers in order (each is owned by the chain once yielded)."""
     if p.temperature <= 0:
         yield C.llama_sampler_init_greedy()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, check_request
+from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, check_request
 from qwenkit.engines.llamacpp.model import LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.output import RequestOutput
@@ -40,6 +40,12 @@ class _Slot:
     @property
     def busy(self) -> bool:
         return self.request is not None
+
+    def running(self) -> tuple[RequestOutput, SamplerChain]:
+        """The busy slot's output and sampler chain (set together with `request`)."""
+        if self.out is None or self.sampler is None:
+            raise RuntimeError(f"slot {self.seq_id} runs no request")
+        return self.out, self.sampler
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -236,7 +242,7 @@ class Scheduler:
 
     def _step(self) -> None:
         for slot in self.slots:
-            if slot.busy and slot.request.cancelled:
+            if slot.request is not None and slot.request.cancelled:
                 self._finish(slot, "abort")
         active = [s for s in self.slots if s.busy and s.feed]
         if not active:
@@ -272,16 +278,17 @@ class Scheduler:
             del slot.feed[:take]
             slot.last_used = now
             if row is not None:
-                self._on_token(slot, slot.sampler.sample(self.ctx, row))
+                self._on_token(slot, slot.running()[1].sample(self.ctx, row))
 
     def _on_token(self, slot: _Slot, token: int) -> None:
-        feed = slot.out.on_token(token, len(slot.cached))
+        out, sampler = slot.running()
+        feed = out.on_token(token, len(slot.cached))
         for forced in feed[1:]:
-            slot.sampler.accept(forced)
+            sampler.accept(forced)
         slot.feed = feed
 
-    def _finish(self, slot: _Slot, reason: str, *, error: str | None = None) -> None:
-        slot.out.finish(reason, error=error)
+    def _finish(self, slot: _Slot, reason: FinishReason, *, error: str | None = None) -> None:
+        slot.running()[0].finish(reason, error=error)
 
     def _release(self, slot: _Slot) -> None:
         slot.request = None

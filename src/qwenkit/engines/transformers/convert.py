@@ -20,9 +20,14 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from filelock import FileLock
+
 from qwenkit.errors import ModelLoadError
+from qwenkit.store.cache import home, read_stamp
+from qwenkit.store.gguf_header import read_key
 
 log = logging.getLogger("qwenkit.transformers")
 
@@ -54,15 +59,11 @@ _EOG_TEXTS = (
 
 
 def converted_root() -> Path:
-    from qwenkit.store import home
-
     return home() / "converted"
 
 
 def source_key(gguf: Path) -> str:
     """A short key for the content of `gguf`: its stamped sha256, else its identity on disk."""
-    from qwenkit.store.cache import read_stamp
-
     st = gguf.stat()
     stamp = read_stamp(gguf)
     if stamp and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns and stamp.get("sha256"):
@@ -111,7 +112,6 @@ def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
 
     def build(tmp: Path) -> None:
         import torch
-
         from transformers import AutoModelForCausalLM, GgufConfig
 
         log.warning("converting %s to a transformers checkpoint (once; later loads reuse %s)", gguf.name, out)
@@ -141,14 +141,12 @@ def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
     return _publish(out, build, what=gguf.name, source=gguf)
 
 
-def _config_overrides(gguf: Path) -> dict:
+def _config_overrides(gguf: Path) -> dict[str, int]:
     """Config values transformers' GGUF reader misses: the head size of a Qwen3-style model
     (`attention.key_length`), which it otherwise takes as 128 whatever the file says."""
-    from qwenkit.store.gguf_header import _read_key
-
     try:
-        arch = _read_key(gguf, "general.architecture")
-        head_dim = _read_key(gguf, f"{arch}.attention.key_length") if isinstance(arch, str) else None
+        arch = read_key(gguf, "general.architecture")
+        head_dim = read_key(gguf, f"{arch}.attention.key_length") if isinstance(arch, str) else None
     except (OSError, ValueError):
         return {}
     return {"head_dim": int(head_dim)} if isinstance(head_dim, int) and arch in ("qwen3", "qwen3_moe") else {}
@@ -169,12 +167,10 @@ def _end_of_generation_ids(tokenizer_dir: Path, eos: int | list[int] | None) -> 
     return sorted(ids)
 
 
-def _publish(out: Path, build, *, what: str, source: Path) -> Path:
+def _publish(out: Path, build: Callable[[Path], None], *, what: str, source: Path) -> Path:
     """Build into a temp directory beside `out` and rename it into place, under a file lock."""
     if is_converted(out):
         return out
-    from filelock import FileLock
-
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if is_converted(out):

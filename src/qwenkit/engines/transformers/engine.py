@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
+
 from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.transformers.convert import convert_gguf
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
-from qwenkit.errors import ModelLoadError
+from qwenkit.engines.transformers.vocab import Vocab
+from qwenkit.engines.transformers.worker import Worker
+from qwenkit.errors import ModelLoadError, QwenkitError
 
 DEFAULT_CTX = 8192
 
@@ -18,10 +23,6 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, path: str | Path, settings: TransformersSettings | None = None) -> None:
-        from qwenkit.engines.transformers.convert import convert_gguf
-        from qwenkit.engines.transformers.vocab import Vocab
-        from qwenkit.engines.transformers.worker import Worker
-
         s = settings or TransformersSettings()
         self.settings = s
         path = Path(path)
@@ -39,7 +40,7 @@ class TransformersEngine:
         self.n_ctx = min(s.n_ctx or DEFAULT_CTX, trained)
         self.vocab = Vocab(self.tokenizer, int(config.vocab_size), path / "tokenizer.json")
         self._eos = self._end_of_generation_ids()
-        self.worker = Worker(
+        self.worker: Worker | None = Worker(
             self.model,
             self.vocab,
             n_ctx=self.n_ctx,
@@ -62,9 +63,14 @@ class TransformersEngine:
                 ids.update(int(v) for v in value)
         return ids
 
+    def _running(self) -> Worker:
+        if self.worker is None:
+            raise QwenkitError("the engine is closed")
+        return self.worker
+
     @property
-    def device(self):
-        return self.worker.device
+    def device(self) -> torch.device:
+        return self._running().device
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.vocab.tokenize(text, special=special)
@@ -87,9 +93,9 @@ class TransformersEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
-    ):
+    ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.worker.submit(Request(list(prompt), params, emit, controller))
+        return self._running().submit(Request(list(prompt), params, emit, controller))
 
     def generate(
         self,
@@ -100,10 +106,10 @@ class TransformersEngine:
         return iterate(self, prompt, params, controller)
 
     def stats(self) -> EngineStats:
-        return self.worker.stats()
+        return self._running().stats()
 
     def close(self) -> None:
-        worker = getattr(self, "worker", None)
+        worker = getattr(self, "worker", None)  # None too when __init__ failed before the worker
         if worker is not None:
             worker.close()
             self.worker = None

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
 from qwenkit.errors import ModelLoadError, QwenkitError
 
 DTYPES = {
@@ -54,15 +57,11 @@ class TransformersSettings:
 
 
 def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return bool(torch.cuda.is_available())
 
 
-def torch_dtype(settings: TransformersSettings):
+def torch_dtype(settings: TransformersSettings) -> torch.dtype | str:
     """The dtype to load in (a torch.dtype, or "auto")."""
-    import torch
-
     name = DTYPES[str(settings.dtype).lower()]
     if name == "auto":
         on_gpu = cuda_available() and settings.device_map not in ("cpu", {"": "cpu"})
@@ -70,7 +69,7 @@ def torch_dtype(settings: TransformersSettings):
     return getattr(torch, name)
 
 
-def quantization_config(settings: TransformersSettings):
+def quantization_config(settings: TransformersSettings) -> BitsAndBytesConfig | None:
     """A BitsAndBytesConfig for "8bit"/"4bit", after checking that it can work here."""
     if settings.quantization is None:
         return None
@@ -85,10 +84,6 @@ def quantization_config(settings: TransformersSettings):
         raise QwenkitError(
             f"{settings.quantization} quantization needs bitsandbytes: pip install bitsandbytes"
         ) from None
-    import torch
-
-    from transformers import BitsAndBytesConfig
-
     if settings.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -97,12 +92,8 @@ def quantization_config(settings: TransformersSettings):
     )
 
 
-def load_checkpoint(path: Path, settings: TransformersSettings):
+def load_checkpoint(path: Path, settings: TransformersSettings) -> tuple[PreTrainedModel, Any]:
     """(model, tokenizer) from a checkpoint directory, per `settings`."""
-    import torch
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if settings.n_threads:
         torch.set_num_threads(settings.n_threads)
     quant = quantization_config(settings)

@@ -13,15 +13,15 @@ import random
 from collections.abc import Sequence
 
 import torch
-
-from qwenkit.engines.base import SamplingParams
-from qwenkit.errors import BadRequest
 from transformers.generation.logits_process import (
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
+
+from qwenkit.engines.base import SamplingParams
+from qwenkit.errors import BadRequest
 
 PENALTY_WINDOW = 64  # as the llama.cpp engine: tokens looked back at by the penalties
 

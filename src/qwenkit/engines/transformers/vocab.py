@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
+from tokenizers import Tokenizer
 
 
 @lru_cache(maxsize=1)
@@ -45,9 +44,8 @@ class Vocab:
 
     def __init__(self, hf_tokenizer: Any, n_vocab: int, tokenizer_file: Path | None = None) -> None:
         self.hf = hf_tokenizer
+        backend: Tokenizer | None
         if tokenizer_file is not None and tokenizer_file.is_file():
-            from tokenizers import Tokenizer
-
             backend = Tokenizer.from_file(str(tokenizer_file))
         else:
             backend = getattr(hf_tokenizer, "backend_tokenizer", None) or getattr(hf_tokenizer, "_tokenizer", None)
@@ -70,8 +68,6 @@ class Vocab:
         if special:
             return self._special.encode(text, add_special_tokens=False).ids
         if self._plain is None:
-            from tokenizers import Tokenizer
-
             plain = Tokenizer.from_str(self._special.to_str())
             plain.encode_special_tokens = True
             self._plain = plain

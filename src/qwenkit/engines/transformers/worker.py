@@ -25,8 +25,10 @@ import threading
 from collections import deque
 
 import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, check_request
+from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, check_request
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params
 from qwenkit.engines.transformers.vocab import Vocab
@@ -68,7 +70,7 @@ class Worker:
 
     def __init__(
         self,
-        model,
+        model: PreTrainedModel,
         vocab: Vocab,
         *,
         n_ctx: int,
@@ -77,8 +79,6 @@ class Worker:
         eos_ids: set[int],
         n_threads: int | None = None,
     ) -> None:
-        from transformers import DynamicCache
-
         self.model = model
         self.vocab = vocab
         self.n_ctx = n_ctx
@@ -88,9 +88,8 @@ class Worker:
         self.n_threads = n_threads
         self.n_vocab = int(model.config.get_text_config().vocab_size)
         self.device = model.get_input_embeddings().weight.device
-        self._new_cache = lambda: DynamicCache(config=model.config)
         self.rows: list[_Row] = []
-        self.cache = None
+        self.cache: DynamicCache | None = None  # with `mask`, set exactly while there are rows
         self.mask: torch.Tensor | None = None  # [rows, columns], 1 where a column holds a real token
         self._mergeable: bool | None = None  # learnt from the first cache
         self._waiting: deque[Request] = deque()
@@ -192,7 +191,9 @@ class Worker:
         if dropped:
             self._compact()
 
-    def _forward(self, rows: list[_Row], cache, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run each row's `feed` (left-padded to the longest) on `cache`; the last logits per row."""
         width = max(len(r.feed) for r in rows)
         ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -220,11 +221,9 @@ class Worker:
 
     def _prefill(self, rows: list[_Row]) -> None:
         self._prompt_tokens += sum(len(r.feed) for r in rows)
-        cache = self._new_cache()
+        cache = DynamicCache(config=self.model.config)
         logits, mask = self._forward(rows, cache, None)
         if self._mergeable is None:
-            from transformers.cache_utils import DynamicLayer
-
             self._mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
         if not self.rows:
             self.rows, self.cache, self.mask = rows, cache, mask
@@ -234,18 +233,25 @@ class Worker:
             self._on_token(row, row.sampler.sample(logits[i], row.generated))
         self._compact()
 
-    def _merge(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
+    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append `rows` (their own cache and mask) to the running batch, left-padding the shorter."""
-        old_len, new_len = self.mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
-        for mine, theirs in zip(self.cache.layers, cache.layers, strict=False):
+        running, running_mask = self._running()
+        width = max(running_mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(running.layers, cache.layers, strict=False):
             mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)], dim=0)
             mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)], dim=0)
-        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(mask, width, 1)], dim=0)
+        self.mask = torch.cat([_pad_left(running_mask, width, 1), _pad_left(mask, width, 1)], dim=0)
         self.rows = self.rows + rows
 
+    def _running(self) -> tuple[DynamicCache, torch.Tensor]:
+        """The running batch's cache and mask (there are rows)."""
+        if self.cache is None or self.mask is None:
+            raise RuntimeError("no running batch")  # the step loop only asks while rows run
+        return self.cache, self.mask
+
     def _decode(self) -> None:
-        logits, self.mask = self._forward(self.rows, self.cache, self.mask)
+        cache, mask = self._running()
+        logits, self.mask = self._forward(self.rows, cache, mask)
         for i, row in enumerate(self.rows):
             if row.request is not None:
                 self._on_token(row, row.sampler.sample(logits[i], row.generated))
@@ -257,18 +263,19 @@ class Worker:
         if not keep:
             self._reset()
             return
+        cache, mask = self._running()
         if len(keep) < len(self.rows):
             index = torch.tensor(keep, dtype=torch.long)  # on the CPU: layers may sit on several devices
-            self.cache.batch_select_indices(index)
-            self.mask = self.mask[index.to(self.mask.device)]
+            cache.batch_select_indices(index)
+            mask = self.mask = mask[index.to(mask.device)]
             self.rows = [self.rows[i] for i in keep]
-        used = self.mask.any(dim=0).nonzero()
+        used = mask.any(dim=0).nonzero()
         first = int(used[0]) if used.numel() else 0
         if first > 0 and self._mergeable:
-            for layer in self.cache.layers:
+            for layer in cache.layers:
                 layer.keys = layer.keys[:, :, first:]
                 layer.values = layer.values[:, :, first:]
-            self.mask = self.mask[:, first:]
+            self.mask = mask[:, first:]
 
     def _reset(self) -> None:
         self.rows, self.cache, self.mask = [], None, None
@@ -278,7 +285,7 @@ class Worker:
         if not row.out.finished:
             row.feed = feed
 
-    def _finish(self, row: _Row, reason: str, *, error: str | None = None) -> None:
+    def _finish(self, row: _Row, reason: FinishReason, *, error: str | None = None) -> None:
         row.out.finish(reason, error=error)
 
 
