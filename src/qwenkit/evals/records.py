@@ -11,17 +11,8 @@ from qwenkit.errors import QwenkitError
 
 # settings that change what a problem's record means: a run resumes only if these match
 IDENTITY = (
-    "suite",
-    "model_key",
-    "sha256",
-    "url",
-    "model",
-    "think",
-    "thinking_budget",
-    "samples",
-    "sampling",
-    "max_tokens",
-    "prompt_format",
+    *("suite", "prompt_format", "model_key", "sha256", "backend", "engine", "quantization"),
+    *("think", "thinking_budget", "samples", "sampling", "max_tokens"),
 )
 
 
