@@ -94,3 +94,23 @@ def test_humaneval_on_the_embedded_model_records_and_resumes(source_gguf, tmp_pa
     assert second.returncode == 0, second.stderr
     resumed = json.loads(second.stdout)
     assert resumed["problems_resumed"] == 2 and resumed["problems_run"] == 1
+
+
+@pytest.mark.parametrize("think", [True, False])
+def test_mmath_with_thinking_on_and_off(tiny_qwen3, tmp_path, think):
+    from qwenkit.evals.mmath import MMath
+
+    backend = InProcess(str(tiny_qwen3), engine="llamacpp", concurrency=2, n_ctx=2048, threads=1)
+    records = RunRecords(tmp_path)
+    options = RunOptions(limit=2, concurrency=2, think=think, thinking_budget=8, max_tokens=128)
+    try:
+        summary = asyncio.run(evaluate(MMath(), backend, options, records))
+    finally:
+        backend.close()
+    assert set(summary["metrics"]["groups"]) == {"en", "zh"}  # one question, in its first two languages
+    settings = json.loads(records.run_file.read_text())["settings"]
+    assert settings["think"] is think and settings["thinking_budget"] == 8
+    assert settings["sampling"]["temperature"] == (0.6 if think else 0.0)  # never greedy while thinking
+    samples = [json.loads(line)["samples"][0] for line in _lines(records)]
+    assert all((s["reasoning"] is not None) is think for s in samples)
+    assert all(s["extraction"] in ("boxed", "plain", "none") for s in samples)
