@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from qwenkit.errors import QwenkitError
 from qwenkit.evals.published import model_key
+from qwenkit.store.gguf_header import quant
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class OpenAIServer:
             "engine": "server",
             "model": self.model_id,
             "model_key": model_key(name),
-            "quantization": None,
+            "quantization": quant(self.model_file) if self.model_file else None,
             "template": "the server's",
             **file_record(self.model_file),
         }
