@@ -13,6 +13,7 @@ from qwenkit.evals.math_answers import equivalent, extract, last_boxed
 from qwenkit.evals.mmath import LANGUAGES, MMath
 from qwenkit.evals.published import model_key, reference
 from qwenkit.evals.records import RunRecords
+from qwenkit.evals.sandbox import Limits
 from qwenkit.evals.suite import aggregate, pass_at_k
 
 
@@ -44,12 +45,12 @@ def test_a_body_without_its_signature_completes_the_prompt(humaneval_problems):
     assert HumanEval().score(problem, "```python\n    return number % 1.0\n```").passed
 
 
-def test_a_hanging_answer_is_one_timeout(humaneval_problems):
-    problem = humaneval_problems[2]
-    answer = "```python\ndef truncate_number(number):\n    while True:\n        pass\n```"
+def test_a_hanging_answer_is_one_timeout(humaneval_problems, monkeypatch):
     from qwenkit.evals import humaneval
 
-    verdict = humaneval.HumanEval().score(problem, answer)
+    monkeypatch.setattr(humaneval, "LIMITS", Limits(wall_seconds=1))
+    answer = "```python\ndef truncate_number(number):\n    while True:\n        pass\n```"
+    verdict = HumanEval().score(humaneval_problems[2], answer)
     assert not verdict.passed and verdict.detail["status"] == "timeout"
 
 
