@@ -17,6 +17,7 @@ from qwenkit.evals import suites
 from qwenkit.evals.backends import Backend, InProcess, OpenAIServer
 from qwenkit.evals.records import RunRecords
 from qwenkit.evals.runner import RunOptions, evaluate
+from qwenkit.evals.suite import Suite
 
 
 @app.command("eval")
@@ -73,7 +74,9 @@ def eval_(
         _print_report(chosen.name, backend.describe()["model"], summary)
 
 
-def _run_with_progress(suite: Any, backend: Backend, options: RunOptions, records: RunRecords | None) -> dict[str, Any]:
+def _run_with_progress(
+    suite: Suite, backend: Backend, options: RunOptions, records: RunRecords | None
+) -> dict[str, Any]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task(suite.name, total=None)

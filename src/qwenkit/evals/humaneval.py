@@ -6,9 +6,10 @@ import ast
 import gzip
 import json
 import re
+from typing import Any
 
 from qwenkit.evals.data import DataFile, fetch
-from qwenkit.evals.sandbox import Limits, run_python
+from qwenkit.evals.sandbox import Limits, describe, run_python
 from qwenkit.evals.suite import Problem, Score, Suite
 
 DATA = DataFile(
@@ -86,6 +87,9 @@ class HumanEval(Suite):
             )
             for row in rows
         ]
+
+    def environment(self) -> dict[str, Any]:
+        return {"sandbox": describe(LIMITS)}
 
     def score(self, problem: Problem, answer: str) -> Score:
         outcome = run_python(program(problem, answer), LIMITS)

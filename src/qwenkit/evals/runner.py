@@ -60,6 +60,7 @@ def settings_for(suite: Suite, backend: Backend, options: RunOptions) -> dict[st
         "suite": suite.name,
         "data": suite.source,
         "prompt_format": suite.prompt_format,
+        **suite.environment(),
         **described,
         "think": thinking,
         "think_requested": options.think,

@@ -28,10 +28,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from qwenkit.errors import QwenkitError
 
@@ -201,3 +201,9 @@ def _isolation_here() -> Isolation:
 def isolation() -> Isolation:
     """The isolation sandboxed runs get on this machine."""
     return _isolation_here()
+
+
+def describe(limits: Limits) -> dict[str, Any]:
+    """The sandbox as recorded with results: isolation, interpreter and limits."""
+    unprivileged = os.geteuid() == 0
+    return {"isolation": isolation(), "python": _interpreter(unprivileged), **asdict(limits)}

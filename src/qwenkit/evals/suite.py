@@ -42,6 +42,10 @@ class Suite(ABC):
     @abstractmethod
     def score(self, problem: Problem, answer: str) -> Score: ...
 
+    def environment(self) -> dict[str, Any]:
+        """What else the scores depend on (e.g. how code is executed), recorded with the results."""
+        return {}
+
     def select(self, limit: int | None) -> list[Problem]:
         """The first `limit` problems (all when None)."""
         problems = self.problems()
