@@ -84,23 +84,24 @@ def run(path: str, model_file: Path, out: Path, args: argparse.Namespace) -> Non
         subprocess.run([*QWENKIT, *common, "--url", url, "--model-file", str(model_file)], check=True)
 
 
-def report(model: str) -> str:
-    """Markdown rows from the result files: path, problems, pass@1, published, difference."""
-    rows = [
-        "| path | engine | problems | pass@1 | published | difference | finish: length |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for path in PATHS:
-        run_file = RESULTS / model / path / "run.json"
-        if not run_file.exists():
+def report(model: str, first: int = 20) -> str:
+    """Markdown rows from the result files: pass@1 overall and on the first `first` problems (which
+    every path, a shorter `--limit` run too, has answered), beside the published number."""
+    head = f"| path | engine | problems | pass@1 | pass@1, first {first} | published | difference | hit max_tokens |"
+    rows = [head, "|---|---|---|---|---|---|---|---|"]
+    for path in (*PATHS, "transformers"):
+        run_dir = RESULTS / model / path
+        if not (run_dir / "run.json").exists():
             continue
-        data = json.loads(run_file.read_text())
+        data = json.loads((run_dir / "run.json").read_text())
         summary, settings = data["summary"] or {}, data["settings"]
-        metrics = summary.get("metrics", {})
-        published = summary.get("published") or {}
-        engine = settings["engine"] if path == "inprocess" else settings.get("url", "")
+        metrics, published = summary.get("metrics", {}), summary.get("published") or {}
+        records = [json.loads(line) for line in (run_dir / "problems.jsonl").read_text().splitlines()]
+        ids = {f"HumanEval/{i}" for i in range(first)}
+        head_score = 100 * sum(r["correct"] for r in records if r["id"] in ids) / first
+        engine = settings["engine"] if settings["backend"] == "in-process" else "OpenAI-compatible HTTP"
         rows.append(
-            f"| {path} | {engine} | {metrics.get('problems', '-')} | {metrics.get('pass@1', '-')} | "
+            f"| {path} | {engine} | {metrics.get('problems', '-')} | {metrics.get('pass@1', '-')} | {head_score:.1f} | "
             f"{published.get('value', '-')} | {published.get('difference', '-')} | "
             f"{summary.get('finish_reasons', {}).get('length', 0)} |"
         )

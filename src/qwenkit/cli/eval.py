@@ -106,5 +106,7 @@ def _print_report(suite: str, model: str, summary: dict[str, Any]) -> None:
     Console().print(table)
     if published:
         Console().print(f"published: {published['source']}")
+        if published["difference"] is None:
+            Console().print("(no difference shown: this run covers a subset of the suite)")
     if summary["finish_reasons"].get("length"):
         Console().print(f"[yellow]{summary['finish_reasons']['length']} answer(s) hit --max-tokens[/]")

@@ -85,6 +85,7 @@ async def evaluate(
     """Run (or finish) the suite and return the summary; with `records`, finished problems are skipped."""
     settings = settings_for(suite, backend, options)
     problems = suite.select(options.limit)
+    settings["problems_total"] = len(suite.problems())
     done = records.resume(settings) if records else {}
     results = [done[p.id] for p in problems if p.id in done]
     pending = [p for p in problems if p.id not in done]
@@ -157,11 +158,11 @@ def summarize(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if published is not None:
-        ours = metrics.get(published.metric)
+        ours = metrics.get(published.metric) if metrics["problems"] == settings["problems_total"] else None
         summary["published"] = {
             "value": published.value,
             "metric": published.metric,
             "source": published.source,
-            "difference": None if ours is None else round(ours - published.value, 2),
+            "difference": None if ours is None else round(ours - published.value, 2),  # None on a subset
         }
     return summary
