@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,6 +51,45 @@ def quant(path: Path) -> str | None:
     except (ImportError, ValueError):
         return None
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's header entry: name, dimensions (ne0 first) and GGML type id."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+
+
+def scan(path: Path) -> tuple[dict[str, object], list[TensorInfo]]:
+    """Every scalar and string metadata value (arrays as their length) and the tensor table."""
+    values: dict[str, object] = {}
+    tensors: list[TensorInfo] = []
+    with open(path, "rb", buffering=1 << 16) as f:
+        if f.read(4) != MAGIC:
+            raise ValueError("not a GGUF file")
+        version, n_tensors, n_kv = struct.unpack("<IQQ", f.read(20))
+        if version < 2:
+            raise ValueError(f"unsupported GGUF version {version}")
+        for _ in range(n_kv):
+            name = _string(f)
+            (vtype,) = struct.unpack("<I", f.read(4))
+            if vtype == _ARRAY:
+                pos = f.tell()
+                _etype, count = struct.unpack("<IQ", f.read(12))
+                f.seek(pos)
+                _value(f, vtype)
+                values[name] = count
+            else:
+                values[name] = _value(f, vtype)
+        for _ in range(n_tensors):
+            name = _string(f)
+            (n_dims,) = struct.unpack("<I", f.read(4))
+            dims = struct.unpack(f"<{n_dims}Q", f.read(8 * n_dims))
+            ggml_type, _offset = struct.unpack("<IQ", f.read(12))
+            tensors.append(TensorInfo(name, dims, ggml_type))
+    return values, tensors
 
 
 def _read_key(path: Path, key: str) -> object:
