@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 from rich.console import Console
@@ -93,7 +93,7 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified.json")
 
 
-def read_stamp(path: Path) -> dict | None:
+def read_stamp(path: Path) -> dict[str, Any] | None:
     """The stamp beside `path` ({"size", "mtime_ns", "sha256"}), or None if missing or unreadable."""
     try:
         stamp = json.loads(_stamp_path(path).read_text())

@@ -24,6 +24,22 @@ def shard_names(name: str) -> list[str]:
     return [f"{m[1]}-{i:05d}-of-{total:05d}.gguf" for i in range(1, total + 1)]
 
 
+def match_gguf(names: list[str], wanted: str) -> str | None:
+    """`wanted` as it appears in `names`: itself, or the first shard of a split copy of it (or the
+    single file where `wanted` names a first shard), compared case-insensitively; else None."""
+    stem = _unsplit(wanted).lower()
+    exact = [n for n in names if n.lower() == wanted.lower()]
+    if exact:
+        return exact[0]
+    same = [n for n in names if _unsplit(n).lower() == stem and is_first_shard(n) and n.lower().endswith(".gguf")]
+    return min(same, default=None)
+
+
+def _unsplit(name: str) -> str:
+    m = _SHARD.match(name)
+    return f"{m[1]}.gguf" if m else name
+
+
 def is_first_shard(name: str) -> bool:
     """False for the 2nd.. files of a split GGUF (llama.cpp loads a split model from the first)."""
     m = _SHARD.match(name)
