@@ -15,7 +15,7 @@ stream of `n_ctx` cells per slot, n_ubatch = n_batch = 512, one logits row per s
   (n_ubatch x n_ctx) and one logits row per slot.
 - output buffer: n_vocab float32 per slot.
 - vision tower: the mmproj GGUF (f16 here) plus its own compute buffer.
-- process: the Python process with qwenkit and llama.cpp's libraries (57 MiB measured, 79 MiB
+- process: the Python process with qwenkit and llama.cpp's libraries (67 MiB measured, 81 MiB
   with the server's imports) plus llama.cpp's vocabulary tables (about 320 bytes per token:
   47 MiB measured for Qwen's 151,936).
 
@@ -39,9 +39,10 @@ from qwenkit.errors import QwenkitError
 from qwenkit.store.gguf_header import scan, shard_names
 
 MIB = 1 << 20
+HEADROOM = 0.95  # a model fits when it needs at most this share of the available memory
 N_UBATCH = 512
-PROCESS_BASE = 64 * MIB  # python + numpy + jinja2 + llama.cpp's libraries (57 MiB measured)
-SERVER_EXTRA = 24 * MIB  # fastapi + uvicorn + the server's modules (22 MiB measured)
+PROCESS_BASE = 72 * MIB  # python, numpy, jinja2, pydantic, the catalogue, llama.cpp's libraries (67 MiB measured)
+SERVER_EXTRA = 16 * MIB  # fastapi + uvicorn + the server's modules (14 MiB measured)
 VOCAB_BYTES_PER_TOKEN = 320  # llama.cpp's vocabulary maps and qwenkit's token pieces
 CUDA_CONTEXT = 500 * MIB  # a CUDA context and cuBLAS workspace, per GPU (typical, not measured here)
 # bytes per element of a KV cache type (llama.cpp block sizes: q8_0 34/32, q4_0 18/32)

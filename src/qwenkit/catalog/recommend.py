@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 
 from qwenkit.catalog.device import Device
 from qwenkit.catalog.family import Catalog, Variant
-from qwenkit.catalog.memory import Estimate, estimate_variant, kv_bytes
+from qwenkit.catalog.memory import HEADROOM, Estimate, estimate_variant, kv_bytes
 from qwenkit.catalog.schema import Entry
 from qwenkit.errors import QwenkitError
 
 TASKS = ("chat", "code", "math", "reasoning", "vision", "multilingual", "tools")
-HEADROOM = 0.95
 TIGHT = 0.8
 BANDWIDTH_EFFICIENCY = 0.6
 TARGET_TPS = 10.0
