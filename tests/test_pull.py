@@ -11,6 +11,8 @@ import sys
 import pytest
 from fake_hub import FakeHub
 
+from qwenkit.errors import QwenkitError
+
 REPO, FILE = "Qwen/Qwen3-0.6B-GGUF", "Qwen3-0.6B-Q8_0.gguf"  # what `qwen3-0.6b:q8_0` names
 
 
@@ -128,3 +130,14 @@ def test_unknown_names_and_sources_are_one_line_errors(hub, tmp_path):
     assert res.returncode == 1 and "unknown source" in res.stderr
     res = qwenkit(hub, tmp_path, "pull", "qwen3-8b:q4_k_m")  # not on this hub
     assert res.returncode == 1 and "Traceback" not in res.stderr
+
+
+def test_modelscope_without_its_package_says_how_to_get_it(monkeypatch, tmp_path):
+    from qwenkit.catalog.fetch import resolve
+
+    monkeypatch.setenv("QWENKIT_HOME", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "modelscope", None)  # as if not installed
+    with pytest.raises(QwenkitError, match=r'pip install "qwenkit\[modelscope\]"'):
+        resolve("qwen3-8b:q4_k_m", source="modelscope")
+    with pytest.raises(QwenkitError, match="takes catalogue names"):
+        resolve("hf:Qwen/Qwen3-8B-GGUF", source="modelscope")

@@ -7,6 +7,7 @@ files and checks each file's sha256 against ModelScope's metadata itself. Files 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from qwenkit.errors import FetchError, QwenkitError
@@ -22,9 +23,9 @@ def ms_dir() -> Path:
 
 def ensure(model_id: str, file: str | None, *, progress: bool) -> Path:
     """A GGUF (every shard) or, without `file`, a checkpoint snapshot of `model_id`."""
-    try:
-        from modelscope.hub.api import HubApi  # type: ignore[import-untyped]
-        from modelscope.hub.snapshot_download import snapshot_download  # type: ignore[import-untyped]
+    try:  # imported by name: an optional dependency without type information
+        hub_api = importlib.import_module("modelscope.hub.api").HubApi
+        snapshot_download = importlib.import_module("modelscope.hub.snapshot_download").snapshot_download
     except ImportError:
         raise QwenkitError(
             'ModelScope downloads need the modelscope package: pip install "qwenkit[modelscope]"'
@@ -37,7 +38,7 @@ def ensure(model_id: str, file: str | None, *, progress: bool) -> Path:
                     snapshot_download(model_id, local_dir=str(repo_dir))
                     (repo_dir / _COMPLETE).touch()
                 return repo_dir
-            names = [f["Path"] for f in HubApi().get_model_files(model_id, recursive=True) if f.get("Type") != "tree"]
+            names = [f["Path"] for f in hub_api().get_model_files(model_id, recursive=True) if f.get("Type") != "tree"]
             found = match_gguf(names, file)
             if found is None:
                 raise FetchError(f"modelscope:{model_id} has no {file}")
