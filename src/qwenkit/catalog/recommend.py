@@ -166,6 +166,8 @@ def _consider(cat: Catalog, v: Variant, ask: Ask, device: Device, memory: int) -
     score, reasons = _score(cat, v, ask, tps, est, memory)
     budget = min(8192, n_ctx // 2) if entry.thinking != "none" else None
     engine = "llamacpp" if v.format == "gguf" else "transformers"
+    if engine == "llamacpp" and device.kind != "cpu":
+        reasons.append("on the GPU only with a CUDA/Metal build of llama-cpp-python")
     return Pick(v, engine, n_ctx, est, tps, score, reasons, budget)
 
 
