@@ -48,7 +48,7 @@ def test_pull_downloads_verifies_and_the_result_loads(hub, tmp_path, gguf_bytes)
     assert res.returncode == 0, res.stderr
     path = tmp_path / "hf" / REPO / FILE
     assert path.read_bytes() == gguf_bytes
-    assert "qwen3-0.6b:q8_0" in res.stderr and "verify" in res.stderr  # rich bars on stderr
+    assert "download Qwen3-0.6B-Q8_0.gguf" in res.stderr and "verify" in res.stderr  # rich bars on stderr
     stamp = json.loads(path.with_name(FILE + ".verified.json").read_text())
     assert stamp["size"] == len(gguf_bytes)
 

@@ -12,6 +12,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
+
+from rich.progress import Progress
 
 from qwenkit.errors import FetchError, ModelNotFound, QwenkitError
 from qwenkit.store import cache
@@ -168,16 +171,38 @@ def _download(ref: Ref, repo_dir: Path, *, progress: bool) -> tuple[str, Path, s
     for name in names:
         if name not in infos:
             raise ModelNotFound(f"{ref.text}: no file {name} in the repo")
-        with _hub_bars(progress):
-            path = Path(hf_hub_download(ref.name, name, local_dir=repo_dir))
-        lfs = infos[name].lfs
         with cache.progress_bars(progress) as bars:
+            bar = cast(Any, rich_bar(bars, f"download {name}"))  # huggingface_hub takes any tqdm-like class
+            path = Path(hf_hub_download(ref.name, name, local_dir=repo_dir, tqdm_class=bar))
+            lfs = infos[name].lfs
             actual = cache.sha256_file(path, bars)
         if lfs is not None and actual != lfs.sha256:
             cache.remove(path)
             raise FetchError(f"cannot fetch {ref.text}: {name} does not match the Hub's sha256 (removed it)")
         cache.write_stamp(path, actual)
     return f"hf:{ref.name}/{file}", repo_dir / file, "gguf"
+
+
+def rich_bar(bars: Progress, label: str) -> type:
+    """A tqdm-like class drawing `label` on rich `bars` (huggingface_hub opens one per download)."""
+
+    class RichBar:
+        def __init__(self, *, total: int | None = None, initial: int = 0, **_: object) -> None:
+            self.task = bars.add_task(label, total=total, completed=initial)
+
+        def update(self, n: float | None = 1) -> None:  # negative when a retry restarts from zero
+            bars.advance(self.task, n or 0)
+
+        def close(self) -> None:
+            pass
+
+        def __enter__(self) -> RichBar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.close()
+
+    return RichBar
 
 
 @contextmanager
