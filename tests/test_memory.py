@@ -83,3 +83,11 @@ def test_cuda_adds_its_context_and_drops_the_cpu_repack():
     cpu = estimate_variant(CAT, v, n_ctx=8192, device="cpu")
     gpu = estimate_variant(CAT, v, n_ctx=8192, device="cuda")
     assert gpu.repacked == 0 and gpu.process > cpu.process
+
+
+def test_a_checkpoint_counts_its_tower_once():
+    v = CAT.variant("qwen2.5-vl-3b-instruct:bf16")
+    est = estimate_variant(CAT, v, n_ctx=4096)
+    tower = CAT.tower(v.entry)
+    assert est.vision < tower.params()  # only the encoder's compute buffer: the weights are in the checkpoint
+    assert est.weights >= 2 * CAT.params(v.entry)

@@ -30,7 +30,7 @@ def resolve(ref: str, *, full: bool = False, progress: bool = True, source: str 
     if source not in SOURCES:
         raise QwenkitError(f"unknown source {source!r}: auto, hf or modelscope")
     cat = catalog()
-    if not cat.is_name(ref) or ref.strip().lower() in ("default",):
+    if not cat.is_name(ref) or ref.strip().lower() == "default" or Path(ref).exists():  # a local path wins
         if source == "modelscope":
             raise QwenkitError("--source modelscope takes catalogue names (see `qwenkit models --all`)")
         return store.pull(ref, progress=progress) if full else store.resolve(ref, progress=progress)

@@ -155,11 +155,11 @@ def compute_bytes(shape: Shape, n_ctx: int, n_parallel: int) -> int:
     return activations + mask + 4 * shape.vocab * n_parallel
 
 
-def tower_bytes(tower: Tower | None, n_ubatch: int = N_UBATCH) -> int:
-    """The projector GGUF (f16) and the vision encoder's compute buffer."""
+def tower_bytes(tower: Tower | None, *, weights: bool = True, n_ubatch: int = N_UBATCH) -> int:
+    """The projector GGUF (f16) unless the weights are counted elsewhere, and the encoder's compute buffer."""
     if tower is None:
         return 0
-    return 2 * tower.params() + 4 * 4 * n_ubatch * (tower.ffn + 4 * tower.hidden)
+    return (2 * tower.params() if weights else 0) + 4 * 4 * n_ubatch * (tower.ffn + 4 * tower.hidden)
 
 
 def process_bytes(vocab: int, *, server: bool) -> int:
@@ -195,7 +195,7 @@ def estimate_variant(
         kv=kv_bytes(shape, n_ctx, n_parallel, type_k, type_v),
         compute=compute_bytes(shape, n_ctx, n_parallel),
         output=4 * shape.vocab * n_parallel,
-        vision=tower_bytes(cat.tower(entry)),
+        vision=tower_bytes(cat.tower(entry), weights=variant.format == "gguf"),  # a checkpoint holds its tower
         process=process,
         source="catalogue shapes",
         device=device,

@@ -61,12 +61,22 @@ def recommend(
     ask = Ask(task=task, n_ctx=context, n_parallel=parallel, min_tps=min_speed, model=model)
     advice = recommend(catalog(), ask, dev, budget=budget, top=top)
     if as_json:
-        print(json.dumps({"picks": [p.to_dict(parallel) for p in advice.picks], "notes": advice.notes}, indent=2))
+        machine = {
+            "kind": dev.kind,
+            "available_bytes": budget or dev.available,
+            "total_bytes": dev.total,
+            "bandwidth_gbs": dev.bandwidth_gbs,
+            "gpus": [{"name": g.name, "total_bytes": g.total, "free_bytes": g.free} for g in dev.gpus],
+        }
+        picks = [p.to_dict(parallel) for p in advice.picks]
+        print(json.dumps({"device": machine, "picks": picks, "notes": advice.notes}, indent=2))
         return
     gib = (budget or dev.available) / 2**30
     err.print(
         f"[bold]{dev.kind}[/] {dev.name}  {gib:.1f} GiB usable  task [bold]{task}[/], {ask.context} tokens x {parallel}"
     )
+    for g in dev.gpus:
+        err.print(f"  GPU {g.name}: {g.free / 2**30:.1f} GiB free of {g.total / 2**30:.1f} GiB")
     if not advice.picks:
         err.print("[yellow]nothing in the catalogue fits.[/] What would:")
         for note in advice.notes:
