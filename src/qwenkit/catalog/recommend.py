@@ -119,7 +119,7 @@ def recommend(cat: Catalog, ask: Ask, device: Device, *, budget: int | None = No
     for entry in entries:
         best = max(
             (p for v in _runnable(cat, entry, device) if (p := _consider(cat, v, ask, device, memory)) is not None),
-            key=lambda p: p.score,
+            key=lambda p: (p.score, p.variant.bits_per_weight),  # on a tie, the more precise quant
             default=None,
         )
         if best is not None:

@@ -82,19 +82,15 @@ def recommend(
         for note in advice.notes:
             err.print(f"  - {note}")
         raise typer.Exit(1)
-    table = Table("#", "engine", "context", "memory", "tok/s", "why", box=None)
-    table.columns.insert(1, Column("model", no_wrap=True))
+    table = Table("#", Column("model", no_wrap=True), "engine", "context", "memory", "tok/s", "thinking", box=None)
     for i, p in enumerate(advice.picks, 1):
+        gib = p.estimate.required / 2**30
         table.add_row(
-            str(i),
-            p.variant.name,
-            p.engine,
-            str(p.n_ctx),
-            f"{p.estimate.required / 2**30:.1f} GiB",
-            f"{p.tps:.0f}",
-            "; ".join(p.reasons),
+            str(i), p.variant.name, p.engine, str(p.n_ctx), f"{gib:.1f} GiB", f"{p.tps:.0f}", p.variant.entry.thinking
         )
     Console().print(table)
+    for i, p in enumerate(advice.picks, 1):
+        err.print(f"[dim]{i}. {'; '.join(p.reasons)}[/]")
     best = advice.picks[0]
     if best.thinking_budget:
         err.print(
