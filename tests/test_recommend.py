@@ -89,7 +89,9 @@ def test_parallel_users_multiply_the_kv_cache():
 def test_a_speed_floor_drops_slow_picks():
     advice = recommend(CAT, Ask("chat", min_tps=30), cpu(64, gbs=40))
     assert advice.picks and all(p.tps >= 30 for p in advice.picks)
-    assert recommend(CAT, Ask("chat", min_tps=10_000), cpu(64)).picks == []
+    too_fast = recommend(CAT, Ask("chat", min_tps=10_000), cpu(64))
+    assert too_fast.picks == []
+    assert any("under the --min-speed 10000" in n for n in too_fast.notes)
 
 
 def test_checkpoints_need_cuda_but_models_without_gguf_still_run_on_cpu():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from qwenkit import store
 from qwenkit.catalog.family import Catalog, Variant, catalog
@@ -19,7 +18,6 @@ from qwenkit.store import hub, ms_source, pypi_parts, refs
 from qwenkit.store.embedded import EMBEDDED
 from qwenkit.store.gguf_header import shard_names
 
-Source = Literal["auto", "hf", "modelscope"]
 SOURCES = ("auto", "hf", "modelscope")
 
 

@@ -18,7 +18,7 @@ bandwidth is what llama.cpp typically sustains.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qwenkit.catalog.device import Device
 from qwenkit.catalog.family import Catalog, Variant
@@ -258,6 +258,14 @@ def _what_would_fit(cat: Catalog, entries: list[Entry], ask: Ask, device: Device
         notes.append(
             f"at the full context, {others[0].variant.name} fits ({others[0].estimate.required / 2**30:.1f} GiB)"
         )
+    if ask.min_tps is not None:
+        unhurried = recommend(cat, replace(ask, min_tps=None), device, budget=memory, top=1).picks
+        if unhurried:
+            fastest = unhurried[0]
+            notes.append(
+                f"{fastest.variant.name} fits but decodes at ~{fastest.tps:.1f} tok/s, under the "
+                f"--min-speed {ask.min_tps:g}: a device with more memory bandwidth (a GPU) would reach it"
+            )
     if device.kind == "cpu":
         notes.append(f"or a GPU with at least {need.required / 2**30 + 0.5:.0f} GiB free")
     return notes
