@@ -45,6 +45,7 @@ bench: model
 	$(BIN)/python benchmarks/decode_speed.py
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/load_test.py
+	$(BIN)/python benchmarks/memory_estimate.py
 	$(BIN)/python benchmarks/engines_decode.py
 
 clean:

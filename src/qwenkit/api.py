@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwenkit import store
+from qwenkit.catalog.fetch import resolve
 from qwenkit.chat import load_template
 from qwenkit.engines.base import Engine
 from qwenkit.errors import QwenkitError
@@ -54,7 +54,7 @@ def load(
     """
     if engine not in ENGINES:  # before any download
         raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
-    local = store.resolve(ref, progress=progress)
+    local = resolve(ref, progress=progress)  # a catalogue name, or any store reference
     chosen = pick_engine(engine, local.format)
     eng: Engine
     if chosen == "transformers":

@@ -15,7 +15,10 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # no hard wraps: an error stays one line
 
 ModelOpt = typer.Option(
-    "default", "--model", "-m", help="Model reference: a name, hf:OWNER/REPO[/FILE] or a .gguf path."
+    "default",
+    "--model",
+    "-m",
+    help="Model: a catalogue name (qwen3-8b:q4_k_m, see `qwenkit models --all`), hf:OWNER/REPO[/FILE] or a path.",
 )
 CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (default: 8192, capped at the model's).")
 ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores).")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from qwenkit.cli.common import CtxOpt, DtypeOpt, EngineOpt, ModelOpt, QuantOpt, ThreadsOpt, app, err
+from qwenkit.errors import QwenkitError
 
 
 @app.command()
@@ -29,6 +30,9 @@ def serve(
     max_tokens_cap: int = typer.Option(8192, "--max-tokens-cap", min=1, help="Largest max_tokens a request may ask."),
     cors: list[str] = typer.Option([], "--cors-origin", help="Allowed CORS origin (repeatable; none by default)."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+    skip_memory_check: bool = typer.Option(
+        False, "--skip-memory-check", help="Start even if the memory estimate says the model will not fit."
+    ),
     effort_budgets: str = typer.Option(
         "",
         "--reasoning-effort-budgets",
@@ -40,16 +44,19 @@ def serve(
 
     import uvicorn
 
-    from qwenkit import store
     from qwenkit.api import load
+    from qwenkit.catalog.fetch import resolve
     from qwenkit.chat.budget import parse_effort_budgets
     from qwenkit.serve import ServeSettings, create_app
     from qwenkit.serve.settings import read_api_keys
 
     efforts = parse_effort_budgets(effort_budgets)
     keys = read_api_keys(api_key, api_key_file)
-    local = store.resolve(model)  # fetch in the foreground, with progress, before binding the port
+    local = resolve(model)  # fetch in the foreground, with progress, before binding the port
     from qwenkit.api import pick_engine
+
+    if pick_engine(engine, local.format) == "llamacpp" and not skip_memory_check:
+        check_fits(local.path, ctx, parallel)
 
     if pick_engine(engine, local.format) == "transformers" and local.format == "gguf":
         from qwenkit.engines.transformers import convert_gguf
@@ -91,3 +98,30 @@ def serve(
         + (f", {len(keys)} API key(s)" if keys else ", no API key required")
     )
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+def check_fits(path: Path, ctx: int | None, parallel: int) -> None:
+    """Refuse up front, with the estimate, a model and context that will not fit in available memory."""
+    from qwenkit.catalog.device import host_memory
+    from qwenkit.catalog.memory import HEADROOM, estimate_gguf
+    from qwenkit.engines.llamacpp.dryrun import dry_run
+    from qwenkit.engines.llamacpp.engine import DEFAULT_CTX
+    from qwenkit.store.gguf_header import scan
+
+    n_ctx = ctx or DEFAULT_CTX
+    values, _ = scan(path)
+    arch = values.get("general.architecture")
+    trained = values.get(f"{arch}.context_length")
+    if isinstance(trained, int) and trained > 0:
+        n_ctx = min(n_ctx, trained)  # as the engine caps it
+    est = estimate_gguf(path, n_ctx=n_ctx, n_parallel=parallel, server=True, dry_run=dry_run)
+    _total, available = host_memory()
+    gib = 2**30
+    if available and est.required > available * HEADROOM:
+        parts = ", ".join(f"{k} {v / gib:.2f}" for k, v in est.parts().items() if v)
+        raise QwenkitError(
+            f"{path.name} at --ctx {n_ctx} x --parallel {parallel} needs {est.required / gib:.1f} GiB "
+            f"({parts} GiB; {est.source}) but {available / gib:.1f} GiB is available: lower --ctx or "
+            f"--parallel, pick a smaller quantization (qwenkit recommend), or pass --skip-memory-check"
+        )
+    err.print(f"memory: needs {est.required / gib:.1f} GiB of {available / gib:.1f} GiB available ({est.source})")

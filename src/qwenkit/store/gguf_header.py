@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,22 @@ def shard_names(name: str) -> list[str]:
     return [f"{m[1]}-{i:05d}-of-{total:05d}.gguf" for i in range(1, total + 1)]
 
 
+def match_gguf(names: list[str], wanted: str) -> str | None:
+    """`wanted` as it appears in `names`: itself, or the first shard of a split copy of it (or the
+    single file where `wanted` names a first shard), compared case-insensitively; else None."""
+    stem = _unsplit(wanted).lower()
+    exact = [n for n in names if n.lower() == wanted.lower()]
+    if exact:
+        return exact[0]
+    same = [n for n in names if _unsplit(n).lower() == stem and is_first_shard(n) and n.lower().endswith(".gguf")]
+    return min(same, default=None)
+
+
+def _unsplit(name: str) -> str:
+    m = _SHARD.match(name)
+    return f"{m[1]}.gguf" if m else name
+
+
 def is_first_shard(name: str) -> bool:
     """False for the 2nd.. files of a split GGUF (llama.cpp loads a split model from the first)."""
     m = _SHARD.match(name)
@@ -92,6 +108,42 @@ def read_metadata(path: Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, KV
         return dict(_scan(buf, path, prefixes))
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's header entry: name, dimensions (ne0 first) and GGML type id."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+
+
+def scan(path: Path) -> tuple[dict[str, object], list[TensorInfo]]:
+    """Every scalar and string metadata value (arrays as their length, strings decoded) and the tensor table."""
+    values: dict[str, object] = {}
+    tensors: list[TensorInfo] = []
+    with _mapped(path) as buf:
+        entries = _scan(buf, path, ("",), array_lengths=True)
+        while True:
+            try:
+                key, kv = next(entries)
+            except StopIteration as done:
+                pos: int = done.value
+                break
+            values[key] = decoded(kv.value)
+        (n_tensors,) = struct.unpack_from("<Q", buf, 8)
+        for _ in range(n_tensors):
+            (n,) = struct.unpack_from("<Q", buf, pos)
+            name = bytes(buf[pos + 8 : pos + 8 + n]).decode("utf-8")
+            pos += 8 + n
+            (n_dims,) = struct.unpack_from("<I", buf, pos)
+            dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+            pos += 4 + 8 * n_dims
+            ggml_type, _offset = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            tensors.append(TensorInfo(name, tuple(dims), ggml_type))
+    return values, tensors
+
+
 def read_key(path: Path, key: str) -> Any:
     """The value of metadata `key` (strings decoded), reading only as far as it; None if absent."""
     with _mapped(path) as buf:
@@ -120,8 +172,13 @@ class _mapped:
             raise ValueError(f"{self.path}: malformed GGUF metadata ({exc!r})") from exc
 
 
-def _scan(buf: memoryview, path: Path, wanted: tuple[str, ...], *, exact: bool = False) -> Iterator[tuple[str, KV]]:
-    """(key, value) for each wanted key in file order; the others are skipped without being built."""
+def _scan(
+    buf: memoryview, path: Path, wanted: tuple[str, ...], *, exact: bool = False, array_lengths: bool = False
+) -> Generator[tuple[str, KV], None, int]:
+    """(key, value) for each wanted key in file order; the others are skipped without being built.
+
+    With `array_lengths`, an array's value is its length, not its items. Returns where the tensor table starts.
+    """
     version, _n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
     if version < 2:
         raise ValueError(f"{path}: GGUF version {version} is not supported")
@@ -140,22 +197,25 @@ def _scan(buf: memoryview, path: Path, wanted: tuple[str, ...], *, exact: bool =
         if vtype == ARRAY:
             sub_type, n = struct.unpack_from("<IQ", buf, pos)
             pos += 12
+            build = keep and not array_lengths
             if sub_type == STRING:
                 items: list[Any] = []
                 for _ in range(n):
                     end = string_end(pos)
-                    if keep:
+                    if build:
                         items.append(bytes(buf[pos + 8 : end]))
                     pos = end
             elif sub_type in NUMPY_DTYPES:
                 dtype = np.dtype(NUMPY_DTYPES[sub_type])
-                if keep:
+                if build:
                     array = np.frombuffer(buf, dtype=dtype, count=n, offset=pos)
                     items = array.astype(bool).tolist() if sub_type == _BOOL else array.tolist()
                 pos += dtype.itemsize * n
             else:
                 raise ValueError(f"{path}: {key} is an array of GGUF type {sub_type}, which is not supported")
-            value: KV | None = KV(vtype, items, sub_type) if keep else None
+            value: KV | None = None
+            if keep:
+                value = KV(vtype, n, sub_type) if array_lengths else KV(vtype, items, sub_type)
         elif vtype == STRING:
             end = string_end(pos)
             value = KV(vtype, bytes(buf[pos + 8 : end])) if keep else None
@@ -168,6 +228,7 @@ def _scan(buf: memoryview, path: Path, wanted: tuple[str, ...], *, exact: bool =
             raise ValueError(f"{path}: truncated GGUF metadata")
         if value is not None:
             yield key, value
+    return pos
 
 
 def decoded(value: Any) -> Any:

