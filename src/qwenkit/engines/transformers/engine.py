@@ -18,8 +18,8 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, path: str | Path, settings: TransformersSettings | None = None) -> None:
+        from qwenkit.engines.hf_vocab import Vocab
         from qwenkit.engines.transformers.convert import convert_gguf
-        from qwenkit.engines.transformers.vocab import Vocab
         from qwenkit.engines.transformers.worker import Worker
 
         s = settings or TransformersSettings()
