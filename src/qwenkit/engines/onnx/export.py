@@ -17,9 +17,11 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -90,8 +92,16 @@ def export_onnx(
         checkpoint = convert_gguf(src)
 
     def build(tmp: Path) -> None:
+        started = time.monotonic()
         _run_builder(checkpoint, tmp, precision, report)
-        stamp = {"precision": precision, "builder": version("onnxruntime-genai"), "checkpoint": str(checkpoint)}
+        stamp = {
+            "precision": precision,
+            "builder": version("onnxruntime-genai"),
+            "checkpoint": str(checkpoint),
+            "builder_seconds": round(time.monotonic() - started, 1),
+            # the largest child this process has waited for: the builder, unless an earlier one was bigger
+            "builder_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+        }
         (tmp / STAMP).write_text(json.dumps(stamp, indent=1))
 
     return publish(target, build, what=f"{src.name} ({precision})", source=src)
