@@ -48,6 +48,7 @@ class Vocab:
 
     def __init__(self, hf_tokenizer: Any, n_vocab: int, tokenizer_file: Path | None = None) -> None:
         self.hf = hf_tokenizer
+        backend: Tokenizer | None
         if tokenizer_file is not None and tokenizer_file.is_file():
             from tokenizers import Tokenizer
 

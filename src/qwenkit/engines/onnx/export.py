@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import IO
 
 from qwenkit.errors import ModelLoadError, QwenkitError
 
@@ -137,10 +138,10 @@ def _run_builder(checkpoint: Path, tmp: Path, precision: str, report: Progress) 
     report("exported", total, total)
 
 
-def _lines(stream) -> Iterator[str]:
+def _lines(stream: IO[bytes]) -> Iterator[str]:
     """Lines of a child's output, splitting on carriage returns too (tqdm redraws with them)."""
     buffer = b""
-    while chunk := stream.read1(4096):
+    while chunk := os.read(stream.fileno(), 4096):
         buffer += chunk
         *lines, buffer = re.split(rb"[\r\n]", buffer)
         yield from (line.decode("utf-8", "replace") for line in lines if line)
