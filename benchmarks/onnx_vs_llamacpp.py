@@ -235,6 +235,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--agreement-tokens", type=int, default=48)
+    parser.add_argument("--no-agreement", action="store_true", help="speed only (agreement does not depend on threads)")
     parser.add_argument("--fresh-export", action="store_true", help="also time an export into a temp directory")
     args = parser.parse_args()
 
@@ -251,14 +252,16 @@ def main() -> None:
     children["onnx_int4"] = Child("onnx", onnx_dir, args.threads)
     runs = _speed(children, args.rounds, args.tokens)
     load_after = os.getloadavg()
-    agreement = _agreement(
-        onnx_dir,
-        Path(record["checkpoint"]),
-        children["llamacpp_q4_k_m"],
-        children["onnx_int4"],
-        args.threads,
-        args.agreement_tokens,
-    )
+    agreement = None
+    if not args.no_agreement:
+        agreement = _agreement(
+            onnx_dir,
+            Path(record["checkpoint"]),
+            children["llamacpp_q4_k_m"],
+            children["onnx_int4"],
+            args.threads,
+            args.agreement_tokens,
+        )
     memory = {name: {**child.info, **child.stop()} for name, child in children.items()}
 
     def size(path: Path) -> float:
