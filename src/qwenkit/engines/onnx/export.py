@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import resource
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import IO
 
 from qwenkit.errors import ModelLoadError, QwenkitError
+
+log = logging.getLogger("qwenkit.onnx")
 
 PRECISIONS = ("int4", "int8", "fp32")
 #: Bump when what `export_onnx` writes changes (older exports are then rebuilt).
@@ -84,6 +87,7 @@ def export_onnx(
         raise ModelLoadError(f"exporting to ONNX needs {', '.join(missing)}: pip install 'qwenkit[onnx,transformers]'")
     from qwenkit.engines.transformers.convert import publish
 
+    log.warning("exporting %s to ONNX at %s (once; later loads reuse %s)", src.name, precision, target)
     report = progress or (lambda description, done, total: None)
     checkpoint = src
     if src.is_file():
