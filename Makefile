@@ -13,7 +13,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals]"
+	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -47,6 +47,7 @@ bench: model
 	$(BIN)/python benchmarks/load_test.py
 	$(BIN)/python benchmarks/memory_estimate.py
 	$(BIN)/python benchmarks/engines_decode.py
+	$(BIN)/python benchmarks/onnx_vs_llamacpp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .import_linter_cache

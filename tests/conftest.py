@@ -82,3 +82,27 @@ def converted_source(source_gguf):
     from qwenkit.engines.transformers import convert_gguf
 
     return convert_gguf(source_gguf)
+
+
+# ----- the onnx engine (skipped where onnxruntime-genai or the builder's needs are missing) ----
+
+
+def _tiny_onnx(checkpoint, tiny_cache):
+    """`checkpoint` exported to an fp32 ONNX Runtime GenAI model, once, under test-fixtures."""
+    for module in ("onnxruntime_genai", "onnx", "onnx_ir"):
+        pytest.importorskip(module, reason="the onnx extra is not installed")
+    from qwenkit.engines.onnx import export_onnx, exported_dir
+
+    return export_onnx(checkpoint, "fp32", out=tiny_cache / f"onnx-{exported_dir(checkpoint, 'fp32').name}")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_qwen2(tiny_hf_qwen2, tiny_cache):
+    """The tiny Qwen2 checkpoint as an fp32 ONNX model directory."""
+    return _tiny_onnx(tiny_hf_qwen2, tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_qwen3(tiny_hf_qwen3, tiny_cache):
+    """The tiny Qwen3 checkpoint as an fp32 ONNX model directory."""
+    return _tiny_onnx(tiny_hf_qwen3, tiny_cache)

@@ -10,16 +10,19 @@ from qwenkit.engines.base import Engine
 from qwenkit.errors import QwenkitError
 from qwenkit.model import Model
 
-ENGINES = ("auto", "llamacpp", "transformers")
+ENGINES = ("auto", "llamacpp", "transformers", "onnx")
 
 
 def pick_engine(engine: str, fmt: str) -> str:
-    """The engine to run weights of format `fmt` ("gguf" or "hf") on: `auto` picks llama.cpp
-    for a GGUF file and transformers for a checkpoint directory."""
+    """The engine to run weights of format `fmt` ("gguf", "hf" or "onnx") on: `auto` picks
+    llama.cpp for a GGUF file, transformers for a checkpoint directory and ONNX Runtime GenAI
+    for an ONNX model directory. `onnx` on a GGUF or checkpoint exports it (int4, cached)."""
     if engine not in ENGINES:
         raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
     if engine == "auto":
-        return "llamacpp" if fmt == "gguf" else "transformers"
+        return {"gguf": "llamacpp", "onnx": "onnx"}.get(fmt, "transformers")
+    if fmt == "onnx" and engine != "onnx":
+        raise QwenkitError("this is an ONNX model directory; it runs on the onnx engine (use --engine onnx)")
     if engine == "llamacpp" and fmt != "gguf":
         raise QwenkitError(
             "this is a checkpoint directory; the llama.cpp engine needs a .gguf file (use --engine transformers)"
@@ -43,9 +46,12 @@ def load(
 ) -> Model:
     """Fetch (if needed) and load a model.
 
-    `engine`: "auto" (llama.cpp for a GGUF file, transformers for a checkpoint directory),
-    "llamacpp" or "transformers" (a GGUF is then dequantized once and cached as a checkpoint).
-    `n_parallel`: requests decoded together (default 1 on llama.cpp, 8 on transformers).
+    `engine`: "auto" (llama.cpp for a GGUF file, transformers for a checkpoint directory, ONNX
+    Runtime GenAI for an ONNX model directory), "llamacpp", "transformers" (a GGUF is then
+    dequantized once and cached as a checkpoint) or "onnx" (a GGUF or checkpoint is then
+    exported to int4 once and cached, as `qwenkit export onnx` does).
+    `n_parallel`: requests decoded together (default 1 on llama.cpp, 8 on transformers; the
+    onnx engine decodes one at a time and queues the rest).
     Transformers only: `dtype` ("auto", "bf16", "fp16", "fp32"), `device_map`,
     `quantization` (None, "8bit", "4bit": bitsandbytes, CUDA only), `attn_implementation`.
 
@@ -71,6 +77,16 @@ def load(
             n_threads=n_threads,
         )
         eng = TransformersEngine(local.path, settings)
+    elif chosen == "onnx":
+        if quantization is not None or str(dtype).lower() != "auto" or device_map is not None:
+            raise QwenkitError(
+                "dtype, device_map and quantization apply to the transformers engine; "
+                "an ONNX model keeps the precision it was exported at (qwenkit export onnx --precision)"
+            )
+        from qwenkit.engines.onnx import OnnxEngine, OnnxSettings, export_onnx
+
+        path = local.path if local.format == "onnx" else export_onnx(local.path, "int4")
+        eng = OnnxEngine(path, OnnxSettings(n_ctx=n_ctx, n_threads=n_threads, max_waiting=max_waiting))
     else:
         if quantization is not None or str(dtype).lower() != "auto" or device_map is not None:
             raise QwenkitError(

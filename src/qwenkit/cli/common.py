@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 
@@ -26,7 +28,8 @@ EngineOpt = typer.Option(
     "auto",
     "--engine",
     "-e",
-    help="auto (llama.cpp for a .gguf, transformers for a checkpoint directory), llamacpp or transformers.",
+    help="auto (llama.cpp for a .gguf, transformers for a checkpoint directory, onnx for an ONNX model "
+    "directory), llamacpp, transformers or onnx (a .gguf or checkpoint is exported to int4 once).",
 )
 DtypeOpt = typer.Option("auto", "--dtype", help="Transformers engine: auto, bf16, fp16 or fp32.")
 QuantOpt = typer.Option(
@@ -45,4 +48,37 @@ def load_model(
 ):
     from qwenkit.api import load
 
+    if engine == "onnx":  # export first (once, cached) with a progress display
+        from qwenkit import store
+
+        local = store.resolve(model)
+        if local.format != "onnx":
+            export_onnx_with_progress(local.path, "int4")
     return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization)
+
+
+def export_onnx_with_progress(source: Path, precision: str, out: Path | None = None) -> Path:
+    """`qwenkit.engines.onnx.export_onnx` with a progress bar on stderr (nothing when cached)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from qwenkit.engines.onnx import export_onnx
+    from qwenkit.engines.onnx.export import exported_dir
+    from qwenkit.engines.transformers.convert import is_converted
+
+    if is_converted(out or exported_dir(source, precision)):
+        return export_onnx(source, precision, out=out)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    err.print(f"exporting {source.name} to ONNX ({precision}; once, then reused)")
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("preparing", total=None)
+
+        def report(description: str, done: int, total: int) -> None:
+            bar.update(task, description=description, completed=done, total=total)
+
+        return export_onnx(source, precision, out=out, progress=report)

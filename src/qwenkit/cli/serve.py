@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from qwenkit.cli.common import CtxOpt, DtypeOpt, EngineOpt, ModelOpt, QuantOpt, ThreadsOpt, app, err
+from qwenkit.cli.common import (
+    CtxOpt,
+    DtypeOpt,
+    EngineOpt,
+    ModelOpt,
+    QuantOpt,
+    ThreadsOpt,
+    app,
+    err,
+    export_onnx_with_progress,
+)
 from qwenkit.errors import QwenkitError
 
 
@@ -55,14 +65,17 @@ def serve(
     local = resolve(model)  # fetch in the foreground, with progress, before binding the port
     from qwenkit.api import pick_engine
 
-    if pick_engine(engine, local.format) == "llamacpp" and not skip_memory_check:
+    chosen = pick_engine(engine, local.format)
+    if chosen == "llamacpp" and not skip_memory_check:
         check_fits(local.path, ctx, parallel)
 
-    if pick_engine(engine, local.format) == "transformers" and local.format == "gguf":
+    if chosen == "transformers" and local.format == "gguf":
         from qwenkit.engines.transformers import convert_gguf
 
         err.print(f"preparing {local.name} for transformers (converted once, then reused)")
         convert_gguf(local.path)
+    elif chosen == "onnx" and local.format != "onnx":
+        export_onnx_with_progress(local.path, "int4")
     settings = ServeSettings(
         host=host,
         port=port,

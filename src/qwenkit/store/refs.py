@@ -11,7 +11,7 @@ from qwenkit.errors import ModelNotFound
 from qwenkit.store.embedded import DEFAULT_MODEL, EMBEDDED
 from qwenkit.store.gguf_header import is_gguf
 
-FORMS = "hf:OWNER/REPO[/FILE.gguf], a path to a .gguf file, or a checkpoint directory"
+FORMS = "hf:OWNER/REPO[/FILE.gguf], a path to a .gguf file, a checkpoint directory or an ONNX model directory"
 _HF_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -24,7 +24,7 @@ class Ref:
     name: str
     file: str | None = None  # hf: the file inside the repo, if given
     path: Path | None = None  # local: the resolved file or directory
-    format: Literal["gguf", "hf"] | None = None  # local only
+    format: Literal["gguf", "hf", "onnx"] | None = None  # local only
 
 
 def parse(ref: str) -> Ref:
@@ -61,8 +61,12 @@ def _parse_hf(text: str) -> Ref:
 def _parse_local(text: str) -> Ref:
     path = Path(text).expanduser().resolve()
     if path.is_dir():
+        if (path / "genai_config.json").is_file():  # what `qwenkit export onnx` writes
+            return Ref(text, "local", path.name, path=path, format="onnx")
         if not (path / "config.json").is_file():
-            raise ModelNotFound(f"{text!r} is a directory without config.json, not a checkpoint")
+            raise ModelNotFound(
+                f"{text!r} is a directory without config.json or genai_config.json, not a checkpoint or ONNX model"
+            )
         return Ref(text, "local", path.name, path=path, format="hf")
     if not path.is_file():
         raise ModelNotFound(f"no such model file or directory: {text!r}")

@@ -2,8 +2,8 @@
 
 Needs the `transformers` extra (`pip install 'qwenkit[transformers]'`): torch, transformers,
 accelerate. Modules: `engine` (the protocol), `loading` (dtype, device map, quantization),
-`convert` (the cached GGUF conversion), `vocab` (tokens <-> bytes), `sampling` (logits
-processors per request), `worker` (the batched step loop).
+`convert` (the cached GGUF conversion), `sampling` (logits processors per request), `worker`
+(the batched step loop); tokens <-> bytes are `qwenkit.engines.hf_vocab`'s.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def gguf_tokenizer(gguf: str | os.PathLike[str]) -> Path:
         tok.save_pretrained(tmp)
         conversions["tokenizer"] += 1
 
-    return _publish(out, build, what=f"the tokenizer of {gguf.name}", source=gguf)
+    return publish(out, build, what=f"the tokenizer of {gguf.name}", source=gguf)
 
 
 def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
@@ -138,7 +138,7 @@ def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
         model.save_pretrained(tmp)
         conversions["model"] += 1
 
-    return _publish(out, build, what=gguf.name, source=gguf)
+    return publish(out, build, what=gguf.name, source=gguf)
 
 
 def _config_overrides(gguf: Path) -> dict[str, int]:
@@ -167,7 +167,7 @@ def _end_of_generation_ids(tokenizer_dir: Path, eos: int | list[int] | None) -> 
     return sorted(ids)
 
 
-def _publish(out: Path, build: Callable[[Path], None], *, what: str, source: Path) -> Path:
+def publish(out: Path, build: Callable[[Path], None], *, what: str, source: Path) -> Path:
     """Build into a temp directory beside `out` and rename it into place, under a file lock."""
     if is_converted(out):
         return out

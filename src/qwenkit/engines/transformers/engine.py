@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.transformers.convert import convert_gguf
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
-from qwenkit.engines.transformers.vocab import Vocab
 from qwenkit.engines.transformers.worker import Worker
 from qwenkit.errors import ModelLoadError, QwenkitError
 

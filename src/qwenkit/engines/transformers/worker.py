@@ -29,9 +29,9 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, check_request
+from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params
-from qwenkit.engines.transformers.vocab import Vocab
 from qwenkit.errors import QwenkitError
 
 log = logging.getLogger("qwenkit.transformers")

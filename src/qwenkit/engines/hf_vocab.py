@@ -1,4 +1,6 @@
-"""Token ids <-> text with a Hugging Face tokenizer, with llama.cpp's conventions.
+"""Token ids <-> text with a Hugging Face `tokenizer.json`, with llama.cpp's conventions.
+
+Shared by the transformers and ONNX Runtime engines (it needs only the `tokenizers` package).
 
 - `tokenize(text, special=True)` parses control tokens such as `<|im_start|>`; with
   `special=False` they are plain text. Tokens that are not "special" in the tokenizer
@@ -40,7 +42,8 @@ def _byte_decoder() -> dict[str, int]:
 
 
 class Vocab:
-    """Wraps a transformers tokenizer (its `tokenizers` backend does the work)."""
+    """Wraps a transformers tokenizer or, with `hf_tokenizer=None`, `tokenizer_file` alone
+    (its `tokenizers` backend does the work)."""
 
     def __init__(self, hf_tokenizer: Any, n_vocab: int, tokenizer_file: Path | None = None) -> None:
         self.hf = hf_tokenizer

@@ -1,0 +1,273 @@
+"""`OnnxEngine`: the engine protocol on ONNX Runtime GenAI (`onnxruntime_genai`), on the CPU.
+
+A model directory is what `qwenkit export onnx` (the GenAI model builder) writes:
+`genai_config.json`, `model.onnx(.data)`, `tokenizer.json` and the chat template. qwenkit
+tokenizes with the directory's `tokenizer.json` itself (`engines.hf_vocab`), renders its own
+chat template, and drives the runtime one token at a time:
+
+    generator.append_tokens(prompt)                 # prefill
+    loop: [get_logits -> edit -> set_logits]        # only for what the runtime cannot sample
+          generate_next_token(); get_next_tokens()  # the runtime's search: greedy, or top-k/p
+          RequestOutput.on_token(...)               # end ids, stop strings, max_tokens
+          rewind_to(n - 1); append_tokens([token, *forced])  # a StepController's tokens
+
+Batching: one stream. Requests are decoded one at a time, in arrival order; the others wait in
+a bounded queue (`max_waiting`). The CPU runtime batches only static batches (rows prefilled
+and advanced together, none joining or leaving), which neither forced tokens per request nor
+requests arriving at different times fit, and its continuous-batching `Engine` needs a
+paged-attention model that the builder makes only for CUDA. `max_length` is always set to the
+request's prompt plus `max_tokens` (capped at the context): the runtime sizes the KV buffer by
+it. Cancellation is honoured between tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime_genai as og
+
+from qwenkit.engines.base import (
+    Chunk,
+    EngineStats,
+    QueueFull,
+    Request,
+    RequestHandle,
+    SamplingParams,
+    StepController,
+    check_request,
+    iterate,
+)
+from qwenkit.engines.hf_vocab import Vocab
+from qwenkit.engines.onnx.grammar import gbnf_to_lark
+from qwenkit.engines.onnx.sampling import LogitEdits, check_params, search_options
+from qwenkit.engines.output import RequestOutput
+from qwenkit.errors import ModelLoadError, QwenkitError
+
+log = logging.getLogger("qwenkit.onnx")
+
+DEFAULT_CTX = 8192
+
+
+@dataclass(frozen=True)
+class OnnxSettings:
+    """How to load an ONNX model: context size (capped at the model's), threads, queue bound."""
+
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    max_waiting: int = 64
+
+
+def is_onnx_dir(path: Path) -> bool:
+    """True for a directory ONNX Runtime GenAI can load (it has genai_config.json)."""
+    return path.is_dir() and (path / "genai_config.json").is_file()
+
+
+class OnnxEngine:
+    """Loads an ONNX Runtime GenAI model directory and decodes one request at a time."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, settings: OnnxSettings | None = None) -> None:
+        s = settings or OnnxSettings()
+        self.settings = s
+        self.path = Path(path)
+        if not is_onnx_dir(self.path):
+            raise ModelLoadError(
+                f"{self.path} is not an ONNX Runtime GenAI model directory (no genai_config.json); "
+                "make one with `qwenkit export onnx`"
+            )
+        self.genai = json.loads((self.path / "genai_config.json").read_text(encoding="utf-8"))["model"]
+        config = og.Config(str(self.path))
+        config.clear_providers()  # the CPU
+        if s.n_threads:
+            options = {"intra_op_num_threads": s.n_threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        try:
+            self.model = og.Model(config)
+        except Exception as exc:  # the runtime raises bare RuntimeErrors
+            raise ModelLoadError(f"ONNX Runtime GenAI cannot load {self.path}: {exc}") from None
+        trained = int(self.genai.get("context_length") or DEFAULT_CTX)
+        self.n_ctx = min(s.n_ctx or DEFAULT_CTX, trained)
+        self.n_vocab = int(self.genai["vocab_size"])
+        self.vocab = Vocab(None, self.n_vocab, self.path / "tokenizer.json")
+        eos = self.genai.get("eos_token_id")
+        self._eos = {int(t) for t in (eos if isinstance(eos, list) else [eos] if eos is not None else [])}
+        self._worker = _Worker(self)
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.vocab.detokenize(ids)
+
+    def chat_template(self) -> str | None:
+        jinja = self.path / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        config = self.path / "tokenizer_config.json"
+        if config.is_file():
+            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+            return template if isinstance(template, str) else None
+        return None
+
+    def architecture(self) -> str | None:
+        kind = self.genai.get("type")
+        return str(kind) if kind else None
+
+    def eos_token_ids(self) -> set[int]:
+        return set(self._eos)
+
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        emit: Callable[[Chunk], None],
+        controller: StepController | None = None,
+    ) -> RequestHandle:
+        """Queue a request whose chunks are passed to `emit` on the engine's thread."""
+        return self._worker.submit(Request(list(prompt), params, emit, controller))
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        controller: StepController | None = None,
+    ) -> Iterator[Chunk]:
+        return iterate(self, prompt, params, controller)
+
+    def stats(self) -> EngineStats:
+        return self._worker.stats()
+
+    def close(self) -> None:
+        self._worker.close()
+
+    def __enter__(self) -> OnnxEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Worker:
+    """The engine's thread: takes requests in arrival order and decodes each to its end."""
+
+    def __init__(self, engine: OnnxEngine) -> None:
+        self.engine = engine
+        self._waiting: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._running: Request | None = None
+        self._used = 0  # context positions the running request fills
+        self._prompt_tokens = 0
+        self._thread = threading.Thread(target=self._loop, name="qwenkit-onnx", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> Request:
+        check_request(request, n_ctx=self.engine.n_ctx, n_vocab=self.engine.n_vocab)
+        check_params(request.params)
+        with self._cv:
+            if self._closed:
+                raise QwenkitError("the engine is closed")
+            if len(self._waiting) >= self.max_waiting and self._running is not None:
+                raise QueueFull(f"server busy: {len(self._waiting)} requests already waiting")
+            self._waiting.append(request)
+            self._cv.notify()
+        return request
+
+    @property
+    def max_waiting(self) -> int:
+        return self.engine.settings.max_waiting
+
+    def stats(self) -> EngineStats:
+        with self._cv:
+            return EngineStats(
+                running=int(self._running is not None),
+                waiting=len(self._waiting),
+                kv_used_cells=self._used,
+                kv_total_cells=self.engine.n_ctx,
+                prefix_hit_tokens=0,  # no prefix cache on this engine
+                prompt_tokens=self._prompt_tokens,
+            )
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and not self._waiting:
+                    self._cv.wait()
+                if self._closed:
+                    break
+                request = self._running = self._waiting.popleft()
+                self._prompt_tokens += len(request.prompt)
+            out = self._output(request)
+            try:
+                if request.cancelled:
+                    out.finish("abort")
+                else:
+                    self._decode(request, out)
+            except Exception as exc:  # a failed request must not kill the thread
+                log.exception("onnx generation failed")
+                out.finish("abort", error=f"generation failed: {exc}")
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for request in waiting:
+            request.emit(Chunk("", finish_reason="abort", error="the engine is shutting down"))
+
+    def _output(self, request: Request) -> RequestOutput:
+        def release() -> None:
+            with self._cv:
+                self._running = None
+                self._used = 0
+
+        return RequestOutput(
+            request.emit,
+            request.params,
+            request.controller,
+            piece=self.engine.vocab.piece,
+            end_ids=self.engine.eos_token_ids(),
+            n_ctx=self.engine.n_ctx,
+            on_finish=release,
+        )
+
+    def _decode(self, request: Request, out: RequestOutput) -> None:
+        """Run one request to its end on a generator of its own."""
+        params = request.params
+        max_length = min(self.engine.n_ctx, len(request.prompt) + params.max_tokens + 1)
+        generator_params = og.GeneratorParams(self.engine.model)
+        generator_params.set_search_options(**search_options(params, max_length))
+        if params.grammar:
+            generator_params.set_guidance("lark_grammar", gbnf_to_lark(params.grammar))
+        generator = og.Generator(self.engine.model, generator_params)
+        edits = LogitEdits(params)
+        generator.append_tokens(np.asarray(request.prompt, dtype=np.int32))
+        used = len(request.prompt)
+        while not out.finished:
+            if request.cancelled or self._closed:
+                out.finish("abort", error=None if request.cancelled else "the engine is shutting down")
+                return
+            if edits.active:
+                logits = np.array(generator.get_logits(), dtype=np.float32).reshape(-1)
+                generator.set_logits(edits.apply(logits, out.generated)[None, None, :])
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            self._used = used
+            feed = out.on_token(token, used)
+            used += 1
+            if len(feed) > 1:  # forced tokens follow the sampled one
+                # appended after `generate_next_token`, they would leave the sampled token out of
+                # the KV cache (0.18): take it back and append it with them
+                generator.rewind_to(generator.token_count() - 1)
+                generator.append_tokens(np.asarray(feed, dtype=np.int32))
+                used += len(feed) - 1
