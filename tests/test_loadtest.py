@@ -7,9 +7,10 @@ import asyncio
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serve_helpers import IM_END, free_port, sse_events, start_server
+from serve_helpers import free_port, slot_held, start_server
 
 from qwenkit.bench.loadtest import LoadConfig, Outcome, api_base, read_prompts, run_loadtest, summarize
 from qwenkit.errors import QwenkitError
@@ -106,17 +107,16 @@ def test_streams_cancelled_by_the_client_are_counted_as_such(server):
 def test_429_from_a_full_queue_is_counted_as_such(server):
     refused_before = server.metric("qwenkit_requests_total", route=CHAT, status="429")
     served_before = server.metric("qwenkit_requests_total", route=CHAT, status="200")
-    # a long reply holds the only slot; of six requests at once, two fit in the queue
-    hog = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 64, "stream": True}
-    hog["logit_bias"] = {str(IM_END): -100}
-    with server.http() as http, http.stream("POST", CHAT, json=hog) as response:
-        assert next(e for e in sse_events(response) if e != "[DONE]" and e["choices"][0]["delta"].get("content"))
-        level = _run(LoadConfig(urls=(server.url,), concurrency=(6,), requests=6, max_tokens=4))
-    refused = server.metric("qwenkit_requests_total", route=CHAT, status="429") - refused_before
-    assert refused >= 1 and level["errors"] == {"http_429": refused}  # exactly the server's own count
-    assert level["completed"] == 6 - refused
-    # the server counts a reply when it ends: the long one, cut by leaving the block, a moment later
-    expected = served_before + level["completed"] + 1
+    # a long reply holds the only slot: of six requests at once, two fit in the queue, four are refused
+    with ThreadPoolExecutor(1) as pool:
+        with slot_held(server):
+            future = pool.submit(_run, LoadConfig(urls=(server.url,), concurrency=(6,), requests=6, max_tokens=4))
+            server.wait_metric("qwenkit_requests_total", lambda v: v >= refused_before + 4, route=CHAT, status="429")
+        level = future.result(timeout=300)  # the queued two run once the long reply is cut
+    assert level["errors"] == {"http_429": 4} and level["completed"] == 2
+    assert server.metric("qwenkit_requests_total", route=CHAT, status="429") == refused_before + 4
+    # the server counts a reply when it ends: the two, and the long one cut by leaving the block
+    expected = served_before + 3
     assert server.wait_metric("qwenkit_requests_total", lambda v: v >= expected, route=CHAT, status="200") == expected
     assert level["generated_tokens"] > 0 and level["ttft_s"]["p50"] is None  # not streamed: no first-token time
 
