@@ -146,7 +146,7 @@ def _gpu_bandwidth(torch: Any) -> float:
         dst.copy_(src)
         torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * src.element_size() / best
+    return float(2 * src.numel() * src.element_size() / best)
 
 
 def probe_model(ref: str, *, engine: str = "auto", threads: int | None = None, probe_tokens: int = 32) -> Probe:
@@ -293,10 +293,10 @@ def _probe_generation(client: openai.OpenAI, probe: Probe, probe_tokens: int) ->
 
 
 def _grade(value: float, degraded: float, unhealthy: float, *, higher_is_worse: bool) -> str:
-    worse = (lambda v, t: v > t) if higher_is_worse else (lambda v, t: v < t)
-    if worse(value, unhealthy):
+    sign = 1 if higher_is_worse else -1  # compare as "higher is worse" throughout
+    if sign * value > sign * unhealthy:
         return UNHEALTHY
-    return DEGRADED if worse(value, degraded) else HEALTHY
+    return DEGRADED if sign * value > sign * degraded else HEALTHY
 
 
 def _finding(check: str, status: str, message: str, *advice: str) -> Finding:

@@ -7,6 +7,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def meminfo() -> dict[str, int]:
     return out
 
 
-def torch_cuda():  # type: ignore[no-untyped-def]
+def torch_cuda() -> Any:
     """The torch module when it is already imported and sees a GPU, else None (never imports torch)."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():

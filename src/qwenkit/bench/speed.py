@@ -26,7 +26,7 @@ import numpy as np
 from qwenkit import store
 from qwenkit.api import load, pick_engine
 from qwenkit.bench.llama_bench import LlamaBenchRound, llama_bench_binary, run_llama_bench
-from qwenkit.bench.memory import peak_gpu_bytes, peak_rss_bytes, reset_peak_gpu, reset_peak_rss
+from qwenkit.bench.memory import meminfo, peak_gpu_bytes, peak_rss_bytes, reset_peak_gpu, reset_peak_rss
 from qwenkit.bench.stats import Spread
 from qwenkit.engines.base import Chunk, Engine, SamplingParams
 from qwenkit.engines.llamacpp.model import default_threads
@@ -141,7 +141,7 @@ class BenchResult:
 
 def random_prompt(n: int, seed: tuple[int, ...]) -> list[int]:
     """`n` ordinary token ids, different for each seed (so no two requests share a cached prefix)."""
-    return np.random.default_rng(seed).integers(*_TOKEN_RANGE, size=n).tolist()
+    return [int(t) for t in np.random.default_rng(seed).integers(*_TOKEN_RANGE, size=n)]
 
 
 @dataclass
@@ -245,8 +245,8 @@ def run_bench(config: BenchConfig, step: Callable[[str], None] = lambda _: None)
     result = BenchResult(config, local.name, local.path, local.size, local.format, local.quant, engine, threads)
     load_before = os.getloadavg()
     for r in range(config.repeat):
-        reference_first = binary is not None and r % 2 == 1  # ABBA: drift falls on both alike
-        if reference_first:
+        reference_first = r % 2 == 1  # ABBA: drift falls on both alike
+        if binary is not None and reference_first:
             result.llama_bench.append(_reference(binary, local.path, config, threads, step))
         step(f"repeat {r + 1}: load")
         result.rounds.append(_measure_round(config, r, step))
@@ -256,6 +256,7 @@ def run_bench(config: BenchConfig, step: Callable[[str], None] = lambda _: None)
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "memory_bytes": meminfo().get("MemTotal"),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     }

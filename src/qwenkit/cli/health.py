@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -49,7 +50,7 @@ def health(
         error_rate_degraded=max_error_rate,
         error_rate_unhealthy=max(max_error_rate, Thresholds.error_rate_unhealthy),
     )
-    options = {"probe_tokens": probe_tokens}
+    options: dict[str, Any] = {"probe_tokens": probe_tokens}
     if model is not None:
         options.update(engine=engine, threads=threads)
     report = check(model=model, url=url, thresholds=thresholds, api_key=api_key, **options)

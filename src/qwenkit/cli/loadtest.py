@@ -66,7 +66,8 @@ def loadtest(
 
 
 def _ms(p: dict[str, float | None], key: str) -> str:
-    return "-" if p[key] is None else f"{p[key] * 1000:.0f}"
+    value = p[key]
+    return "-" if value is None else f"{value * 1000:.0f}"
 
 
 def loadtest_table(server: dict[str, Any], *, stream: bool) -> Table:
