@@ -11,7 +11,8 @@ import sys
 import pytest
 from serve_helpers import free_port, slot_held, start_server
 
-from qwenkit.bench.health import DEGRADED, HEALTHY, UNHEALTHY, Probe, Thresholds, evaluate
+from qwenkit.bench.health import DEGRADED, HEALTHY, UNHEALTHY, Thresholds, evaluate
+from qwenkit.bench.probe import Probe
 
 CLI = [sys.executable, "-c", "from qwenkit.cli import main; main()"]
 
