@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= default
 
-.PHONY: setup model serve chat test test-fast bench clean
+.PHONY: setup model serve chat test test-fast bench bench-report clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: model
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/load_test.py
 	$(BIN)/python benchmarks/engines_decode.py
+	$(BIN)/python benchmarks/loadtest_crosscheck.py
+	$(MAKE) bench-report
+
+# BENCHMARKS.md and benchmarks/plots/ from benchmarks/results/*.json (no measuring)
+bench-report: setup
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -117,10 +117,13 @@ def _error_kind(exc: Exception) -> str:
     return "stream_error"  # an error event inside a 200 stream
 
 
-async def one_request(client: AsyncOpenAI, model: str, prompt: str, config: LoadConfig, *, cancel: bool) -> Outcome:
-    """Send one chat completion and classify how it ended."""
+async def one_request(
+    client: AsyncOpenAI, model: str, prompt: str, config: LoadConfig, *, cancel: bool, system: str | None = None
+) -> Outcome:
+    """Send one chat completion (after `system`, if given) and classify how it ended."""
     started = time.perf_counter()
-    messages: list[Any] = [{"role": "user", "content": prompt}]
+    messages: list[Any] = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
     try:
         if not config.stream:
             reply = await client.chat.completions.create(
