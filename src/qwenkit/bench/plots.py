@@ -73,10 +73,12 @@ def plot_loadtest(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -
         left.plot(xs, [lv["tokens_per_s"] for lv in levels], marker="o", label=label)
         p95 = [lv["e2e_latency_s"]["p95"] for lv in levels]
         right.plot(xs, [float("nan") if v is None else v for v in p95], marker="o", label=label)
+    levels = sorted({lv["concurrency"] for run in runs.values() for lv in run})
     for ax, ylabel, title in (
         (left, "generated tokens/s (all requests)", "throughput"),
         (right, "seconds", "p95 end-to-end latency"),
     ):
+        ax.set_xticks(levels)
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
