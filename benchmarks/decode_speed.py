@@ -25,14 +25,14 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=128)
     args = parser.parse_args()
     config = BenchConfig(
         model=args.model,
         prompt_tokens=args.prompt_tokens,
         gen_tokens=args.gen_tokens,
-        parallel=(1, 4),
+        parallel=(1,),  # aggregate throughput is the serving benchmark's
         repeat=args.repeat,
         threads=args.threads,
         vs_llama_bench=True,
