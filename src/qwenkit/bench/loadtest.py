@@ -71,6 +71,8 @@ class LoadConfig:
             raise QwenkitError("--cancel-fraction cancels streams midway: it needs --stream")
         if not self.prompts:
             raise QwenkitError("no prompts to send")
+        for url in self.urls:
+            api_base(url)  # a malformed URL is refused before anything runs
 
     def label(self, i: int) -> str:
         return self.labels[i] if self.labels else self.urls[i]
