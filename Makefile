@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= default
 
-.PHONY: setup model serve chat lint test test-fast bench clean
+.PHONY: setup model serve chat lint test test-fast bench bench-report clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx]"
+	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -48,6 +48,12 @@ bench: model
 	$(BIN)/python benchmarks/memory_estimate.py
 	$(BIN)/python benchmarks/engines_decode.py
 	$(BIN)/python benchmarks/onnx_vs_llamacpp.py
+	$(BIN)/python benchmarks/loadtest_crosscheck.py
+	$(MAKE) bench-report
+
+# BENCHMARKS.md and benchmarks/plots/ from benchmarks/results/*.json (no measuring)
+bench-report: setup
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .import_linter_cache

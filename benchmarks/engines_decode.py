@@ -1,10 +1,11 @@
 """Decode speed of the two engines on the same model, in one run: llama.cpp vs transformers.
 
 The embedded GGUF runs natively on llama.cpp (its Q4_K_M weights) and on transformers
-dequantized to float32 (the cached conversion), single stream, greedy, end-of-turn tokens
-suppressed so every round decodes the same number of tokens. Rounds alternate between the
-engines so that a machine busy with other work slows both alike; the median of the rounds is
-reported, with the load average, in `benchmarks/results/engines_decode.json`. Usage:
+dequantized to float32 (the cached conversion), one stream, greedy, end-of-turn tokens
+suppressed so every round decodes the same number of tokens: each round is one repeat of
+`qwenkit bench` per engine (`qwenkit.bench.speed.run_bench`), alternating between the engines so
+that a machine busy with other work slows both alike. Medians of the rounds go, with the load
+average, to `benchmarks/results/engines_decode.json`. Usage:
 
     .venv/bin/python benchmarks/engines_decode.py [--model default] [--threads N] [--tokens 64] [--rounds 3]
 """
@@ -19,28 +20,16 @@ import statistics
 import time
 from pathlib import Path
 
-PROMPT = (
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-    "Write a long, detailed story about a lighthouse keeper who finds a map.<|im_end|>\n<|im_start|>assistant\n"
-)
+from qwenkit.bench.speed import BenchConfig, run_bench
 
-
-def decode_tps(engine, prompt: list[int], tokens: int) -> tuple[float, float]:
-    """(decode tokens/s after the first token, seconds to the first token)."""
-    from qwenkit.engines.base import SamplingParams
-
-    suppress = tuple((t, -1000.0) for t in sorted(engine.eos_token_ids()))
-    params = SamplingParams(max_tokens=tokens, temperature=0.0, logit_bias=suppress)
-    start = time.perf_counter()
-    stamps = [time.perf_counter() for chunk in engine.generate(prompt, params) if chunk.token_ids]
-    n = len(stamps) - 1
-    return (n / (stamps[-1] - stamps[0]) if n > 0 else 0.0), stamps[0] - start
+ENGINES = ("llamacpp", "transformers")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -48,66 +37,63 @@ def main() -> None:
     import torch
     import transformers
 
-    from qwenkit import store
-    from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings
-    from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
-
-    local = store.resolve(args.model)
-    if local.format != "gguf":
-        raise SystemExit("this benchmark compares the engines on a GGUF model")
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    llama = LlamaCppEngine(local.path, LlamaCppSettings(n_ctx=1024, n_threads=args.threads))
-    llama_load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hf = TransformersEngine(
-        local.path, TransformersSettings(n_ctx=1024, n_parallel=1, n_threads=args.threads, dtype="fp32")
-    )
-    hf_load = time.perf_counter() - t0  # the conversion is cached: this is the load of the converted checkpoint
-    prompt = llama.tokenize(PROMPT)
-    assert prompt == hf.tokenize(PROMPT)
-    engines = {"llamacpp": llama, "transformers": hf}
-    for engine in engines.values():  # warm-up
-        decode_tps(engine, prompt, 4)
-    runs: dict[str, list[float]] = {name: [] for name in engines}
-    ttft: dict[str, list[float]] = {name: [] for name in engines}
+    rounds: dict[str, list[dict]] = {name: [] for name in ENGINES}
     for r in range(args.rounds):
-        for name, engine in engines.items():
-            tps, first = decode_tps(engine, prompt, args.tokens)
-            runs[name].append(tps)
-            ttft[name].append(first)
-        print(f"round {r + 1}: " + ", ".join(f"{n} {runs[n][-1]:.2f} tok/s" for n in engines), flush=True)
-    load_after = os.getloadavg()
+        for name in ENGINES if r % 2 == 0 else reversed(ENGINES):
+            config = BenchConfig(
+                model=args.model,
+                engine=name,
+                prompt_tokens=args.prompt_tokens,
+                gen_tokens=args.tokens,
+                parallel=(1,),
+                repeat=1,
+                threads=args.threads,
+                dtype="fp32" if name == "transformers" else "auto",
+            )
+            rounds[name].append(run_bench(config).to_dict())
+        print(
+            f"round {r + 1}: "
+            + ", ".join(f"{n} {rounds[n][-1]['decode_tokens_per_s']['median']:.2f} tok/s" for n in ENGINES),
+            flush=True,
+        )
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key]["median"] for run in rounds[name])
+
+    first = rounds["llamacpp"][0]
     result = {
-        "model": local.name,
-        "gguf": local.path.name,
-        "quant_llamacpp": local.quant,
-        "dtype_transformers": str(hf.model.dtype).removeprefix("torch."),
-        "converted_checkpoint": str(hf.path),
+        "model": first["model"],
+        "gguf": Path(first["model_file"]).name,
+        "quant_llamacpp": first["quantization"],
+        "dtype_transformers": "float32",
         "threads": args.threads,
-        "prompt_tokens": len(prompt),
+        "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.tokens,
         "rounds": args.rounds,
-        "llamacpp_decode_tps": statistics.median(runs["llamacpp"]),
-        "transformers_decode_tps": statistics.median(runs["transformers"]),
-        "llamacpp_ttft_s": statistics.median(ttft["llamacpp"]),
-        "transformers_ttft_s": statistics.median(ttft["transformers"]),
-        "all_rounds_tps": runs,
-        "load_s": {"llamacpp": round(llama_load, 2), "transformers_from_cache": round(hf_load, 2)},
+        "measured_at": time.strftime("%Y-%m-%d", time.gmtime()),
+        "llamacpp_decode_tps": median("llamacpp", "decode_tokens_per_s"),
+        "transformers_decode_tps": median("transformers", "decode_tokens_per_s"),
+        "llamacpp_ttft_s": median("llamacpp", "ttft_s"),
+        "transformers_ttft_s": median("transformers", "ttft_s"),
+        "all_rounds_tps": {n: [run["decode_tokens_per_s"]["median"] for run in rounds[n]] for n in ENGINES},
+        "load_s": {
+            "llamacpp": median("llamacpp", "load_s"),
+            "transformers_from_cache": median("transformers", "load_s"),
+        },
+        "peak_rss_bytes": {n: max(run["peak_rss_bytes"]["max"] for run in rounds[n]) for n in ENGINES},
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in load_after],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "cuda": torch.cuda.is_available(),
         },
     }
     result["llamacpp_over_transformers"] = result["llamacpp_decode_tps"] / max(result["transformers_decode_tps"], 1e-9)
-    llama.close()
-    hf.close()
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "engines_decode.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,9 +1,10 @@
 """Serving throughput: `qwenkit serve` against llama.cpp's `llama-server`, same load, one run.
 
 For 1, 4 and 8 concurrent clients (each sending the same prompts, 128 new tokens, greedy) it
-measures aggregate generated tokens/s on both servers (both up, taking turns wave by wave)
-and the ratio. It also measures time to first token for a request whose ~1,000-token system
-prompt is already cached against the same request uncached. Usage:
+measures aggregate generated tokens/s on both servers (both up, taking turns wave by wave in
+ABBA order) and the ratio; each wave is one `qwenkit loadtest` level of `clients` requests
+(`qwenkit.bench.loadtest.run_level`). It also measures time to first token for a request whose
+~1,000-token system prompt is already cached against the same request uncached. Usage:
 
     .venv/bin/python benchmarks/serve_load.py [--model default] [--threads 2] [--clients 1,4,8]
 """
@@ -16,90 +17,63 @@ import contextlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from openai import AsyncOpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import free_port, llama_server_cmd, qwenkit_cmd, running
 
+from qwenkit.bench.loadtest import DEFAULT_PROMPTS, LoadConfig, one_request, run_level
 from qwenkit.engines.llamacpp.vendor import tool, work_dir
 
-PROMPTS = [
-    "Write a detailed essay on the history of the printing press.",
-    "Explain, step by step, how a compiler turns source code into machine code.",
-    "Describe a walk through a busy market in a city of your choice, in detail.",
-    "Write a long story about a robot that learns to paint.",
-    "Explain the water cycle to a ten year old, with many examples.",
-    "Write a tutorial on sorting algorithms with Python examples.",
-    "Describe the life of a lighthouse keeper over one year.",
-    "Write a detailed guide to planting a vegetable garden.",
-]
 NEW_TOKENS = 128
 
 
-async def _one(client: AsyncOpenAI, prompt: str) -> int:
-    r = await client.chat.completions.create(
-        model="m",
-        messages=[{"role": "user", "content": prompt}],
-        max_tokens=NEW_TOKENS,
-        temperature=0,
-        seed=1,
-    )
-    return r.usage.completion_tokens
+def wave(base: str, clients: int, first_prompt: int) -> dict[str, Any]:
+    """`clients` requests at once (one loadtest level of exactly that many requests)."""
+    prompts = tuple(DEFAULT_PROMPTS[(first_prompt + i) % len(DEFAULT_PROMPTS)] for i in range(clients))
+    config = LoadConfig(urls=(base,), concurrency=(clients,), requests=clients, max_tokens=NEW_TOKENS, prompts=prompts)
+    level = asyncio.run(run_level(f"{base}/v1", "m", clients, config, lambda _: None))
+    if level["errors"] or level["completed"] != clients:
+        raise RuntimeError(f"a wave on {base} failed: {level['errors']}")
+    return level
 
 
-async def wave(base: str, prompts: list[str]) -> tuple[int, float]:
-    """Send `prompts` at once; (completion tokens, seconds until the last finished)."""
-    client = AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
-    started = time.perf_counter()
-    tokens = sum(await asyncio.gather(*(_one(client, p) for p in prompts)))
-    elapsed = time.perf_counter() - started
-    await client.close()
-    return tokens, elapsed
-
-
-def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict:
+def throughput(bases: dict[str, str], clients: int, rounds: int) -> dict[str, Any]:
     """Aggregate completion tokens/s per server with `clients` requests in flight.
 
     The servers take turns wave by wave, in ABBA order (A B, B A, A B, ...), so drift in the
-    machine's speed falls on both alike. Each round's own tokens/s are kept too, to show the
-    spread.
+    machine's speed falls on both alike. Each wave's own tokens/s are kept too, to show the spread.
     """
     totals = {name: [0, 0.0] for name in bases}
     per_round: dict[str, list[float]] = {name: [] for name in bases}
     for base in bases.values():
-        asyncio.run(wave(base, ["Say hi."]))  # warm-up
+        wave(base, 1, 0)  # warm-up
     for r in range(rounds):
-        prompts = [PROMPTS[(r * clients + i) % len(PROMPTS)] for i in range(clients)]
         order = list(bases.items())
         for name, base in order if r % 2 == 0 else reversed(order):
-            tokens, elapsed = asyncio.run(wave(base, prompts))
-            totals[name][0] += tokens
-            totals[name][1] += elapsed
-            per_round[name].append(round(tokens / elapsed, 2))
-    result: dict = {f"{name}_tps": tokens / elapsed for name, (tokens, elapsed) in totals.items()}
+            level = wave(base, clients, r * clients)
+            totals[name][0] += level["generated_tokens"]
+            totals[name][1] += level["wall_s"]
+            per_round[name].append(round(level["tokens_per_s"], 2))
+    result: dict[str, Any] = {f"{name}_tps": tokens / elapsed for name, (tokens, elapsed) in totals.items()}
     result.update({f"{name}_rounds_tps": tps for name, tps in per_round.items()})
     return result
 
 
 async def ttft(base: str, system: str, question: str) -> float:
+    """Seconds to the first streamed token of one request with `system` as its system prompt."""
     client = AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
-    started = time.perf_counter()
-    stream = await client.chat.completions.create(
-        model="m",
-        stream=True,
-        max_tokens=4,
-        temperature=0,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
-    )
-    first = None
-    async for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - started
-    await client.close()
-    return first if first is not None else time.perf_counter() - started
+    config = LoadConfig(urls=(base,), max_tokens=4, stream=True)
+    try:
+        outcome = await one_request(client, "m", question, config, cancel=False, system=system)
+    finally:
+        await client.close()
+    if outcome.ttft_s is None:
+        raise RuntimeError(f"no first token from {base}: {outcome.kind}")
+    return outcome.ttft_s
 
 
 def long_system_prompt() -> str:
@@ -119,7 +93,7 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--clients", default="1,4,8")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--ctx", type=int, default=4096)
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -132,6 +106,7 @@ def main() -> None:
     work = work_dir()
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": args.model, "threads": args.threads, "new_tokens": NEW_TOKENS, "levels": {}}
+    results["machine"] = {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     qport, lport = free_port(), free_port()
     q_cmd = qwenkit_cmd(str(path), qport, parallel=parallel, threads=args.threads, ctx=args.ctx)
     with contextlib.ExitStack() as stack:
@@ -152,6 +127,7 @@ def main() -> None:
             print(
                 f"{c} clients: " + ", ".join(f"{k} {v:.2f}" for k, v in level.items() if not k.endswith("rounds_tps"))
             )
+    results["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -28,6 +28,7 @@ START_TIMEOUT_S = 90.0
 
 # Qwen special-token ids (shared by Qwen2.5 and Qwen3 vocabularies).
 IM_END = 151645
+ENDOFTEXT = 151643
 THINK_CLOSE = 151668
 
 
@@ -213,3 +214,20 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
     for leak in ("Traceback", 'File "', "/site-packages/", str(REPO), '.py"'):
         assert leak not in text, f"internal detail {leak!r} in an error body: {text}"
     return error
+
+
+@contextlib.contextmanager
+def slot_held(server: Server, max_tokens: int = 600) -> Iterator[None]:
+    """Keep one decode slot busy with a long streamed reply (end tokens barred) until the block ends."""
+    body = {
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "logit_bias": {str(IM_END): -100, str(ENDOFTEXT): -100},
+    }
+    with server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = sse_events(response)  # kept referenced: a collected generator would close the stream
+        for event in events:
+            if event != "[DONE]" and event["choices"][0]["delta"].get("content"):
+                break
+        yield

@@ -1,0 +1,1 @@
+"""Measuring models and servers: `qwenkit bench`, `qwenkit loadtest` and `qwenkit health`."""
