@@ -52,6 +52,9 @@ class LlamaCppEngine:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.model.detokenize(ids)
 
+    def token_bytes(self, token: int) -> bytes:
+        return self.model.piece(token, special=True)
+
     def chat_template(self) -> str | None:
         return self.model.chat_template()
 
@@ -67,9 +70,11 @@ class LlamaCppEngine:
         params: SamplingParams,
         emit,
         controller: StepController | None = None,
+        *,
+        n: int = 1,
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.scheduler.submit(Request(list(prompt), params, emit, controller))
+        return self.scheduler.submit(Request(list(prompt), params, emit, controller, n=n))
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats()

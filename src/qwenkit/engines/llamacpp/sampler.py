@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import llama_cpp as C
 import numpy as np
 
-from qwenkit.engines.base import SamplingParams
+from qwenkit.engines.base import SamplingParams, TokenLogprob
 from qwenkit.errors import BadRequest
 
 _PENALTY_WINDOW = 64  # tokens looked back at by the repetition/presence/frequency penalties
@@ -56,10 +56,8 @@ class SamplerChain:
         if self.penalties is not None:
             self.penalties.apply(logits)
         if self.grammar is None:
-            if self.greedy:
-                token = int(logits.argmax())
-            else:
-                token = C.llama_sampler_sample(self.ptr, ctx, batch_index)  # reads the edited row
+            # the chain reads the edited row
+            token = int(logits.argmax()) if self.greedy else C.llama_sampler_sample(self.ptr, ctx, batch_index)
             self._remember(token)
             return token
         token = self._apply(self.ptr, self._candidates(logits))
@@ -107,6 +105,24 @@ class SamplerChain:
         arr = _as_array(data)
         C.llama_sampler_apply(chain, arr)
         return int(data["id"][arr.contents.selected])
+
+
+def token_logprob(ctx: C.llama_context_p, batch_index: int, n_vocab: int, token: int, top: int) -> TokenLogprob:
+    """`token`'s logprob and the `top` most likely tokens from the logits row at `batch_index`
+    (as `SamplerChain.sample` left it: after logit bias and penalties, before temperature)."""
+    return logprob_of(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, batch_index), shape=(n_vocab,)), token, top)
+
+
+def logprob_of(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """Log-softmax of `logits` at `token`, with the `top` best (token, logprob) pairs."""
+    peak = float(logits.max())
+    lse = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(logits, -top)[-top:]
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        best = tuple((int(i), float(logits[i]) - lse) for i in ids)
+    return TokenLogprob(token, float(logits[token]) - lse, best)
 
 
 def _as_array(data: np.ndarray):

@@ -72,6 +72,9 @@ class TransformersEngine:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.vocab.detokenize(ids)
 
+    def token_bytes(self, token: int) -> bytes:
+        return self.vocab.piece(token, special=True)
+
     def chat_template(self) -> str | None:
         return self.vocab.chat_template()
 
@@ -87,9 +90,11 @@ class TransformersEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        *,
+        n: int = 1,
     ):
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.worker.submit(Request(list(prompt), params, emit, controller))
+        return self.worker.submit(Request(list(prompt), params, emit, controller, n=n))
 
     def generate(
         self,

@@ -26,9 +26,9 @@ from collections import deque
 
 import torch
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, check_request
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, TokenLogprob, check_request
 from qwenkit.engines.output import RequestOutput
-from qwenkit.engines.transformers.sampling import RowSampler, check_params
+from qwenkit.engines.transformers.sampling import RowSampler, check_params, logprob_of
 from qwenkit.engines.transformers.vocab import Vocab
 from qwenkit.errors import QwenkitError
 
@@ -38,11 +38,12 @@ log = logging.getLogger("qwenkit.transformers")
 class _Row:
     """One running sequence: a row of the batch."""
 
-    def __init__(self, request: Request, sampler: RowSampler, worker: Worker) -> None:
+    def __init__(self, request: Request, sampler: RowSampler, worker: Worker, source: _Row | None = None) -> None:
         self.request: Request | None = request
         self.sampler = sampler
+        self.source = source  # another choice of the same request, whose prefill this row repeats
         self.pos = 0  # real tokens in the cache for this row (its next position id)
-        self.feed: list[int] = list(request.prompt)  # tokens to run next
+        self.feed: list[int] = [] if source else list(request.prompt)  # tokens to run next
         self.out = RequestOutput(
             request.emit,
             request.params,
@@ -105,6 +106,8 @@ class Worker:
     def submit(self, request: Request) -> Request:
         check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab)
         check_params(request.params)
+        if request.n > self.max_batch:
+            raise QwenkitError(f"n={request.n} needs as many batch rows; this engine runs {self.max_batch}")
         with self._cv:
             if self._closed:
                 raise QwenkitError("the engine is closed")
@@ -170,17 +173,21 @@ class Worker:
         if self.rows and self._mergeable is False:
             return []  # this cache cannot take new rows while others run
         admitted: list[_Row] = []
-        while self._waiting and len(self.rows) + len(admitted) < self.max_batch:
-            request = self._waiting.popleft()
-            if request.cancelled:
-                request.emit(Chunk("", finish_reason="abort"))
+        while self._waiting and len(self.rows) + len(admitted) + self._waiting[0].n <= self.max_batch:
+            choices = self._waiting.popleft().choices()
+            if choices[0].cancelled:
+                for choice in choices:
+                    choice.emit(Chunk("", finish_reason="abort"))
                 continue
             try:
-                sampler = RowSampler(request.params, self.device)
+                samplers = [RowSampler(choice.params, self.device) for choice in choices]
             except QwenkitError as exc:
-                request.emit(Chunk("", finish_reason="abort", error=str(exc)))
+                for choice in choices:
+                    choice.emit(Chunk("", finish_reason="abort", error=str(exc)))
                 continue
-            admitted.append(_Row(request, sampler, self))
+            leader = _Row(choices[0], samplers[0], self)
+            admitted.append(leader)
+            admitted += [_Row(c, s, self, source=leader) for c, s in zip(choices[1:], samplers[1:], strict=True)]
         return admitted
 
     def _drop_cancelled(self) -> None:
@@ -192,8 +199,11 @@ class Worker:
         if dropped:
             self._compact()
 
-    def _forward(self, rows: list[_Row], cache, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run each row's `feed` (left-padded to the longest) on `cache`; the last logits per row."""
+    def _forward(
+        self, rows: list[_Row], cache, mask: torch.Tensor | None, *, every: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run each row's `feed` (left-padded to the longest) on `cache`: the last logits per row
+        ([rows, vocab]), or with `every` the logits of every column ([rows, columns, vocab])."""
         width = max(len(r.feed) for r in rows)
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         new_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -211,17 +221,32 @@ class Worker:
             position_ids=positions.to(self.device),
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if every else 1,
         )
         for row in rows:
             row.pos += len(row.feed)
             row.feed = []
-        return out.logits[:, -1, :], mask.to(self.device)
+        return (out.logits if every else out.logits[:, -1, :]), mask.to(self.device)
 
     def _prefill(self, rows: list[_Row]) -> None:
-        self._prompt_tokens += sum(len(r.feed) for r in rows)
+        """Prefill the prompts of new rows together; other choices of a request repeat its row."""
+        leaders = [r for r in rows if r.source is None]
+        self._prompt_tokens += sum(len(r.feed) for r in leaders)
+        scored = [r for r in leaders if r.request.params.prompt_logprobs is not None]
+        prompts = {id(r): r.request.prompt for r in scored}
         cache = self._new_cache()
-        logits, mask = self._forward(rows, cache, None)
+        logits, mask = self._forward(leaders, cache, None, every=bool(scored))
+        if scored:
+            for i, row in enumerate(leaders):
+                if id(row) in prompts:
+                    row.out.prompt_logprobs = self._prompt_logprobs(row, prompts[id(row)], logits[i])
+            logits = logits[:, -1, :]
+        if len(leaders) < len(rows):
+            index = [leaders.index(r.source or r) for r in rows]
+            cache.batch_select_indices(torch.tensor(index, dtype=torch.long))
+            mask, logits = mask[index], logits[index]
+            for row in rows:
+                row.pos = (row.source or row).pos
         if self._mergeable is None:
             from transformers.cache_utils import DynamicLayer
 
@@ -231,8 +256,14 @@ class Worker:
         else:
             self._merge(rows, cache, mask)
         for i, row in enumerate(rows):
-            self._on_token(row, row.sampler.sample(logits[i], row.generated))
+            self._on_token(row, logits[i])
         self._compact()
+
+    def _prompt_logprobs(self, row: _Row, prompt: list[int], logits: torch.Tensor) -> list[TokenLogprob | None]:
+        """Each prompt token's logprob from the column before it (the row is left-padded)."""
+        top = row.request.params.prompt_logprobs or 0
+        start = logits.shape[0] - len(prompt)
+        return [None] + [logprob_of(logits[start + i], prompt[i + 1], top) for i in range(len(prompt) - 1)]
 
     def _merge(self, rows: list[_Row], cache, mask: torch.Tensor) -> None:
         """Append `rows` (their own cache and mask) to the running batch, left-padding the shorter."""
@@ -248,7 +279,7 @@ class Worker:
         logits, self.mask = self._forward(self.rows, self.cache, self.mask)
         for i, row in enumerate(self.rows):
             if row.request is not None:
-                self._on_token(row, row.sampler.sample(logits[i], row.generated))
+                self._on_token(row, logits[i])
         self._compact()
 
     def _compact(self) -> None:
@@ -273,8 +304,12 @@ class Worker:
     def _reset(self) -> None:
         self.rows, self.cache, self.mask = [], None, None
 
-    def _on_token(self, row: _Row, token: int) -> None:
-        feed = row.out.on_token(token, row.pos)
+    def _on_token(self, row: _Row, logits: torch.Tensor) -> None:
+        scores = row.sampler.scores(logits, row.generated)
+        token = row.sampler.pick(scores)
+        top = row.request.params.logprobs
+        logprob = None if top is None else logprob_of(scores[0], token, top)
+        feed = row.out.on_token(token, row.pos, logprob)
         if not row.out.finished:
             row.feed = feed
 
