@@ -80,4 +80,5 @@ class ChatDelta:
     finish_reason: str | None = None
     result: ChatResult | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of this delta's sampled tokens, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first delta, when asked for
     index: int = 0  # which choice of an n > 1 turn

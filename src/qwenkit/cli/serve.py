@@ -29,6 +29,12 @@ def serve(
     max_tokens_cap: int = typer.Option(8192, "--max-tokens-cap", min=1, help="Largest max_tokens a request may ask."),
     cors: list[str] = typer.Option([], "--cors-origin", help="Allowed CORS origin (repeatable; none by default)."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+    max_n: int = typer.Option(
+        4, "--max-n", min=1, max=128, help="Most choices (n, best_of) per request (at most --parallel)."
+    ),
+    served_name: str | None = typer.Option(
+        None, "--served-model-name", help="The model's id in responses (default: its catalogue name or file stem)."
+    ),
     effort_budgets: str = typer.Option(
         "",
         "--reasoning-effort-budgets",
@@ -66,6 +72,10 @@ def serve(
         max_tokens_cap=max_tokens_cap,
         cors_origins=tuple(cors),
         log_prompts=log_prompts,
+        max_n=min(max_n, parallel),  # a request's choices run side by side
+        served_name=served_name,
+        # the reference typed, unless a path (the server's file system is nobody's business)
+        model_aliases=(local.name, local.path.name, *([model] if local.source != "local" else [])),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

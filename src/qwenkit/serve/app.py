@@ -19,6 +19,7 @@ from qwenkit.serve.metrics import Metrics
 from qwenkit.serve.middleware import AccessLog, BodyLimit
 from qwenkit.serve.openai_routes import router as openai_router
 from qwenkit.serve.protocol import ModelCard, ModelList
+from qwenkit.serve.routing import ModelRoutes
 from qwenkit.serve.security import ApiKeys, RateLimiter, key_id
 from qwenkit.serve.settings import ServeSettings
 
@@ -28,9 +29,11 @@ log = logging.getLogger("qwenkit.serve")
 class _ModelHolder:
     """Loads the model on a background thread so /health can answer 503 meanwhile."""
 
-    def __init__(self, load: Callable[[], Model]) -> None:
+    def __init__(self, load: Callable[[], Model], settings: ServeSettings) -> None:
         self._load = load
+        self._settings = settings
         self.model: Model | None = None
+        self._routes: ModelRoutes | None = None
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="qwenkit-load", daemon=True)
 
@@ -39,7 +42,11 @@ class _ModelHolder:
 
     def _run(self) -> None:
         try:
-            self.model = self._load()
+            model = self._load()
+            self._routes = ModelRoutes.for_model(
+                model, served_name=self._settings.served_name, aliases=self._settings.model_aliases
+            )
+            self.model = model
         except Exception as exc:  # reported through /health and every request
             log.error("model failed to load: %s", exc)
             self.error = str(exc)
@@ -50,6 +57,12 @@ class _ModelHolder:
             raise ApiError(503, message, code="model_not_ready", headers={"Retry-After": "5"})
         return self.model
 
+    def routes(self) -> ModelRoutes:
+        """The names requests may use (once the model is ready)."""
+        self.ready()
+        assert self._routes is not None  # set before the model is published
+        return self._routes
+
     def close(self) -> None:
         self._thread.join(timeout=600)
         if self.model is not None:
@@ -59,7 +72,7 @@ class _ModelHolder:
 def create_app(load: Callable[[], Model], settings: ServeSettings | None = None) -> FastAPI:
     """An app serving the model `load()` returns (called once, in the background, at start-up)."""
     settings = settings or ServeSettings()
-    holder = _ModelHolder(load)
+    holder = _ModelHolder(load, settings)
     keys = ApiKeys(settings.api_keys)
 
     @asynccontextmanager
@@ -75,7 +88,7 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         description="An OpenAI-compatible server for the Qwen model family.",
     )
     app.state.settings = settings
-    app.state.ready_model = holder.ready
+    app.state.routes = holder.routes
     app.state.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
     app.state.metrics = Metrics(lambda: holder.model.engine.stats() if holder.model else None)
     http_errors.install(app)
@@ -116,8 +129,9 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> ModelList:
-        model = holder.ready()
-        return ModelList(data=[ModelCard(id=settings.served_name or model.name)])
+        """Every name a request's `model` may take (`root`: the model it serves)."""
+        names = holder.routes().names()
+        return ModelList(data=[ModelCard(id=name, root=root) for name, root in names.items()])
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -81,6 +81,10 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+MAX_N = 128  # the most any server allows; each server's own cap (--max-n) is in its OpenAPI schema
+MAX_TOP_LOGPROBS = 20
+
+
 class SamplingFields(_Request):
     """Sampling fields shared by chat and text completions (OpenAI's plus common extensions)."""
 
@@ -93,7 +97,7 @@ class SamplingFields(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+    n: int = Field(default=1, ge=1, le=MAX_N, description="choices to sample (at most the server's --max-n)")
     logit_bias: dict[str, float] | None = None
     user: str | None = Field(default=None, max_length=256)
     stream: bool = False
@@ -152,6 +156,8 @@ class ChatCompletionRequest(SamplingFields):
         validation_alias=AliasChoices("thinking_budget", "thinking_token_budget", "thinking_budget_tokens"),
     )
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -166,9 +172,10 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.tool_choice
         if (isinstance(choice, NamedToolChoice) or choice == "required") and not self.tools:
             raise ValueError("tool_choice requires tools")
-        if isinstance(choice, NamedToolChoice):
-            if choice.function.name not in {t.function.name for t in self.tools or []}:
-                raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+            t.function.name for t in self.tools or []
+        }:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
         return self
 
     def thinking(self) -> bool | None:
@@ -180,23 +187,29 @@ class ChatCompletionRequest(SamplingFields):
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprob_count(self) -> int | None:
+        """Alternatives per token when logprobs are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: str | list[str]
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(description="one prompt: text or token ids")
     max_tokens: int = Field(default=16, ge=1)
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N, description="choices sampled, the n likeliest returned")
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str:
-        if isinstance(value, list):
+    def _one_prompt(cls, value: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
+        if isinstance(value, list) and value and isinstance(value[0], (str, list)):
             if len(value) != 1:
                 raise ValueError("exactly one prompt is supported per request")
             value = value[0]
         if not value:
             raise ValueError("the prompt is empty")
-        return value
+        return value  # type: ignore[return-value]
 
 
 # ----- responses ---------------------------------------------------------------------------
@@ -242,11 +255,33 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None = None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -270,7 +305,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -286,7 +321,7 @@ class TextChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -303,6 +338,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "qwenkit"
+    root: str | None = None  # the model this name serves
 
 
 class ModelList(BaseModel):
