@@ -204,6 +204,7 @@ class Engine(Protocol):
 
     name: str
     n_ctx: int
+    n_vocab: int
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Token ids for `text`; `special` parses control tokens like `<|im_start|>`."""

@@ -10,15 +10,16 @@ from importlib.resources import files
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from qwenkit.model import Model
-from qwenkit.serve import http_errors
+from qwenkit.serve import http_errors, openapi
 from qwenkit.serve.http_errors import ApiError
 from qwenkit.serve.metrics import Metrics
 from qwenkit.serve.middleware import AccessLog, BodyLimit
 from qwenkit.serve.openai_routes import router as openai_router
-from qwenkit.serve.protocol import ModelCard, ModelList
+from qwenkit.serve.openapi import ModelLimits, route_errors
+from qwenkit.serve.protocol import Health, ModelCard, ModelList
 from qwenkit.serve.routing import ModelRoutes
 from qwenkit.serve.security import ApiKeys, RateLimiter, key_id
 from qwenkit.serve.settings import ServeSettings
@@ -127,26 +128,45 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
 
     app.include_router(openai_router, dependencies=[Depends(authorize)])
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models", dependencies=[Depends(authorize)], responses=route_errors(401, 429, 500, 503))
     async def list_models() -> ModelList:
         """Every name a request's `model` may take (`root`: the model it serves)."""
         names = holder.routes().names()
         return ModelList(data=[ModelCard(id=name, root=root) for name, root in names.items()])
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Loading, or the model failed to load"}},
+    )
     async def health() -> JSONResponse:
         if holder.model is None:
             status = "error" if holder.error else "loading"
             return JSONResponse({"status": status}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    prometheus = {"text/plain": {"schema": {"type": "string", "description": "Prometheus text format 0.0.4"}}}
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus metrics", "content": prometheus}},
+    )
     async def metrics() -> Response:
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return files("qwenkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def limits() -> ModelLimits | None:
+        model = holder.model
+        if model is None:
+            return None
+        n_ctx = model.engine.n_ctx
+        return ModelLimits(model.engine.n_vocab, min(settings.max_prompt_tokens or n_ctx - 1, n_ctx - 1))
+
+    openapi.install(app, settings, limits)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -3,6 +3,7 @@ legacy completions (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`)."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from qwenkit.engines.base import TokenLogprob
@@ -11,13 +12,20 @@ from qwenkit.serve.protocol import ChatTokenLogprob, ChoiceLogprobs, CompletionL
 TokenBytes = Callable[[int], bytes]
 
 
+FLOOR = -9999.0  # for a token the (edited) logits rule out: JSON has no -inf (vLLM reports the same)
+
+
+def _finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else (0.0 if logprob > 0 else FLOOR)
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")  # a token that splits a character: U+FFFD (`bytes` is exact)
 
 
 def _top(token_bytes: TokenBytes, token: int, logprob: float) -> TopLogprob:
     raw = token_bytes(token)
-    return TopLogprob(token=_text(raw), logprob=logprob, bytes=list(raw))
+    return TopLogprob(token=_text(raw), logprob=_finite(logprob), bytes=list(raw))
 
 
 def chat_logprobs(token_bytes: TokenBytes, logprobs: Sequence[TokenLogprob]) -> ChoiceLogprobs:
@@ -39,8 +47,8 @@ def completion_logprobs(
     for token, lp in zip(tokens, logprobs, strict=True):
         text = _text(token_bytes(token))
         out.tokens.append(text)
-        out.token_logprobs.append(None if lp is None else lp.logprob)
-        out.top_logprobs.append(None if lp is None else {_text(token_bytes(t)): v for t, v in lp.top})
+        out.token_logprobs.append(None if lp is None else _finite(lp.logprob))
+        out.top_logprobs.append(None if lp is None else {_text(token_bytes(t)): _finite(v) for t, v in lp.top})
         out.text_offset.append(offset)
         offset += len(text)
     return out

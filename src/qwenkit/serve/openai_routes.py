@@ -18,6 +18,7 @@ from qwenkit.results import ChatResult
 from qwenkit.serve import structured
 from qwenkit.serve.http_errors import ApiError, error_body
 from qwenkit.serve.logprobs import chat_logprobs, completion_logprobs
+from qwenkit.serve.openapi import route_errors, streamed
 from qwenkit.serve.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -85,6 +86,8 @@ def _prepare_chat(
         raise ApiError(
             400, f"too many messages: {len(body.messages)} (at most {settings.max_messages})", param="messages"
         )
+    if body.max_tokens is not None:  # the field that loses to max_completion_tokens is still checked
+        _max_tokens(body.max_tokens, settings)
     limit = _max_tokens(body.limit(), settings)
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     choice = body.tool_choice
@@ -130,12 +133,12 @@ def _log_prompt(request: Request, prompt: object) -> None:
         )
 
 
-def _max_tokens(asked: int | None, settings) -> int:
+def _max_tokens(asked: int | None, settings, default: int | None = None) -> int:
     if asked is not None and asked > settings.max_tokens_cap:
         raise ApiError(
             400, f"max_tokens is {asked}; this server allows at most {settings.max_tokens_cap}", param="max_tokens"
         )
-    return asked or settings.default_max_tokens
+    return asked or min(default or settings.default_max_tokens, settings.max_tokens_cap)
 
 
 def _check_prompt(turn: PreparedTurn, settings, model: Model, param: str = "messages") -> None:
@@ -192,7 +195,14 @@ def _spend(request: Request, results: list[ChatResult]) -> None:
     request.app.state.limiter.spend(request.state.bucket, _usage(results).total_tokens)
 
 
-@router.post("/v1/chat/completions", response_model=None)
+_ERRORS = route_errors(400, 401, 404, 413, 429, 500, 503)
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={**streamed(ChatCompletion, "The completion, or with `stream` its chunks"), **_ERRORS},
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     route = _route(request, body.model)
     model = route.model
@@ -257,7 +267,11 @@ async def _chat_events(
             yield usage.model_dump_json(exclude_none=True)
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses={**streamed(Completion, "The completion, or with `stream` its chunks"), **_ERRORS},
+)
 async def completions(body: CompletionRequest, request: Request):
     route = _route(request, body.model)
     model = route.model
@@ -269,7 +283,7 @@ async def completions(body: CompletionRequest, request: Request):
     logprobs = body.logprobs if body.logprobs is not None or sampled == n else 0
     turn = model.prepare_completion(
         body.prompt,
-        max_tokens=_max_tokens(body.max_tokens, settings),
+        max_tokens=_max_tokens(body.max_tokens, settings, default=16),
         logprobs=logprobs,
         prompt_logprobs=body.logprobs if body.echo else None,
         **route.options,

@@ -46,6 +46,10 @@ class LlamaCppEngine:
             self.model.close()
             raise
 
+    @property
+    def n_vocab(self) -> int:
+        return self.model.n_vocab
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.model.tokenize(text, special=special)
 

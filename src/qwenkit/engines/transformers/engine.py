@@ -66,6 +66,10 @@ class TransformersEngine:
     def device(self):
         return self.worker.device
 
+    @property
+    def n_vocab(self) -> int:
+        return self.worker.n_vocab
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.vocab.tokenize(text, special=special)
 
