@@ -162,3 +162,23 @@ def test_every_listed_model_is_served(client):
     for name in names:
         r = client.completions.create(model=name, prompt="hi", max_tokens=1, **GREEDY)
         assert r.model == client.models.list().data[0].id  # responses name the model they ran
+
+
+def test_tokenize_and_detokenize_round_trip(server):
+    with server.http() as h:
+        pieces = h.post("/tokenize", json={"content": "Hello world", "with_pieces": True}).json()
+        ids = [t["id"] for t in pieces["tokens"]]
+        assert "".join(t["piece"] for t in pieces["tokens"]) == "Hello world"
+        assert pieces["count"] == len(ids) and pieces["max_model_len"] == 1024
+        assert h.post("/tokenize", json={"prompt": "Hello world"}).json()["tokens"] == ids
+        assert h.post("/detokenize", json={"tokens": ids}).json() == {"content": "Hello world", "prompt": "Hello world"}
+        assert_openai_error(h.post("/detokenize", json={"tokens": [10**7]}), 400)
+
+
+def test_tokenize_messages_counts_what_a_chat_turn_charges(client, server):
+    usage = client.chat.completions.create(model="default", messages=HELLO, max_tokens=1, **GREEDY).usage
+    with server.http() as h:
+        whole = h.post("/tokenize", json={"messages": HELLO}).json()
+        bare = h.post("/tokenize", json={"messages": HELLO, "add_generation_prompt": False}).json()
+    assert whole["count"] == usage.prompt_tokens
+    assert bare["tokens"] == whole["tokens"][: bare["count"]] and bare["count"] < whole["count"]

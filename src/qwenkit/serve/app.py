@@ -23,6 +23,7 @@ from qwenkit.serve.protocol import Health, ModelCard, ModelList
 from qwenkit.serve.routing import ModelRoutes
 from qwenkit.serve.security import ApiKeys, RateLimiter, key_id
 from qwenkit.serve.settings import ServeSettings
+from qwenkit.serve.tokens_routes import router as tokens_router
 
 log = logging.getLogger("qwenkit.serve")
 
@@ -127,6 +128,7 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
             )
 
     app.include_router(openai_router, dependencies=[Depends(authorize)])
+    app.include_router(tokens_router, dependencies=[Depends(authorize)])
 
     @app.get("/v1/models", dependencies=[Depends(authorize)], responses=route_errors(401, 429, 500, 503))
     async def list_models() -> ModelList:

@@ -115,6 +115,9 @@ def _model_limits(doc: dict[str, Any], limits: ModelLimits) -> None:
         for branch in _branches(props.get("logit_bias")):
             if branch.get("type") == "object":
                 branch.setdefault("propertyNames", {})["pattern"] = bias
+    tokens = schemas.get("DetokenizeRequest", {}).get("properties", {}).get("tokens", {})
+    if tokens.get("items", {}).get("type") == "integer":
+        tokens["items"]["maximum"] = limits.n_vocab - 1
     prompt = schemas.get("CompletionRequest", {}).get("properties", {}).get("prompt")
     for branch in _branches(prompt):
         ids = branch if branch.get("items", {}).get("type") == "integer" else branch.get("items", {})

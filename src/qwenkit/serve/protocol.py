@@ -273,6 +273,27 @@ class CompletionRequest(SamplingFields):
         return value  # type: ignore[return-value]
 
 
+class TokenizeRequest(_Request):
+    """llama-server's (`content`, `with_pieces`) and vLLM's (`prompt` or `messages`) shapes."""
+
+    model: str | None = None
+    content: str | None = Field(default=None, description="text to tokenize (llama-server)")
+    prompt: str | None = Field(default=None, description="text to tokenize (vLLM); wins over `content`")
+    messages: list[ChatMessage] | None = Field(
+        default=None, description="a conversation, rendered with the chat template; wins over text"
+    )
+    tools: list[ToolDef] | None = None
+    add_generation_prompt: bool = True
+    add_special: bool = Field(default=False, description="accepted; Qwen adds no special tokens of its own")
+    add_special_tokens: bool = Field(default=False, description="as `add_special`")
+    with_pieces: bool = Field(default=False, description="each token as {id, piece} (llama-server)")
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[TokenId]
+
+
 # ----- responses ---------------------------------------------------------------------------
 
 
@@ -405,6 +426,22 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenPiece(BaseModel):
+    id: int
+    piece: str
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int] | list[TokenPiece]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    content: str  # llama-server's name
+    prompt: str  # vLLM's name
 
 
 class Health(BaseModel):
