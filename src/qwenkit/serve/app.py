@@ -20,6 +20,8 @@ from qwenkit.serve.middleware import AccessLog, BodyLimit
 from qwenkit.serve.openai_routes import router as openai_router
 from qwenkit.serve.openapi import ModelLimits, route_errors
 from qwenkit.serve.protocol import Health, ModelCard, ModelList
+from qwenkit.serve.responses_routes import ResponseStore
+from qwenkit.serve.responses_routes import router as responses_router
 from qwenkit.serve.routing import ModelRoutes
 from qwenkit.serve.security import ApiKeys, RateLimiter, key_id
 from qwenkit.serve.settings import ServeSettings
@@ -129,6 +131,8 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
 
     app.include_router(openai_router, dependencies=[Depends(authorize)])
     app.include_router(tokens_router, dependencies=[Depends(authorize)])
+    app.include_router(responses_router, dependencies=[Depends(authorize)])
+    app.state.responses = ResponseStore(settings.max_stored_responses)
 
     @app.get("/v1/models", dependencies=[Depends(authorize)], responses=route_errors(401, 429, 500, 503))
     async def list_models() -> ModelList:

@@ -46,7 +46,7 @@ router = APIRouter()
 log = logging.getLogger("qwenkit.prompts")
 
 
-def _usage(results: list[ChatResult]) -> UsageInfo:
+def usage_of(results: list[ChatResult]) -> UsageInfo:
     """One request's usage: the prompt once (its choices share it), every choice's completion."""
     first = results[0].usage
     completion = sum(r.usage.completion_tokens for r in results)
@@ -61,7 +61,7 @@ def _usage(results: list[ChatResult]) -> UsageInfo:
     )
 
 
-def _route(request: Request, name: str | None) -> Route:
+def resolve_route(request: Request, name: str | None) -> Route:
     """The target a request's `model` names (404 `model_not_found` for an unknown one)."""
     return request.app.state.routes().resolve(name)
 
@@ -78,7 +78,7 @@ def _tool_out(call: Any, index: int) -> ToolCallOut:
     )
 
 
-def _prepare_chat(
+def prepare_chat(
     model: Model, body: ChatCompletionRequest, request: Request, options: Mapping[str, Any]
 ) -> PreparedTurn:
     settings = request.app.state.settings
@@ -152,12 +152,12 @@ def _check_prompt(turn: PreparedTurn, settings, model: Model, param: str = "mess
         )
 
 
-def _finish(result: ChatResult, parallel: bool) -> tuple[str, list]:
+def finish_of(result: ChatResult, parallel: bool) -> tuple[str, list]:
     calls = result.tool_calls if parallel else result.tool_calls[:1]
     return result.finish_reason, calls
 
 
-async def _collect(model: Model, turn: PreparedTurn, request: Request, n: int = 1) -> list[ChatResult]:
+async def collect(model: Model, turn: PreparedTurn, request: Request, n: int = 1) -> list[ChatResult]:
     """Run a turn's `n` choices to the end (results by index), cancelling them if the client
     goes away meanwhile."""
 
@@ -191,8 +191,8 @@ async def _collect(model: Model, turn: PreparedTurn, request: Request, n: int = 
         raise ApiError(503, f"generation failed: {exc}") from None
 
 
-def _spend(request: Request, results: list[ChatResult]) -> None:
-    request.app.state.limiter.spend(request.state.bucket, _usage(results).total_tokens)
+def spend(request: Request, results: list[ChatResult]) -> None:
+    request.app.state.limiter.spend(request.state.bucket, usage_of(results).total_tokens)
 
 
 _ERRORS = route_errors(400, 401, 404, 413, 429, 500, 503)
@@ -204,21 +204,21 @@ _ERRORS = route_errors(400, 401, 404, 413, 429, 500, 503)
     responses={**streamed(ChatCompletion, "The completion, or with `stream` its chunks"), **_ERRORS},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    route = _route(request, body.model)
+    route = resolve_route(request, body.model)
     model = route.model
     n = _choices(body.n, request.app.state.settings)
-    turn = _prepare_chat(model, body, request, route.options)
+    turn = prepare_chat(model, body, request, route.options)
     rid = new_id("chatcmpl")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # submit now: a full queue is a 429, not a broken 200
         deltas = run_turn(model, turn, request.app.state.metrics, n=n)
-        return _sse(_chat_events(route, deltas, request, rid, include_usage, body.parallel_tool_calls, n))
-    results = await _collect(model, turn, request, n)
-    _spend(request, results)
+        return sse(_chat_events(route, deltas, request, rid, include_usage, body.parallel_tool_calls, n))
+    results = await collect(model, turn, request, n)
+    spend(request, results)
     choices = []
     for i, result in enumerate(results):
-        finish, calls = _finish(result, body.parallel_tool_calls)
+        finish, calls = finish_of(result, body.parallel_tool_calls)
         message = AssistantMessage(
             content=result.content if (result.content or not calls) else None,
             reasoning_content=result.reasoning,
@@ -227,7 +227,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         )
         logprobs = None if result.logprobs is None else chat_logprobs(model.engine.token_bytes, result.logprobs)
         choices.append(ChatChoice(index=i, message=message, finish_reason=finish, logprobs=logprobs))
-    return ChatCompletion(id=rid, model=route.name, choices=choices, usage=_usage(results))
+    return ChatCompletion(id=rid, model=route.name, choices=choices, usage=usage_of(results))
 
 
 async def _chat_events(
@@ -261,9 +261,9 @@ async def _chat_events(
             results.append(delta.result)
             yield event(i, DeltaMessage(), delta.finish_reason)
     if len(results) == n:
-        _spend(request, results)
+        spend(request, results)
         if include_usage:
-            usage = ChatCompletionChunk(id=rid, model=route.name, choices=[], usage=_usage(results))
+            usage = ChatCompletionChunk(id=rid, model=route.name, choices=[], usage=usage_of(results))
             yield usage.model_dump_json(exclude_none=True)
 
 
@@ -273,7 +273,7 @@ async def _chat_events(
     responses={**streamed(Completion, "The completion, or with `stream` its chunks"), **_ERRORS},
 )
 async def completions(body: CompletionRequest, request: Request):
-    route = _route(request, body.model)
+    route = resolve_route(request, body.model)
     model = route.model
     settings = request.app.state.settings
     n = _choices(body.n, settings)
@@ -295,18 +295,18 @@ async def completions(body: CompletionRequest, request: Request):
     if body.stream and sampled == n:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         deltas = run_turn(model, turn, request.app.state.metrics, n=n)  # submit now (see chat_completions)
-        return _sse(_completion_events(route, deltas, request, rid, echo, include_usage, body.logprobs, n))
-    results = await _collect(model, turn, request, sampled)
-    _spend(request, results)
+        return sse(_completion_events(route, deltas, request, rid, echo, include_usage, body.logprobs, n))
+    results = await collect(model, turn, request, sampled)
+    spend(request, results)
     kept = sorted(results, key=_likelihood, reverse=True)[:n] if sampled > n else results
     scored = results[0].prompt_logprobs  # the first choice scores the prompt for all
     choices = [_text_choice(model, i, r, echo, body.logprobs, scored) for i, r in enumerate(kept)]
-    whole = Completion(id=rid, model=route.name, usage=_usage(results), choices=choices)
+    whole = Completion(id=rid, model=route.name, usage=usage_of(results), choices=choices)
     if not body.stream:
         return whole
     # best_of with stream: the choices are known only at the end, sent then as one event each
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return _sse(_replay(whole, include_usage))
+    return sse(_replay(whole, include_usage))
 
 
 def _likelihood(result: ChatResult) -> float:
@@ -390,14 +390,14 @@ async def _completion_events(
             results.append(delta.result)
             yield event(i, "", delta.finish_reason)
     if len(results) == n:
-        _spend(request, results)
+        spend(request, results)
         if include_usage:
-            yield Completion(id=rid, model=route.name, choices=[], usage=_usage(results)).model_dump_json(
+            yield Completion(id=rid, model=route.name, choices=[], usage=usage_of(results)).model_dump_json(
                 exclude_none=True
             )
 
 
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+def sse(events: AsyncIterator[str]) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for data in events:
