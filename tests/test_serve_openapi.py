@@ -23,7 +23,7 @@ from serve_helpers import start_server
 from qwenkit.serve.openapi import _range_pattern
 
 KEY = "schema-key"
-CASES_PER_ROUTE = int(os.environ.get("QWENKIT_SCHEMATHESIS_CASES", "25"))  # plus the coverage phase's boundary cases
+CASES_PER_ROUTE = int(os.environ.get("QWENKIT_SCHEMATHESIS_CASES", "15"))  # plus the coverage phase's boundary cases
 SEED = 1
 TESTS = Path(__file__).resolve().parent
 
@@ -65,7 +65,7 @@ def test_schemathesis_finds_no_mismatch(server):
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=str(TESTS))
     report = run.stdout[-12000:] + run.stderr[-3000:]
     assert run.returncode == 0, report
-    assert "No issues found" in run.stdout, report
+    assert re.search(r"(\d+) generated, \1 passed", run.stdout), report
 
 
 def test_document_states_errors_content_types_and_limits(server):

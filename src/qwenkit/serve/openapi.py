@@ -102,6 +102,11 @@ def _settings_limits(doc: dict[str, Any], s: ServeSettings) -> None:
             _bound(props.get(key), "integer", maximum=s.max_tokens_cap)
         for key in ("n", "best_of"):
             _bound(props.get(key), "integer", maximum=s.max_n)
+    _bound(
+        schemas.get("ResponsesRequest", {}).get("properties", {}).get("max_output_tokens"),
+        "integer",
+        maximum=s.max_tokens_cap,
+    )
     messages = schemas.get("ChatCompletionRequest", {}).get("properties", {}).get("messages")
     if messages is not None:
         messages["maxItems"] = s.max_messages

@@ -280,7 +280,7 @@ class TokenizeRequest(_Request):
     content: str | None = Field(default=None, description="text to tokenize (llama-server)")
     prompt: str | None = Field(default=None, description="text to tokenize (vLLM); wins over `content`")
     messages: list[ChatMessage] | None = Field(
-        default=None, description="a conversation, rendered with the chat template; wins over text"
+        default=None, min_length=1, description="a conversation, rendered with the chat template; wins over text"
     )
     tools: list[ToolDef] | None = None
     add_generation_prompt: bool = True

@@ -122,7 +122,9 @@ class ResponsesRequest(_Request):
     model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_TOOL_CHOICE_NEEDS_TOOLS)
 
     model: str | None = None
-    input: str | list[InputItem] = Field(description="text (a user message), or a list of items")
+    input: str | Annotated[list[InputItem], Field(min_length=1)] = Field(
+        description="text (a user message), or a list of items"
+    )
     instructions: str | None = Field(default=None, description="a system message for this response only")
     previous_response_id: str | None = Field(default=None, description="continue a stored response")
     tools: list[FunctionTool] | None = None

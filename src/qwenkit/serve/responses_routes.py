@@ -62,14 +62,14 @@ class ResponseStore:
         self.capacity = capacity
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
 
-    def get(self, response_id: str) -> StoredResponse:
+    def get(self, response_id: str, param: str | None = None) -> StoredResponse:
         stored = self._items.get(response_id)
         if stored is None:
             raise ApiError(
                 404,
                 f"no stored response {response_id!r} (this server keeps the last {self.capacity}, in memory)",
                 code="response_not_found",
-                param="previous_response_id",
+                param=param,
             )
         self._items.move_to_end(response_id)
         return stored
@@ -88,7 +88,7 @@ class ResponseStore:
 def input_messages(items: str | Sequence[InputItem]) -> list[dict[str, Any]]:
     """Chat messages for a request's `input`: text is a user message; function calls join the
     assistant message before them; a reasoning item becomes the next assistant message's
-    `reasoning_content`."""
+    `reasoning_content` (or one of its own when none follows)."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     out: list[dict[str, Any]] = []
@@ -116,6 +116,8 @@ def input_messages(items: str | Sequence[InputItem]) -> list[dict[str, Any]]:
         else:  # reasoning
             parts = item.content if item.content is not None else item.summary
             reasoning = "".join(p.text for p in parts)
+    if reasoning is not None:  # reasoning with no answer after it: an assistant turn of its own
+        out.append({"role": "assistant", "content": "", "reasoning_content": reasoning})
     return out
 
 
@@ -304,7 +306,7 @@ def _conversation(messages: list[dict[str, Any]], result: ChatResult, parallel: 
 async def create_response(body: ResponsesRequest, request: Request):
     route = resolve_route(request, body.model)
     store: ResponseStore = request.app.state.responses
-    history = store.get(body.previous_response_id).messages if body.previous_response_id else []
+    history = store.get(body.previous_response_id, "previous_response_id").messages if body.previous_response_id else []
     messages = history + input_messages(body.input)
     turn = prepare_chat(route.model, chat_request(body, messages), request, route.options)
     rid = new_id("resp")
@@ -322,7 +324,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     return response
 
 
-@router.get("/v1/responses/{response_id}", responses=route_errors(401, 404, 429, 500, 503))
+@router.get("/v1/responses/{response_id}", operation_id="get_response", responses=route_errors(401, 404, 429, 500, 503))
 async def get_response(response_id: str, request: Request) -> Response:
     """A stored response (the last ones this server made with `store`)."""
     request.app.state.routes()  # 503 while the model loads, like every model route

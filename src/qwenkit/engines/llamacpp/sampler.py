@@ -10,11 +10,12 @@ import llama_cpp as C
 import numpy as np
 
 from qwenkit.engines.base import SamplingParams, TokenLogprob
-from qwenkit.errors import BadRequest
+from qwenkit.errors import BadRequest, QwenkitError
 
 _PENALTY_WINDOW = 64  # tokens looked back at by the repetition/presence/frequency penalties
 
 
+_LOGIT_LIMIT = np.float32(1e30)  # penalties never push a logit past this (softmax stays finite)
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -61,13 +62,20 @@ class SamplerChain:
             self._remember(token)
             return token
         token = self._apply(self.ptr, self._candidates(logits))
-        one = np.zeros(1, dtype=_TOKEN_DATA)
-        one["id"], one["logit"] = token, 1.0
-        if not np.isfinite(self._filter(one)[0]["logit"]):  # rejected: constrain, then sample again
-            candidates = self._filter(self._candidates(logits))
-            token = self._apply(self.ptr, candidates)
+        if not self._allows(token):  # rejected: constrain, then sample again
+            token = self._apply(self.ptr, self._filter(self._candidates(logits)))
+            if not self._allows(token):  # degenerate logits (e.g. all -inf): the likeliest allowed token
+                allowed = self._filter(self._candidates(logits))
+                token = int(allowed["id"][np.argmax(allowed["logit"])])
+                if not self._allows(token):  # accepting it would throw inside llama.cpp
+                    raise QwenkitError("the output grammar allows no token here")
         self.accept(token)
         return token
+
+    def _allows(self, token: int) -> bool:
+        one = np.zeros(1, dtype=_TOKEN_DATA)
+        one["id"], one["logit"] = token, 1.0
+        return bool(np.isfinite(self._filter(one)[0]["logit"]))
 
     def accept(self, token: int) -> None:
         """Record a chosen or forced token in the chain, the penalties and the grammar."""
@@ -175,8 +183,10 @@ class _Penalties:
         ids = np.fromiter(self.counts, dtype=np.int64, count=len(self.counts))
         counts = np.fromiter(self.counts.values(), dtype=np.float32, count=len(self.counts))
         x = logits[ids]
-        x = np.where(x <= 0, x * self.repeat, x / self.repeat)
-        logits[ids] = x - (counts * self.frequency + self.presence)
+        # a penalty near 0 (or 0 once in float32) makes infinities, which would be NaN in the sampler
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            x = np.where(x <= 0, x * self.repeat, x / self.repeat)
+        logits[ids] = np.clip(x - (counts * self.frequency + self.presence), -_LOGIT_LIMIT, _LOGIT_LIMIT)
 
 
 def _samplers(p: SamplingParams) -> Iterator:

@@ -23,6 +23,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+_LOGIT_LIMIT = 1e30
 PENALTY_WINDOW = 64  # as the llama.cpp engine: tokens looked back at by the penalties
 
 
@@ -53,7 +54,7 @@ class _Penalties:
         if self.frequency or self.presence:
             ids, counts = torch.unique(window, return_counts=True)
             scores[0, ids] -= counts.to(scores.dtype) * self.frequency + self.presence
-        return scores
+        return scores.clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT)  # a penalty near 0 makes infinities (NaN when sampled)
 
 
 class RowSampler:
