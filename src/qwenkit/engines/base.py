@@ -204,7 +204,11 @@ class Engine(Protocol):
 
     name: str
     n_ctx: int
-    n_vocab: int
+
+    @property
+    def n_vocab(self) -> int:
+        """Token ids are 0..n_vocab-1."""
+        ...
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Token ids for `text`; `special` parses control tokens like `<|im_start|>`."""

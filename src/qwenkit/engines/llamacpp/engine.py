@@ -48,7 +48,7 @@ class LlamaCppEngine:
 
     @property
     def n_vocab(self) -> int:
-        return self.model.n_vocab
+        return int(self.model.n_vocab)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.model.tokenize(text, special=special)

@@ -41,6 +41,7 @@ class _Slot:
         self.last_used = 0.0
         self.followers: list[Request] = []  # the other choices of an n > 1 request, admitted after its prefill
         self.prompt_logprobs: list[TokenLogprob | None] | None = None  # while the prompt is scored
+        self.top_logprobs: int | None = None  # the request's `logprobs` (None: none computed)
 
     @property
     def busy(self) -> bool:
@@ -253,6 +254,7 @@ class Scheduler:
         )
         slot.out.cached_prompt_tokens = reuse
         slot.prompt_logprobs = [None] if scored else None
+        slot.top_logprobs = request.params.logprobs
 
     def _step(self) -> None:
         for slot in self.slots:
@@ -301,19 +303,24 @@ class Scheduler:
 
     def _score_prompt(self, slot: _Slot, take: int, first: int) -> None:
         """Logprobs of the prompt tokens that follow this chunk's rows; handed on once complete."""
-        prompt, top = slot.request.prompt, slot.request.params.prompt_logprobs
+        request, scored, out = slot.request, slot.prompt_logprobs, slot.out
+        assert (
+            request is not None
+            and scored is not None
+            and out is not None
+            and request.params.prompt_logprobs is not None
+        )
+        prompt, top = request.prompt, request.params.prompt_logprobs
         pos0 = len(slot.cached)
         for i in range(take):
             if pos0 + i + 1 < len(prompt):
-                slot.prompt_logprobs.append(
-                    token_logprob(self.ctx, first + i, self.model.n_vocab, prompt[pos0 + i + 1], top)
-                )
-        if len(slot.prompt_logprobs) == len(prompt):
-            slot.out.prompt_logprobs, slot.prompt_logprobs = slot.prompt_logprobs, None
+                scored.append(token_logprob(self.ctx, first + i, self.model.n_vocab, prompt[pos0 + i + 1], top))
+        if len(scored) == len(prompt):
+            out.prompt_logprobs, slot.prompt_logprobs = scored, None
 
     def _on_token(self, slot: _Slot, row: int) -> None:
         token = slot.sampler.sample(self.ctx, row)
-        top = slot.request.params.logprobs
+        top = slot.top_logprobs
         logprob = None if top is None else token_logprob(self.ctx, row, self.model.n_vocab, token, top)
         self._admit_followers(slot)
         feed = slot.out.on_token(token, len(slot.cached), logprob)

@@ -40,6 +40,8 @@ class _Row:
 
     def __init__(self, request: Request, sampler: RowSampler, worker: Worker, source: _Row | None = None) -> None:
         self.request: Request | None = request
+        self.params = request.params
+        self.prompt = request.prompt
         self.sampler = sampler
         self.source = source  # another choice of the same request, whose prefill this row repeats
         self.pos = 0  # real tokens in the cache for this row (its next position id)
@@ -232,14 +234,13 @@ class Worker:
         """Prefill the prompts of new rows together; other choices of a request repeat its row."""
         leaders = [r for r in rows if r.source is None]
         self._prompt_tokens += sum(len(r.feed) for r in leaders)
-        scored = [r for r in leaders if r.request.params.prompt_logprobs is not None]
-        prompts = {id(r): r.request.prompt for r in scored}
+        scored = any(r.params.prompt_logprobs is not None for r in leaders)
         cache = self._new_cache()
-        logits, mask = self._forward(leaders, cache, None, every=bool(scored))
+        logits, mask = self._forward(leaders, cache, None, every=scored)
         if scored:
             for i, row in enumerate(leaders):
-                if id(row) in prompts:
-                    row.out.prompt_logprobs = self._prompt_logprobs(row, prompts[id(row)], logits[i])
+                if row.params.prompt_logprobs is not None:
+                    row.out.prompt_logprobs = self._prompt_logprobs(row.prompt, row.params.prompt_logprobs, logits[i])
             logits = logits[:, -1, :]
         if len(leaders) < len(rows):
             index = [leaders.index(r.source or r) for r in rows]
@@ -259,9 +260,9 @@ class Worker:
             self._on_token(row, logits[i])
         self._compact()
 
-    def _prompt_logprobs(self, row: _Row, prompt: list[int], logits: torch.Tensor) -> list[TokenLogprob | None]:
+    @staticmethod
+    def _prompt_logprobs(prompt: list[int], top: int, logits: torch.Tensor) -> list[TokenLogprob | None]:
         """Each prompt token's logprob from the column before it (the row is left-padded)."""
-        top = row.request.params.prompt_logprobs or 0
         start = logits.shape[0] - len(prompt)
         return [None] + [logprob_of(logits[start + i], prompt[i + 1], top) for i in range(len(prompt) - 1)]
 
@@ -307,7 +308,7 @@ class Worker:
     def _on_token(self, row: _Row, logits: torch.Tensor) -> None:
         scores = row.sampler.scores(logits, row.generated)
         token = row.sampler.pick(scores)
-        top = row.request.params.logprobs
+        top = row.params.logprobs
         logprob = None if top is None else logprob_of(scores[0], token, top)
         feed = row.out.on_token(token, row.pos, logprob)
         if not row.out.finished:
