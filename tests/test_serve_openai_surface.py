@@ -11,7 +11,7 @@ import math
 
 import openai
 import pytest
-from serve_helpers import assert_openai_error, start_server
+from serve_helpers import assert_openai_error, sse_events, start_server
 
 HELLO = [{"role": "user", "content": "Say something about tea."}]
 GREEDY = {"temperature": 0, "seed": 7}
@@ -182,3 +182,14 @@ def test_tokenize_messages_counts_what_a_chat_turn_charges(client, server):
         bare = h.post("/tokenize", json={"messages": HELLO, "add_generation_prompt": False}).json()
     assert whole["count"] == usage.prompt_tokens
     assert bare["tokens"] == whole["tokens"][: bare["count"]] and bare["count"] < whole["count"]
+
+
+def test_best_of_streamed_sends_the_chosen_choice(server):
+    body = {"model": "default", "prompt": "Tea is", "max_tokens": 3, "best_of": 2, "stream": True, "temperature": 1.0}
+    with server.http() as h, h.stream("POST", "/v1/completions", json=body) as r:
+        events = list(sse_events(r))
+    assert events[-1] == "[DONE]"
+    (chunk,) = events[:-1]
+    (choice,) = chunk["choices"]
+    assert choice["index"] == 0 and choice["text"] and choice["finish_reason"] == "length"
+    assert choice.get("logprobs") is None  # used for the ranking, not asked for

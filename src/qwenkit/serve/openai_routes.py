@@ -81,6 +81,8 @@ def _tool_out(call: Any, index: int) -> ToolCallOut:
 def prepare_chat(
     model: Model, body: ChatCompletionRequest, request: Request, options: Mapping[str, Any]
 ) -> PreparedTurn:
+    """A chat request checked against the server's limits and rendered to a turn (`options`: the
+    route's extras for `Model.prepare`). The Responses API runs through here too."""
     settings = request.app.state.settings
     if len(body.messages) > settings.max_messages:
         raise ApiError(
