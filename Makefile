@@ -49,6 +49,7 @@ bench: model
 	$(BIN)/python benchmarks/engines_decode.py
 	$(BIN)/python benchmarks/onnx_vs_llamacpp.py
 	$(BIN)/python benchmarks/loadtest_crosscheck.py
+	$(BIN)/python benchmarks/logprobs_n.py
 	$(MAKE) bench-report
 
 # BENCHMARKS.md and benchmarks/plots/ from benchmarks/results/*.json (no measuring)

@@ -47,13 +47,14 @@ def test_health(server):
 def test_models_list(client, tiny_qwen2):
     models = client.models.list()
     ids = [m.id for m in models.data]
-    assert ids == [tiny_qwen2.stem]
+    assert ids == [tiny_qwen2.stem, tiny_qwen2.name, "default"]  # the file path is not shown
+    assert {m.model_extra["root"] for m in models.data} == {tiny_qwen2.stem}
     assert models.data[0].object == "model"
     assert isinstance(models.data[0].created, int)
 
 
 def test_chat_plain(client, tiny_qwen2):
-    r = client.chat.completions.create(model="anything", messages=HELLO, max_tokens=12, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=HELLO, max_tokens=12, **GREEDY)
     assert r.id.startswith("chatcmpl-")
     assert r.object == "chat.completion"
     assert r.model == tiny_qwen2.stem
@@ -72,13 +73,13 @@ def test_chat_plain(client, tiny_qwen2):
 
 
 def test_greedy_is_reproducible(client):
-    a = client.chat.completions.create(model="m", messages=HELLO, max_tokens=10, **GREEDY)
-    b = client.chat.completions.create(model="m", messages=HELLO, max_tokens=10, **GREEDY)
+    a = client.chat.completions.create(model="default", messages=HELLO, max_tokens=10, **GREEDY)
+    b = client.chat.completions.create(model="default", messages=HELLO, max_tokens=10, **GREEDY)
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
 def test_stream_equals_non_stream(client):
-    kw = dict(model="m", messages=HELLO, max_tokens=16, **GREEDY)
+    kw = dict(model="default", messages=HELLO, max_tokens=16, **GREEDY)
     whole = client.chat.completions.create(**kw)
     content, reasoning, finish, usage, chunks = _stream_chat(client, **kw)
     assert content == whole.choices[0].message.content
@@ -94,7 +95,7 @@ def test_stream_equals_non_stream(client):
 
 
 def test_stream_without_usage_option_has_no_usage_chunk(client):
-    chunks = list(client.chat.completions.create(model="m", messages=HELLO, max_tokens=4, stream=True, **GREEDY))
+    chunks = list(client.chat.completions.create(model="default", messages=HELLO, max_tokens=4, stream=True, **GREEDY))
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "length"
 
@@ -110,22 +111,22 @@ def test_raw_sse_ends_with_done(server):
 
 
 def test_max_tokens_gives_length(client):
-    r = client.chat.completions.create(model="m", messages=HELLO, max_tokens=1, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=HELLO, max_tokens=1, **GREEDY)
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 1
 
 
 def test_max_completion_tokens(client):
-    r = client.chat.completions.create(model="m", messages=HELLO, max_completion_tokens=3, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=HELLO, max_completion_tokens=3, **GREEDY)
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 3
     # The newer field wins over the deprecated one.
-    r = client.chat.completions.create(model="m", messages=HELLO, max_completion_tokens=2, max_tokens=9, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=HELLO, max_completion_tokens=2, max_tokens=9, **GREEDY)
     assert r.usage.completion_tokens == 2
 
 
 def test_stop_string_cuts_output(client):
-    kw = dict(model="m", messages=HELLO, **GREEDY)
+    kw = dict(model="default", messages=HELLO, **GREEDY)
     free = client.chat.completions.create(max_tokens=24, **kw).choices[0].message.content
     # A stop string taken from the middle of the free output: the answer must end right before
     # its first occurrence, and the stop string itself is never returned.
@@ -146,7 +147,9 @@ def test_stop_string_cuts_output(client):
 
 def test_immediate_end_of_turn(client):
     # logit_bias forces <|im_end|>: an empty answer that stopped, with one completion token.
-    r = client.chat.completions.create(model="m", messages=HELLO, max_tokens=8, logit_bias={"151645": 100}, **GREEDY)
+    r = client.chat.completions.create(
+        model="default", messages=HELLO, max_tokens=8, logit_bias={"151645": 100}, **GREEDY
+    )
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].message.content == ""
     assert r.usage.completion_tokens == 1
@@ -160,13 +163,13 @@ def test_multi_turn_and_system_messages(client):
         {"role": "developer", "content": "Be nice."},
         {"role": "user", "content": [{"type": "text", "text": "Again"}]},
     ]
-    r = client.chat.completions.create(model="m", messages=messages, max_tokens=3, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=messages, max_tokens=3, **GREEDY)
     assert r.choices[0].message.content
     assert r.usage.prompt_tokens > 15
 
 
 def test_completions_plain(client, tiny_qwen2):
-    r = client.completions.create(model="m", prompt="def fib(n):", max_tokens=6, **GREEDY)
+    r = client.completions.create(model="default", prompt="def fib(n):", max_tokens=6, **GREEDY)
     assert r.id.startswith("cmpl-")
     assert r.object == "text_completion"
     assert r.model == tiny_qwen2.stem
@@ -179,13 +182,13 @@ def test_completions_plain(client, tiny_qwen2):
 
 
 def test_completions_echo(client):
-    plain = client.completions.create(model="m", prompt="def fib(n):", max_tokens=5, **GREEDY)
-    echoed = client.completions.create(model="m", prompt="def fib(n):", max_tokens=5, echo=True, **GREEDY)
+    plain = client.completions.create(model="default", prompt="def fib(n):", max_tokens=5, **GREEDY)
+    echoed = client.completions.create(model="default", prompt="def fib(n):", max_tokens=5, echo=True, **GREEDY)
     assert echoed.choices[0].text == "def fib(n):" + plain.choices[0].text
 
 
 def test_completions_streamed(client):
-    kw = dict(model="m", prompt="import os\n", max_tokens=8, **GREEDY)
+    kw = dict(model="default", prompt="import os\n", max_tokens=8, **GREEDY)
     whole = client.completions.create(**kw)
     chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -202,7 +205,7 @@ def test_completions_streamed(client):
 
 
 def test_completions_stop(client):
-    kw = dict(model="m", prompt="The list:", **GREEDY)
+    kw = dict(model="default", prompt="The list:", **GREEDY)
     free = client.completions.create(max_tokens=20, **kw).choices[0].text
     stop = free[len(free) // 2 :].lstrip()[:2]
     assert len(stop) == 2, free
@@ -218,7 +221,7 @@ def test_concurrent_requests_all_complete(server):
     def one(i: int):
         with server.client() as c:
             return c.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": f"n={i}"}], max_tokens=5 + i, **GREEDY
+                model="default", messages=[{"role": "user", "content": f"n={i}"}], max_tokens=5 + i, **GREEDY
             )
 
     with cf.ThreadPoolExecutor(4) as pool:

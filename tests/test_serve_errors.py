@@ -107,16 +107,16 @@ def test_validation_error_names_the_field(server):
 def test_openai_client_sees_bad_request(server):
     with server.client() as c:
         with pytest.raises(openai.BadRequestError) as info:
-            c.chat.completions.create(model="m", messages=HELLO, n=2)
+            c.chat.completions.create(model="default", messages=HELLO, n=2)
         assert info.value.status_code == 400
         with pytest.raises(openai.BadRequestError):
-            c.chat.completions.create(model="m", messages=HELLO, temperature=5)
+            c.chat.completions.create(model="default", messages=HELLO, temperature=5)
         with pytest.raises(openai.BadRequestError):
-            c.chat.completions.create(model="m", messages=[])
+            c.chat.completions.create(model="default", messages=[])
         with pytest.raises(openai.BadRequestError):
-            c.chat.completions.create(model="m", messages=[{"role": "wizard", "content": "hi"}])
+            c.chat.completions.create(model="default", messages=[{"role": "wizard", "content": "hi"}])
         with pytest.raises(openai.BadRequestError):  # streamed: refused before the stream starts
-            c.chat.completions.create(model="m", messages=HELLO, n=2, stream=True)
+            c.chat.completions.create(model="default", messages=HELLO, n=2, stream=True)
 
 
 def test_prompt_longer_than_context(server):
@@ -137,7 +137,7 @@ def test_prompt_longer_than_context(server):
     assert error["code"] == "context_length_exceeded"
     assert error["param"] == "prompt"
     with server.client() as c, pytest.raises(openai.BadRequestError) as info:
-        c.chat.completions.create(model="m", messages=[{"role": "user", "content": long}], max_tokens=2)
+        c.chat.completions.create(model="default", messages=[{"role": "user", "content": long}], max_tokens=2)
     assert info.value.code == "context_length_exceeded"
 
 
@@ -182,7 +182,9 @@ def test_body_just_under_the_limit_is_accepted(server):
 
 def test_oversized_body_through_openai_client(server):
     with server.client() as c, pytest.raises(openai.APIStatusError) as info:
-        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "z" * MAX_BODY * 2}], max_tokens=1)
+        c.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "z" * MAX_BODY * 2}], max_tokens=1
+        )
     assert info.value.status_code == 413
 
 
@@ -218,9 +220,9 @@ def test_server_still_healthy_after_all_that(server):
     r = httpx.get(f"{server.url}/health", timeout=10)
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     with server.client() as c:
-        ok = c.chat.completions.create(model="m", messages=HELLO, max_tokens=3, temperature=0)
+        ok = c.chat.completions.create(model="default", messages=HELLO, max_tokens=3, temperature=0)
         assert ok.usage.completion_tokens == 3
-        chunks = list(c.chat.completions.create(model="m", messages=HELLO, max_tokens=3, stream=True))
+        chunks = list(c.chat.completions.create(model="default", messages=HELLO, max_tokens=3, stream=True))
         assert chunks[-1].choices[0].finish_reason == "length"
     n413 = before.get('qwenkit_requests_total{route="unmatched",status="413"}', 0)
     server.wait_metric("qwenkit_requests_total", lambda v: v >= n413 + 2, route="unmatched", status="413")

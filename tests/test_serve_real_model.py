@@ -41,7 +41,7 @@ def client(server):
 
 def test_plain_answer(client):
     r = client.chat.completions.create(
-        model="m",
+        model="default",
         messages=[{"role": "user", "content": "What is 2+2? Reply with only the number."}],
         max_tokens=8,
         **GREEDY,
@@ -54,14 +54,16 @@ def test_plain_answer(client):
 
 def test_stop_string(client):
     messages = [{"role": "user", "content": "Count from 1 to 10, separated by commas. Output only the numbers."}]
-    r = client.chat.completions.create(model="m", messages=messages, max_tokens=40, stop=["5"], **GREEDY)
+    r = client.chat.completions.create(model="default", messages=messages, max_tokens=40, stop=["5"], **GREEDY)
     content = r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop"
     assert "4" in content and "5" not in content, content
     assert "6" not in content
     # Streamed, the stop string is held back and never leaks out either.
     chunks = list(
-        client.chat.completions.create(model="m", messages=messages, max_tokens=40, stop=["5"], stream=True, **GREEDY)
+        client.chat.completions.create(
+            model="default", messages=messages, max_tokens=40, stop=["5"], stream=True, **GREEDY
+        )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -70,7 +72,7 @@ def test_stop_string(client):
 def test_tool_round_trip(client):
     messages = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
     first = client.chat.completions.create(
-        model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=40, **GREEDY
+        model="default", messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=40, **GREEDY
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -89,7 +91,9 @@ def test_tool_round_trip(client):
             "content": json.dumps({"city": "Paris", "temperature_c": 21, "sky": "sunny"}),
         }
     )
-    final = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER_TOOL], max_tokens=40, **GREEDY)
+    final = client.chat.completions.create(
+        model="default", messages=messages, tools=[WEATHER_TOOL], max_tokens=40, **GREEDY
+    )
     answer = final.choices[0]
     assert answer.finish_reason in ("stop", "length")
     assert answer.message.tool_calls is None
@@ -101,12 +105,18 @@ def test_streamed_named_tool_call_equals_non_streamed(client):
     messages = [{"role": "user", "content": "What is the weather like in Paris right now?"}]
     named = {"type": "function", "function": {"name": "get_weather"}}
     whole = client.chat.completions.create(
-        model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice=named, max_tokens=40, **GREEDY
+        model="default", messages=messages, tools=[WEATHER_TOOL], tool_choice=named, max_tokens=40, **GREEDY
     )
     expected = whole.choices[0].message.tool_calls[0]
     name, arguments, finish, indexes = "", "", None, set()
     for chunk in client.chat.completions.create(
-        model="m", messages=messages, tools=[WEATHER_TOOL], tool_choice=named, max_tokens=40, stream=True, **GREEDY
+        model="default",
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        tool_choice=named,
+        max_tokens=40,
+        stream=True,
+        **GREEDY,
     ):
         for c in chunk.choices:
             finish = c.finish_reason or finish
@@ -132,7 +142,7 @@ def test_json_schema_output_validates(client):
         "additionalProperties": False,
     }
     r = client.chat.completions.create(
-        model="m",
+        model="default",
         messages=[{"role": "user", "content": "Invent a programmer: name, age and languages."}],
         response_format={"type": "json_schema", "json_schema": {"name": "programmer", "schema": schema}},
         max_tokens=80,
@@ -148,7 +158,7 @@ def test_json_schema_output_validates(client):
 
 def test_json_object_output(client):
     r = client.chat.completions.create(
-        model="m",
+        model="default",
         messages=[{"role": "user", "content": "Give me a JSON object with a key named color."}],
         response_format={"type": "json_object"},
         max_tokens=40,

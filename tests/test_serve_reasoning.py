@@ -38,7 +38,7 @@ def _extra(message) -> dict:
 
 
 def test_thinking_on_separates_reasoning_and_answer(client):
-    r = client.chat.completions.create(model="m", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
     message = r.choices[0].message
     extra = _extra(message)
     reasoning = extra.get("reasoning_content")
@@ -54,7 +54,7 @@ def test_thinking_on_separates_reasoning_and_answer(client):
 
 
 def test_streamed_reasoning_and_usage_match_non_streamed(client):
-    kw = dict(model="m", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
+    kw = dict(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
     whole = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     reasoning = "".join(_extra(c.choices[0].delta).get("reasoning_content") or "" for c in chunks if c.choices)
@@ -84,8 +84,8 @@ def test_streamed_reasoning_and_usage_match_non_streamed(client):
     ids=["chat_template_kwargs", "top_level"],
 )
 def test_thinking_off(client, switch):
-    on = client.chat.completions.create(model="m", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
-    r = client.chat.completions.create(model="m", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY, **switch)
+    on = client.chat.completions.create(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY, **switch)
     message = r.choices[0].message
     assert not _extra(message).get("reasoning_content")
     assert not _extra(message).get("reasoning")
@@ -99,7 +99,7 @@ def test_thinking_off(client, switch):
 def test_thinking_off_streamed_has_no_reasoning_deltas(client):
     chunks = list(
         client.chat.completions.create(
-            model="m",
+            model="default",
             messages=HELLO,
             max_tokens=THINK_TOKENS,
             stream=True,
@@ -115,7 +115,7 @@ def test_thinking_off_streamed_has_no_reasoning_deltas(client):
 
 def test_soft_switch_no_think(client):
     messages = [{"role": "user", "content": "Why is the sky blue? /no_think"}]
-    r = client.chat.completions.create(model="m", messages=messages, max_tokens=THINK_TOKENS, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=messages, max_tokens=THINK_TOKENS, **GREEDY)
     assert not _extra(r.choices[0].message).get("reasoning_content")
     assert r.usage.completion_tokens_details.reasoning_tokens == 0
 
@@ -123,7 +123,7 @@ def test_soft_switch_no_think(client):
 def test_closed_thinking_counts_only_the_think_block(client):
     # Forced </think> first: the (empty) thinking block is one token; no reasoning text.
     r = client.chat.completions.create(
-        model="m", messages=HELLO, max_tokens=THINK_TOKENS, logit_bias={str(THINK_CLOSE): 100}, **GREEDY
+        model="default", messages=HELLO, max_tokens=THINK_TOKENS, logit_bias={str(THINK_CLOSE): 100}, **GREEDY
     )
     assert not _extra(r.choices[0].message).get("reasoning_content")
     assert r.usage.completion_tokens == THINK_TOKENS
@@ -136,7 +136,7 @@ def test_history_with_reasoning_is_accepted(client):
         {"role": "assistant", "content": "Hello!", "reasoning_content": "The user greets me."},
         {"role": "user", "content": "Bye"},
     ]
-    r = client.chat.completions.create(model="m", messages=messages, max_tokens=3, **GREEDY)
+    r = client.chat.completions.create(model="default", messages=messages, max_tokens=3, **GREEDY)
     assert r.choices[0].finish_reason == "length"
 
 

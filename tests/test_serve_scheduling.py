@@ -68,7 +68,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(server):
     # The only slot is free again: a short request completes (it would otherwise wait for
     # the abandoned ~1900-token generation; the client timeout bounds the wait).
     with server.client(timeout=60) as c:
-        r = c.chat.completions.create(model="m", messages=HELLO, max_tokens=3)
+        r = c.chat.completions.create(model="default", messages=HELLO, max_tokens=3)
     assert r.usage.completion_tokens == 3
     assert server.metric("qwenkit_requests_waiting") == 0
 
@@ -119,7 +119,7 @@ def test_queue_bound_answers_429_then_serves_the_queued(server):
             h.post("/v1/completions", json={"prompt": "hi", "max_tokens": 4, "stream": True}),
         ]
         with server.client() as c, pytest.raises(openai.RateLimitError):
-            c.chat.completions.create(model="m", messages=HELLO, max_tokens=4)
+            c.chat.completions.create(model="default", messages=HELLO, max_tokens=4)
         holder.close()  # free the slot: the queued request runs now
     waiter.join(timeout=120)
     for r in refused:
@@ -172,11 +172,11 @@ def test_prefix_cache_hits_on_a_shared_system_prompt(server):
     hits0 = server.metric("qwenkit_prefix_cache_hit_tokens_total")
     with server.client() as c:
         first = c.chat.completions.create(
-            model="m", messages=[system, {"role": "user", "content": "apples"}], max_tokens=2, temperature=0
+            model="default", messages=[system, {"role": "user", "content": "apples"}], max_tokens=2, temperature=0
         )
         hits1 = server.metric("qwenkit_prefix_cache_hit_tokens_total")
         second = c.chat.completions.create(
-            model="m", messages=[system, {"role": "user", "content": "pears"}], max_tokens=2, temperature=0
+            model="default", messages=[system, {"role": "user", "content": "pears"}], max_tokens=2, temperature=0
         )
     hits2 = server.metric("qwenkit_prefix_cache_hit_tokens_total")
     assert first.usage.prompt_tokens > 400
@@ -192,7 +192,7 @@ def test_metrics_expose_the_required_families(server):
     before = server.metrics()
     # /v1/completions: no other test here completes one, so its 200 count moves only now.
     with server.client() as c:
-        r = c.completions.create(model="m", prompt="metrics are", max_tokens=5, temperature=0)
+        r = c.completions.create(model="default", prompt="metrics are", max_tokens=5, temperature=0)
     server.wait_metric(
         "qwenkit_requests_total",
         lambda v: v > before.get('qwenkit_requests_total{route="/v1/completions",status="200"}', 0),

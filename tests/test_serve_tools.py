@@ -89,7 +89,7 @@ def _streamed_calls(chunks) -> tuple[dict[int, dict], str | None]:
 @pytest.mark.parametrize("name", ["get_weather", "get_time"])
 def test_named_tool_choice_forces_that_call(client, name):
     r = client.chat.completions.create(
-        model="m",
+        model="default",
         messages=ASK,
         tools=TOOLS,
         max_tokens=80,
@@ -106,7 +106,7 @@ def test_named_tool_choice_forces_that_call(client, name):
 
 def test_required_with_one_tool(client):
     r = client.chat.completions.create(
-        model="m", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=80, **GREEDY
+        model="default", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=80, **GREEDY
     )
     assert r.choices[0].finish_reason == "tool_calls"
     (call,) = r.choices[0].message.tool_calls
@@ -115,7 +115,13 @@ def test_required_with_one_tool(client):
 
 def test_required_without_parallel_calls_gives_one_call(client):
     r = client.chat.completions.create(
-        model="m", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=80, **GREEDY
+        model="default",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=80,
+        **GREEDY,
     )
     assert r.choices[0].finish_reason == "tool_calls"
     (call,) = r.choices[0].message.tool_calls
@@ -124,7 +130,7 @@ def test_required_without_parallel_calls_gives_one_call(client):
 
 def test_streamed_tool_call_accumulates_to_the_same_call(client):
     kw = dict(
-        model="m",
+        model="default",
         messages=ASK,
         tools=TOOLS,
         max_tokens=80,
@@ -147,9 +153,9 @@ def test_streamed_tool_call_accumulates_to_the_same_call(client):
 
 
 def test_tool_choice_none_gives_no_calls(client):
-    auto = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, max_tokens=6, **GREEDY)
+    auto = client.chat.completions.create(model="default", messages=ASK, tools=TOOLS, max_tokens=6, **GREEDY)
     none = client.chat.completions.create(
-        model="m", messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=6, **GREEDY
+        model="default", messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=6, **GREEDY
     )
     assert none.choices[0].message.tool_calls is None
     assert none.choices[0].finish_reason == "length"
@@ -160,7 +166,7 @@ def test_tool_choice_none_gives_no_calls(client):
 
 def test_tool_result_round_trip_is_accepted(client):
     first = client.chat.completions.create(
-        model="m",
+        model="default",
         messages=ASK,
         tools=TOOLS,
         max_tokens=80,
@@ -173,7 +179,7 @@ def test_tool_result_round_trip_is_accepted(client):
         first.choices[0].message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"time": "12:00"})},
     ]
-    second = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, max_tokens=4, **GREEDY)
+    second = client.chat.completions.create(model="default", messages=messages, tools=TOOLS, max_tokens=4, **GREEDY)
     assert second.choices[0].finish_reason == "length"
     assert second.choices[0].message.content
     # The call and its result are now part of the prompt.
@@ -187,7 +193,7 @@ def test_tool_result_round_trip_is_accepted(client):
         ],
     }
     messages[2] = {"role": "tool", "tool_call_id": call.id, "content": [{"type": "text", "text": "12:00"}]}
-    third = client.chat.completions.create(model="m", messages=messages, tools=TOOLS, max_tokens=2, **GREEDY)
+    third = client.chat.completions.create(model="default", messages=messages, tools=TOOLS, max_tokens=2, **GREEDY)
     assert third.usage.completion_tokens == 2
 
 
@@ -216,7 +222,7 @@ def _validate(data: dict) -> None:
 def test_json_schema_output_validates(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}}
     r = client.chat.completions.create(
-        model="m",
+        model="default",
         messages=[{"role": "user", "content": "A thing, please."}],
         response_format=fmt,
         max_tokens=100,
@@ -227,7 +233,7 @@ def test_json_schema_output_validates(client):
     # Streamed: the same JSON text.
     chunks = list(
         client.chat.completions.create(
-            model="m",
+            model="default",
             messages=[{"role": "user", "content": "A thing, please."}],
             response_format=fmt,
             max_tokens=100,
@@ -242,7 +248,7 @@ def test_json_schema_with_sampling_still_validates(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
     for seed in (1, 2, 3):
         r = client.chat.completions.create(
-            model="m",
+            model="default",
             messages=[{"role": "user", "content": "Another."}],
             response_format=fmt,
             max_tokens=100,
@@ -264,7 +270,7 @@ def test_json_schema_integer_range(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "digit", "schema": schema}}
     for seed in (1, 2, 3):
         r = client.chat.completions.create(
-            model="m",
+            model="default",
             messages=[{"role": "user", "content": "A digit."}],
             response_format=fmt,
             max_tokens=40,
@@ -279,13 +285,17 @@ def test_json_schema_on_qwen3_skips_thinking(tiny_qwen3):
     with start_server(tiny_qwen3, parallel=1) as s, s.client() as c:
         fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
         r = c.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "A thing."}], response_format=fmt, max_tokens=100, **GREEDY
+            model="default",
+            messages=[{"role": "user", "content": "A thing."}],
+            response_format=fmt,
+            max_tokens=100,
+            **GREEDY,
         )
         assert not (r.choices[0].message.model_extra or {}).get("reasoning_content")
         assert r.usage.completion_tokens_details.reasoning_tokens == 0
         _validate(json.loads(r.choices[0].message.content))
         t = c.chat.completions.create(
-            model="m",
+            model="default",
             messages=ASK,
             tools=TOOLS,
             tool_choice="required",

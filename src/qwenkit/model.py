@@ -73,12 +73,12 @@ class Model:
             thinking_budget=thinking_budget,
         )
 
-    def prepare_completion(self, text: str, *, max_tokens: int = 16, **sampling: Any) -> PreparedTurn:
-        """A raw text prompt (no chat template), for plain completions."""
+    def prepare_completion(self, text: str | Sequence[int], *, max_tokens: int = 16, **sampling: Any) -> PreparedTurn:
+        """A raw prompt (no chat template), text or token ids, for plain completions."""
         if not text:
             raise BadRequest("the prompt is empty")
         return PreparedTurn(
-            prompt=self.engine.tokenize(text, special=True),
+            prompt=self.engine.tokenize(text, special=True) if isinstance(text, str) else list(text),
             params=self._params(max_tokens, sampling, thinking=False),
             thinking=False,
             starts_in_thinking=False,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from qwenkit.engines.base import TokenLogprob
+
 
 @dataclass
 class Usage:
@@ -40,6 +42,8 @@ class ChatResult:
     finish_reason: str = "stop"
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
+    logprobs: list[TokenLogprob] | None = None  # per sampled token, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # per prompt token (None for the first)
 
     @property
     def text(self) -> str:
@@ -75,3 +79,6 @@ class ChatDelta:
     tool_calls: list[Any] = field(default_factory=list)
     finish_reason: str | None = None
     result: ChatResult | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of this delta's sampled tokens, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first delta, when asked for
+    index: int = 0  # which choice of an n > 1 turn

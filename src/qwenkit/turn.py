@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenkit.chat import Delta, OutputParser
-from qwenkit.engines.base import Chunk, FinishReason, SamplingParams
+from qwenkit.engines.base import Chunk, FinishReason, SamplingParams, TokenLogprob
 from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
 
 
@@ -47,6 +47,8 @@ class TurnDecoder:
         self.tool_calls: list[Any] = []
         self.started = time.perf_counter()
         self._first: float | None = None
+        self.logprobs: list[TokenLogprob] | None = [] if turn.params.logprobs is not None else None
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def feed(self, chunk: Chunk) -> ChatDelta:
         if chunk.token_ids and self._first is None:
@@ -61,7 +63,12 @@ class TurnDecoder:
         self.content.append(parsed.content)
         self.reasoning.append(parsed.reasoning)
         self.tool_calls += parsed.tool_calls
-        delta = ChatDelta(parsed.content, parsed.reasoning, parsed.tool_calls)
+        delta = ChatDelta(parsed.content, parsed.reasoning, parsed.tool_calls, index=chunk.index)
+        if chunk.logprobs and self.logprobs is not None:
+            delta.logprobs = chunk.logprobs
+            self.logprobs += chunk.logprobs
+        if chunk.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs = chunk.prompt_logprobs
         if chunk.finish_reason is not None:
             self.usage.cached_prompt_tokens = chunk.cached_prompt_tokens
             delta.finish_reason = self._finish_reason(chunk.finish_reason, chunk.error)
@@ -99,6 +106,8 @@ class TurnDecoder:
             tool_calls=list(self.tool_calls),
             finish_reason=finish_reason,
             usage=self.usage,
+            logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs,
             timings=Timings(
                 ttft_s=first - self.started,
                 total_s=end - self.started,

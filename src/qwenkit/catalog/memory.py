@@ -13,7 +13,7 @@ stream of `n_ctx` cells per slot, n_ubatch = n_batch = 512, one logits row per s
 - compute buffer: the largest live activations of a 512-token ubatch with flash attention:
   about 4 x n_ubatch x (3 x FFN + 4 x hidden) bytes, plus the f16 attention mask
   (n_ubatch x n_ctx) and one logits row per slot.
-- output buffer: n_vocab float32 per slot.
+- output buffer: n_vocab float32 per slot, plus SCORED_ROWS for a prompt being scored (`echo`).
 - vision tower: the mmproj GGUF (f16 here) plus its own compute buffer.
 - process: the Python process with qwenkit and llama.cpp's libraries (67 MiB measured, 81 MiB
   with the server's imports) plus llama.cpp's vocabulary tables (about 320 bytes per token:
@@ -41,6 +41,7 @@ from qwenkit.store.gguf_header import scan, shard_names
 MIB = 1 << 20
 HEADROOM = 0.95  # a model fits when it needs at most this share of the available memory
 N_UBATCH = 512
+SCORED_ROWS = 16  # logits rows the llama.cpp scheduler reserves for a prompt scored with `echo` (SCORED_CHUNK)
 PROCESS_BASE = 72 * MIB  # python, numpy, jinja2, pydantic, the catalogue, llama.cpp's libraries (67 MiB measured)
 SERVER_EXTRA = 16 * MIB  # fastapi + uvicorn + the server's modules (14 MiB measured)
 VOCAB_BYTES_PER_TOKEN = 320  # llama.cpp's vocabulary maps and qwenkit's token pieces
@@ -152,7 +153,7 @@ def compute_bytes(shape: Shape, n_ctx: int, n_parallel: int) -> int:
     ffn = shape.active_experts * shape.expert_ffn + shape.experts if shape.is_moe else shape.ffn
     activations = 4 * N_UBATCH * (3 * ffn + 4 * shape.hidden)
     mask = 2 * N_UBATCH * _pad(n_ctx, 256)
-    return activations + mask + 4 * shape.vocab * n_parallel
+    return activations + mask + 4 * shape.vocab * (n_parallel + SCORED_ROWS)
 
 
 def tower_bytes(tower: Tower | None, *, weights: bool = True, n_ubatch: int = N_UBATCH) -> int:
@@ -194,7 +195,7 @@ def estimate_variant(
         repacked=repacked,
         kv=kv_bytes(shape, n_ctx, n_parallel, type_k, type_v),
         compute=compute_bytes(shape, n_ctx, n_parallel),
-        output=4 * shape.vocab * n_parallel,
+        output=4 * shape.vocab * (n_parallel + SCORED_ROWS),
         vision=tower_bytes(cat.tower(entry), weights=variant.format == "gguf"),  # a checkpoint holds its tower
         process=process,
         source="catalogue shapes",
@@ -251,7 +252,7 @@ def estimate_gguf(
     shape = meta.shape()
     kv = kv_bytes(shape, n_ctx, n_parallel)
     compute = compute_bytes(shape, n_ctx, n_parallel)
-    output = 4 * shape.vocab * n_parallel
+    output = 4 * shape.vocab * (n_parallel + SCORED_ROWS)
     source = "GGUF metadata"
     if dry_run is not None:
         b = dry_run(path, n_ctx=n_ctx, n_parallel=n_parallel)

@@ -43,6 +43,15 @@ def serve(
     skip_memory_check: bool = typer.Option(
         False, "--skip-memory-check", help="Start even if the memory estimate says the model will not fit."
     ),
+    max_n: int = typer.Option(
+        4, "--max-n", min=1, max=128, help="Most choices (n, best_of) per request (at most --parallel)."
+    ),
+    stored_responses: int = typer.Option(
+        256, "--max-stored-responses", min=0, help="Responses kept in memory for previous_response_id."
+    ),
+    served_name: str | None = typer.Option(
+        None, "--served-model-name", help="The model's id in responses (default: its catalogue name or file stem)."
+    ),
     effort_budgets: str = typer.Option(
         "",
         "--reasoning-effort-budgets",
@@ -86,6 +95,11 @@ def serve(
         max_tokens_cap=max_tokens_cap,
         cors_origins=tuple(cors),
         log_prompts=log_prompts,
+        max_n=min(max_n, parallel),
+        max_stored_responses=stored_responses,  # a request's choices run side by side
+        served_name=served_name,
+        # the reference typed, unless a path (the server's file system is nobody's business)
+        model_aliases=(local.name, local.path.name, *([model] if local.source != "local" else [])),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -6,6 +6,7 @@ to `Engine.generate` with `SamplingParams`, and parses what comes back.
 
 from __future__ import annotations
 
+import copy
 import math
 import queue
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # a GBNF grammar constraining the output, where supported
+    logprobs: int | None = None  # per generated token: its logprob and this many alternatives (None: off)
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (None: off)
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
@@ -57,6 +60,27 @@ class SamplingParams:
             raise ValueError("min_p must be in [0, 1]")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+                raise ValueError(f"{name} must be in [0, {MAX_TOP_LOGPROBS}]")
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability and the most likely alternatives at its position.
+
+    Log-probabilities are the log-softmax of the logits after `logit_bias` and the penalties,
+    before temperature and the top-k/top-p/min-p filters: the distribution greedy decoding takes
+    its maximum of, independent of how hot a request samples (as OpenAI and vLLM report them).
+    """
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token, logprob), most likely first
 
 
 class StepController(Protocol):
@@ -86,6 +110,9 @@ class Chunk:
     stop_sequence: str | None = None  # the stop string that ended generation
     error: str | None = None  # set with finish_reason "abort" when the engine failed the request
     cached_prompt_tokens: int = 0  # on the last chunk: prompt tokens reused from a cache
+    index: int = 0  # which of a request's `n` choices this chunk belongs to
+    logprobs: list[TokenLogprob] | None = None  # one per sampled token in `token_ids` (forced ones have none)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on a choice's first chunk; None for token 0
 
 
 @dataclass
@@ -106,16 +133,52 @@ class RequestHandle(Protocol):
 
 @dataclass
 class Request:
-    """A submitted generation, as engines queue it; `cancel` is honoured at the next step."""
+    """A submitted generation, as engines queue it; `cancel` is honoured at the next step.
+
+    With `n > 1` the engine samples `n` choices of the one prompt, computing its prefill once;
+    `choices()` splits such a request into one request per choice, whose chunks carry their
+    `index` and whose cancellation follows the parent's.
+    """
 
     prompt: list[int]
     params: SamplingParams
     emit: Callable[[Chunk], None]  # called on the engine's thread; must not block
     controller: StepController | None = None
-    cancelled: bool = False
+    n: int = 1
+    index: int = 0
+    parent: Request | None = None
+    _cancelled: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled or (self.parent is not None and self.parent.cancelled)
 
     def cancel(self) -> None:
-        self.cancelled = True
+        self._cancelled = True
+
+    def choices(self) -> list[Request]:
+        """One request per choice (itself when n == 1); each has its own copy of the controller."""
+        if self.n == 1:
+            return [self]
+        return [
+            Request(
+                self.prompt,
+                self.params,
+                _indexed(self.emit, i),
+                copy.deepcopy(self.controller),
+                index=i,
+                parent=self,
+            )
+            for i in range(self.n)
+        ]
+
+
+def _indexed(emit: Callable[[Chunk], None], index: int) -> Callable[[Chunk], None]:
+    def send(chunk: Chunk) -> None:
+        chunk.index = index
+        emit(chunk)
+
+    return send
 
 
 def check_request(request: Request, *, n_ctx: int, n_vocab: int) -> None:
@@ -128,6 +191,8 @@ def check_request(request: Request, *, n_ctx: int, n_vocab: int) -> None:
     bad = [t for t in prompt if not 0 <= t < n_vocab]
     if bad:
         raise BadRequest(f"the prompt holds token {bad[0]}, outside the vocabulary (0..{n_vocab - 1})")
+    if request.n < 1:
+        raise BadRequest("n must be at least 1")
     for token, _bias in request.params.logit_bias:
         if not 0 <= token < n_vocab:
             raise BadRequest(f"logit_bias names token {token}, outside the vocabulary (0..{n_vocab - 1})")
@@ -140,11 +205,20 @@ class Engine(Protocol):
     name: str
     n_ctx: int
 
+    @property
+    def n_vocab(self) -> int:
+        """Token ids are 0..n_vocab-1."""
+        ...
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Token ids for `text`; `special` parses control tokens like `<|im_start|>`."""
         ...
 
     def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token as the model writes it (control tokens by their name)."""
+        ...
 
     def chat_template(self) -> str | None:
         """The Jinja chat template the model file carries, if any."""
@@ -173,8 +247,13 @@ class Engine(Protocol):
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        *,
+        n: int = 1,
     ) -> RequestHandle:
-        """Queue a request; its chunks go to `emit` (from the engine's thread, must not block)."""
+        """Queue a request; its chunks go to `emit` (from the engine's thread, must not block).
+
+        `n > 1` samples that many choices sharing one prefill (chunks carry their `index`; each
+        choice runs on its own copy of `controller`); `cancel` stops them all."""
         ...
 
     def stats(self) -> EngineStats: ...

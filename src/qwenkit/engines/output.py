@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from qwenkit.engines.base import Chunk, FinishReason, SamplingParams, StepController
+from qwenkit.engines.base import Chunk, FinishReason, SamplingParams, StepController, TokenLogprob
 from qwenkit.engines.text import IncrementalDecoder, StopMatcher
 
 
@@ -38,27 +38,29 @@ class RequestOutput:
         self.generated: list[int] = []
         self.finished = False
         self.cached_prompt_tokens = 0
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None  # sent with the first chunk
         self._decoder = IncrementalDecoder()
         self._stopper = StopMatcher(params.stop)
 
-    def on_token(self, token: int, used: int) -> list[int]:
+    def on_token(self, token: int, used: int, logprob: TokenLogprob | None = None) -> list[int]:
         """Handle a sampled token; `used` is the number of context positions already filled.
 
         Returns the tokens to decode next (the token, then any forced ones), or [] when the
         request has finished (its last chunk sent).
         """
         self.generated.append(token)
+        logprobs = None if logprob is None else [logprob]
         if token in self.end_ids:
-            self.finish("stop", token_ids=[token])
+            self.finish("stop", token_ids=[token], logprobs=logprobs)
             return []
         text, stop = self._stopper.feed(self._decoder.feed(self.piece(token)))
         if stop is not None:
-            self.finish("stop", text=text, token_ids=[token], stop=stop)
+            self.finish("stop", text=text, token_ids=[token], stop=stop, logprobs=logprobs)
             return []
         if self._full(used):
-            self.finish("length", text=text, token_ids=[token])
+            self.finish("length", text=text, token_ids=[token], logprobs=logprobs)
             return []
-        self.emit(Chunk(text, [token]))
+        self._send(Chunk(text, [token], logprobs=logprobs))
         forced = list(self.controller.after_token(self.generated)) if self.controller else []
         if not forced:
             return [token]
@@ -66,7 +68,7 @@ class RequestOutput:
         forced = forced[: max(room, 0)]
         self.generated.extend(forced)
         text, stop = self._stopper.feed(self._decoder.feed(b"".join(self.piece(t) for t in forced)))
-        self.emit(Chunk(text, forced, forced=True))
+        self._send(Chunk(text, forced, forced=True))
         if stop is not None:
             self.finish("stop", stop=stop)
         elif self._full(used + 1 + len(forced)):
@@ -81,6 +83,7 @@ class RequestOutput:
         token_ids: Sequence[int] = (),
         stop: str | None = None,
         error: str | None = None,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> None:
         """Send the last chunk (flushing held text unless aborted)."""
         if self.finished:
@@ -91,7 +94,7 @@ class RequestOutput:
             text += tail if late_stop else tail + self._stopper.flush()
             stop = late_stop
         self.on_finish()
-        self.emit(
+        self._send(
             Chunk(
                 text,
                 list(token_ids),
@@ -99,8 +102,14 @@ class RequestOutput:
                 stop_sequence=stop,
                 error=error,
                 cached_prompt_tokens=self.cached_prompt_tokens,
+                logprobs=logprobs,
             )
         )
+
+    def _send(self, chunk: Chunk) -> None:
+        if self.prompt_logprobs is not None:
+            chunk.prompt_logprobs, self.prompt_logprobs = self.prompt_logprobs, None
+        self.emit(chunk)
 
     def _full(self, used: int) -> bool:
         """No room for another token: `max_tokens` reached, or the context (`used` + the last

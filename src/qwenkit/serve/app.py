@@ -10,17 +10,22 @@ from importlib.resources import files
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from qwenkit.model import Model
-from qwenkit.serve import http_errors
+from qwenkit.serve import http_errors, openapi
 from qwenkit.serve.http_errors import ApiError
 from qwenkit.serve.metrics import Metrics
 from qwenkit.serve.middleware import AccessLog, BodyLimit
 from qwenkit.serve.openai_routes import router as openai_router
-from qwenkit.serve.protocol import ModelCard, ModelList
+from qwenkit.serve.openapi import ModelLimits, route_errors
+from qwenkit.serve.protocol import Health, ModelCard, ModelList
+from qwenkit.serve.responses_routes import ResponseStore
+from qwenkit.serve.responses_routes import router as responses_router
+from qwenkit.serve.routing import ModelRoutes
 from qwenkit.serve.security import ApiKeys, RateLimiter, key_id
 from qwenkit.serve.settings import ServeSettings
+from qwenkit.serve.tokens_routes import router as tokens_router
 
 log = logging.getLogger("qwenkit.serve")
 
@@ -28,9 +33,11 @@ log = logging.getLogger("qwenkit.serve")
 class _ModelHolder:
     """Loads the model on a background thread so /health can answer 503 meanwhile."""
 
-    def __init__(self, load: Callable[[], Model]) -> None:
+    def __init__(self, load: Callable[[], Model], settings: ServeSettings) -> None:
         self._load = load
+        self._settings = settings
         self.model: Model | None = None
+        self._routes: ModelRoutes | None = None
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="qwenkit-load", daemon=True)
 
@@ -39,7 +46,11 @@ class _ModelHolder:
 
     def _run(self) -> None:
         try:
-            self.model = self._load()
+            model = self._load()
+            self._routes = ModelRoutes.for_model(
+                model, served_name=self._settings.served_name, aliases=self._settings.model_aliases
+            )
+            self.model = model
         except Exception as exc:  # reported through /health and every request
             log.error("model failed to load: %s", exc)
             self.error = str(exc)
@@ -50,6 +61,12 @@ class _ModelHolder:
             raise ApiError(503, message, code="model_not_ready", headers={"Retry-After": "5"})
         return self.model
 
+    def routes(self) -> ModelRoutes:
+        """The names requests may use (once the model is ready)."""
+        self.ready()
+        assert self._routes is not None  # set before the model is published
+        return self._routes
+
     def close(self) -> None:
         self._thread.join(timeout=600)
         if self.model is not None:
@@ -59,7 +76,7 @@ class _ModelHolder:
 def create_app(load: Callable[[], Model], settings: ServeSettings | None = None) -> FastAPI:
     """An app serving the model `load()` returns (called once, in the background, at start-up)."""
     settings = settings or ServeSettings()
-    holder = _ModelHolder(load)
+    holder = _ModelHolder(load, settings)
     keys = ApiKeys(settings.api_keys)
 
     @asynccontextmanager
@@ -75,7 +92,7 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         description="An OpenAI-compatible server for the Qwen model family.",
     )
     app.state.settings = settings
-    app.state.ready_model = holder.ready
+    app.state.routes = holder.routes
     app.state.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
     app.state.metrics = Metrics(lambda: holder.model.engine.stats() if holder.model else None)
     http_errors.install(app)
@@ -113,26 +130,49 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
             )
 
     app.include_router(openai_router, dependencies=[Depends(authorize)])
+    app.include_router(tokens_router, dependencies=[Depends(authorize)])
+    app.include_router(responses_router, dependencies=[Depends(authorize)])
+    app.state.responses = ResponseStore(settings.max_stored_responses)
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models", dependencies=[Depends(authorize)], responses=route_errors(401, 429, 500, 503))
     async def list_models() -> ModelList:
-        model = holder.ready()
-        return ModelList(data=[ModelCard(id=settings.served_name or model.name)])
+        """Every name a request's `model` may take (`root`: the model it serves)."""
+        names = holder.routes().names()
+        return ModelList(data=[ModelCard(id=name, root=root) for name, root in names.items()])
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Loading, or the model failed to load"}},
+    )
     async def health() -> JSONResponse:
         if holder.model is None:
             status = "error" if holder.error else "loading"
             return JSONResponse({"status": status}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    prometheus = {"text/plain": {"schema": {"type": "string", "description": "Prometheus text format 0.0.4"}}}
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus metrics", "content": prometheus}},
+    )
     async def metrics() -> Response:
         return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return files("qwenkit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    def limits() -> ModelLimits | None:
+        model = holder.model
+        if model is None:
+            return None
+        n_ctx = model.engine.n_ctx
+        return ModelLimits(model.engine.n_vocab, min(settings.max_prompt_tokens or n_ctx - 1, n_ctx - 1))
+
+    openapi.install(app, settings, limits)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from qwenkit.engines.base import TokenLogprob
 from qwenkit.model import Model
 from qwenkit.results import ChatResult
 from qwenkit.serve import structured
 from qwenkit.serve.http_errors import ApiError, error_body
+from qwenkit.serve.logprobs import chat_logprobs, completion_logprobs
+from qwenkit.serve.openapi import route_errors, streamed
 from qwenkit.serve.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -24,6 +27,7 @@ from qwenkit.serve.protocol import (
     ChatCompletionRequest,
     ChunkChoice,
     Completion,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionTokensDetails,
     DeltaMessage,
@@ -35,6 +39,7 @@ from qwenkit.serve.protocol import (
     UsageInfo,
     new_id,
 )
+from qwenkit.serve.routing import Route
 from qwenkit.serve.runner import EngineFailure, TurnStream, run_turn
 from qwenkit.turn import PreparedTurn
 
@@ -42,15 +47,30 @@ router = APIRouter()
 log = logging.getLogger("qwenkit.prompts")
 
 
-def _usage(result: ChatResult) -> UsageInfo:
-    u = result.usage
+def usage_of(results: list[ChatResult]) -> UsageInfo:
+    """One request's usage: the prompt once (its choices share it), every choice's completion."""
+    first = results[0].usage
+    completion = sum(r.usage.completion_tokens for r in results)
     return UsageInfo(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.total_tokens,
-        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=u.reasoning_tokens),
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_prompt_tokens),
+        prompt_tokens=first.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=first.prompt_tokens + completion,
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=sum(r.usage.reasoning_tokens for r in results)
+        ),
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=first.cached_prompt_tokens),
     )
+
+
+def resolve_route(request: Request, name: str | None) -> Route:
+    """The target a request's `model` names (404 `model_not_found` for an unknown one)."""
+    return request.app.state.routes().resolve(name)
+
+
+def _choices(n: int, settings) -> int:
+    if n > settings.max_n:
+        raise ApiError(400, f"n is {n}; this server allows at most {settings.max_n} (--max-n)", param="n")
+    return n
 
 
 def _tool_out(call: Any, index: int) -> ToolCallOut:
@@ -59,12 +79,18 @@ def _tool_out(call: Any, index: int) -> ToolCallOut:
     )
 
 
-def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -> PreparedTurn:
+def prepare_chat(
+    model: Model, body: ChatCompletionRequest, request: Request, options: Mapping[str, Any]
+) -> PreparedTurn:
+    """A chat request checked against the server's limits and rendered to a turn (`options`: the
+    route's extras for `Model.prepare`). The Responses API runs through here too."""
     settings = request.app.state.settings
     if len(body.messages) > settings.max_messages:
         raise ApiError(
             400, f"too many messages: {len(body.messages)} (at most {settings.max_messages})", param="messages"
         )
+    if body.max_tokens is not None:  # the field that loses to max_completion_tokens is still checked
+        _max_tokens(body.max_tokens, settings)
     limit = _max_tokens(body.limit(), settings)
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     choice = body.tool_choice
@@ -95,6 +121,8 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
         grammar=grammar,
         thinking_budget=body.thinking_budget,
         reasoning_effort=effort,
+        logprobs=body.logprob_count(),
+        **options,
         **body.sampling(),
     )
     _check_prompt(turn, settings, model)
@@ -109,12 +137,12 @@ def _log_prompt(request: Request, prompt: object) -> None:
         )
 
 
-def _max_tokens(asked: int | None, settings) -> int:
+def _max_tokens(asked: int | None, settings, default: int | None = None) -> int:
     if asked is not None and asked > settings.max_tokens_cap:
         raise ApiError(
             400, f"max_tokens is {asked}; this server allows at most {settings.max_tokens_cap}", param="max_tokens"
         )
-    return asked or settings.default_max_tokens
+    return asked or min(default or settings.default_max_tokens, settings.max_tokens_cap)
 
 
 def _check_prompt(turn: PreparedTurn, settings, model: Model, param: str = "messages") -> None:
@@ -128,19 +156,23 @@ def _check_prompt(turn: PreparedTurn, settings, model: Model, param: str = "mess
         )
 
 
-def _finish(result: ChatResult, parallel: bool) -> tuple[str, list]:
+def finish_of(result: ChatResult, parallel: bool) -> tuple[str, list]:
     calls = result.tool_calls if parallel else result.tool_calls[:1]
     return result.finish_reason, calls
 
 
-async def _collect(model: Model, turn: PreparedTurn, request: Request) -> ChatResult:
-    """Run a turn to the end, cancelling it if the client goes away meanwhile."""
+async def collect(model: Model, turn: PreparedTurn, request: Request, n: int = 1) -> list[ChatResult]:
+    """Run a turn's `n` choices to the end (results by index), cancelling them if the client
+    goes away meanwhile."""
 
-    async def consume() -> ChatResult:
-        async for delta in run_turn(model, turn, request.app.state.metrics, live=False):
+    async def consume() -> list[ChatResult]:
+        results: dict[int, ChatResult] = {}
+        async for delta in run_turn(model, turn, request.app.state.metrics, live=False, n=n):
             if delta.result is not None:
-                return delta.result
-        raise EngineFailure("the engine ended without a result")
+                results[delta.index] = delta.result
+        if len(results) < n:
+            raise EngineFailure("the engine ended without a result")
+        return [results[i] for i in range(n)]
 
     async def client_gone() -> None:  # the body is read: the next message is the disconnect
         while (await request.receive())["type"] != "http.disconnect":
@@ -163,105 +195,213 @@ async def _collect(model: Model, turn: PreparedTurn, request: Request) -> ChatRe
         raise ApiError(503, f"generation failed: {exc}") from None
 
 
-def _spend(request: Request, result: ChatResult) -> None:
-    request.app.state.limiter.spend(request.state.bucket, result.usage.total_tokens)
+def spend(request: Request, results: list[ChatResult]) -> None:
+    request.app.state.limiter.spend(request.state.bucket, usage_of(results).total_tokens)
 
 
-@router.post("/v1/chat/completions", response_model=None)
+_ERRORS = route_errors(400, 401, 404, 413, 429, 500, 503)
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={**streamed(ChatCompletion, "The completion, or with `stream` its chunks"), **_ERRORS},
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    model: Model = request.app.state.ready_model()
-    turn = _prepare_chat(model, body, request)
+    route = resolve_route(request, body.model)
+    model = route.model
+    n = _choices(body.n, request.app.state.settings)
+    turn = prepare_chat(model, body, request, route.options)
     rid = new_id("chatcmpl")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        deltas = run_turn(model, turn, request.app.state.metrics)  # submit now: a full queue is a 429, not a broken 200
-        return _sse(_chat_events(model, deltas, request, rid, include_usage, body.parallel_tool_calls))
-    result = await _collect(model, turn, request)
-    _spend(request, result)
-    finish, calls = _finish(result, body.parallel_tool_calls)
-    message = AssistantMessage(
-        content=result.content if (result.content or not calls) else None,
-        reasoning_content=result.reasoning,
-        reasoning=result.reasoning,
-        tool_calls=[_tool_out(c, i) for i, c in enumerate(calls)] or None,
-    )
-    return ChatCompletion(
-        id=rid, model=model.name, choices=[ChatChoice(message=message, finish_reason=finish)], usage=_usage(result)
-    )
+        # submit now: a full queue is a 429, not a broken 200
+        deltas = run_turn(model, turn, request.app.state.metrics, n=n)
+        return sse(_chat_events(route, deltas, request, rid, include_usage, body.parallel_tool_calls, n))
+    results = await collect(model, turn, request, n)
+    spend(request, results)
+    choices = []
+    for i, result in enumerate(results):
+        finish, calls = finish_of(result, body.parallel_tool_calls)
+        message = AssistantMessage(
+            content=result.content if (result.content or not calls) else None,
+            reasoning_content=result.reasoning,
+            reasoning=result.reasoning,
+            tool_calls=[_tool_out(c, j) for j, c in enumerate(calls)] or None,
+        )
+        logprobs = None if result.logprobs is None else chat_logprobs(model.engine.token_bytes, result.logprobs)
+        choices.append(ChatChoice(index=i, message=message, finish_reason=finish, logprobs=logprobs))
+    return ChatCompletion(id=rid, model=route.name, choices=choices, usage=usage_of(results))
 
 
 async def _chat_events(
-    model: Model, deltas: TurnStream, request: Request, rid: str, include_usage: bool, parallel: bool
+    route: Route, deltas: TurnStream, request: Request, rid: str, include_usage: bool, parallel: bool, n: int
 ) -> AsyncIterator[str]:
-    def event(delta: DeltaMessage, finish: str | None = None) -> str:
-        chunk = ChatCompletionChunk(id=rid, model=model.name, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
-        return chunk.model_dump_json(exclude_none=True)
+    token_bytes = route.model.engine.token_bytes
+    pending: list[list[TokenLogprob]] = [[] for _ in range(n)]  # logprobs not yet sent, by choice
 
-    yield event(DeltaMessage(role="assistant", content=""))
-    n_calls = 0
+    def event(index: int, delta: DeltaMessage, finish: str | None = None) -> str:
+        logprobs = chat_logprobs(token_bytes, pending[index]) if pending[index] else None
+        pending[index] = []
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+        return ChatCompletionChunk(id=rid, model=route.name, choices=[choice]).model_dump_json(exclude_none=True)
+
+    for i in range(n):
+        yield event(i, DeltaMessage(role="assistant", content=""))
+    n_calls = [0] * n
+    results: list[ChatResult] = []
     async for delta in deltas:
+        i = delta.index
+        pending[i] += delta.logprobs
         if delta.reasoning:
-            yield event(DeltaMessage(reasoning_content=delta.reasoning, reasoning=delta.reasoning))
+            yield event(i, DeltaMessage(reasoning_content=delta.reasoning, reasoning=delta.reasoning))
         if delta.content:
-            yield event(DeltaMessage(content=delta.content))
-        calls = delta.tool_calls if parallel else delta.tool_calls[: max(0, 1 - n_calls)]
+            yield event(i, DeltaMessage(content=delta.content))
+        calls = delta.tool_calls if parallel else delta.tool_calls[: max(0, 1 - n_calls[i])]
         if calls:
-            yield event(DeltaMessage(tool_calls=[_tool_out(c, n_calls + i) for i, c in enumerate(calls)]))
-            n_calls += len(calls)
+            yield event(i, DeltaMessage(tool_calls=[_tool_out(c, n_calls[i] + j) for j, c in enumerate(calls)]))
+            n_calls[i] += len(calls)
         if delta.result is not None:
-            _spend(request, delta.result)
-            yield event(DeltaMessage(), delta.finish_reason)
-            if include_usage:
-                usage = ChatCompletionChunk(id=rid, model=model.name, choices=[], usage=_usage(delta.result))
-                yield usage.model_dump_json(exclude_none=True)
+            results.append(delta.result)
+            yield event(i, DeltaMessage(), delta.finish_reason)
+    if len(results) == n:
+        spend(request, results)
+        if include_usage:
+            usage = ChatCompletionChunk(id=rid, model=route.name, choices=[], usage=usage_of(results))
+            yield usage.model_dump_json(exclude_none=True)
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses={**streamed(Completion, "The completion, or with `stream` its chunks"), **_ERRORS},
+)
 async def completions(body: CompletionRequest, request: Request):
-    model: Model = request.app.state.ready_model()
+    route = resolve_route(request, body.model)
+    model = route.model
     settings = request.app.state.settings
+    n = _choices(body.n, settings)
+    sampled = _choices(max(body.best_of or n, n), settings)
     _log_prompt(request, body.prompt)
-    turn = model.prepare_completion(body.prompt, max_tokens=_max_tokens(body.max_tokens, settings), **body.sampling())
+    # best_of ranks choices by their likelihood: it needs each token's logprob
+    logprobs = body.logprobs if body.logprobs is not None or sampled == n else 0
+    turn = model.prepare_completion(
+        body.prompt,
+        max_tokens=_max_tokens(body.max_tokens, settings, default=16),
+        logprobs=logprobs,
+        prompt_logprobs=body.logprobs if body.echo else None,
+        **route.options,
+        **body.sampling(),
+    )
     _check_prompt(turn, settings, model, param="prompt")
     rid = new_id("cmpl")
-    prefix = body.prompt if body.echo else ""
-    if body.stream:
+    echo = Echo(model, turn.prompt, body.prompt if isinstance(body.prompt, str) else None) if body.echo else None
+    if body.stream and sampled == n:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        deltas = run_turn(model, turn, request.app.state.metrics)  # submit now (see chat_completions)
-        return _sse(_completion_events(model, deltas, request, rid, prefix, include_usage))
-    result = await _collect(model, turn, request)
-    _spend(request, result)
-    return Completion(
-        id=rid,
-        model=model.name,
-        usage=_usage(result),
-        choices=[TextChoice(text=prefix + result.content, finish_reason=result.finish_reason)],
-    )
+        deltas = run_turn(model, turn, request.app.state.metrics, n=n)  # submit now (see chat_completions)
+        return sse(_completion_events(route, deltas, request, rid, echo, include_usage, body.logprobs, n))
+    results = await collect(model, turn, request, sampled)
+    spend(request, results)
+    kept = sorted(results, key=_likelihood, reverse=True)[:n] if sampled > n else results
+    scored = results[0].prompt_logprobs  # the first choice scores the prompt for all
+    choices = [_text_choice(model, i, r, echo, body.logprobs, scored) for i, r in enumerate(kept)]
+    whole = Completion(id=rid, model=route.name, usage=usage_of(results), choices=choices)
+    if not body.stream:
+        return whole
+    # best_of with stream: the choices are known only at the end, sent then as one event each
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return sse(_replay(whole, include_usage))
+
+
+def _likelihood(result: ChatResult) -> float:
+    return sum(lp.logprob for lp in result.logprobs or ())
+
+
+class Echo:
+    """The prompt that `echo` puts before a completion, as text and (for logprobs) token ids."""
+
+    def __init__(self, model: Model, ids: list[int], text: str | None) -> None:
+        self.ids = ids
+        self.text = model.engine.detokenize(ids) if text is None else text
+
+
+def _text_choice(
+    model: Model,
+    index: int,
+    result: ChatResult,
+    echo: Echo | None,
+    top: int | None,
+    scored: list[TokenLogprob | None] | None,
+) -> TextChoice:
+    prefix = echo.text if echo else ""
+    logprobs = None
+    if top is not None:
+        token_bytes = model.engine.token_bytes
+        lps = list(result.logprobs or [])
+        if echo and scored is not None:
+            logprobs = completion_logprobs(token_bytes, scored, echo.ids)
+            tail = completion_logprobs(token_bytes, lps, [lp.token for lp in lps], len(prefix))
+            for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                getattr(logprobs, field).extend(getattr(tail, field))
+        else:
+            logprobs = completion_logprobs(token_bytes, lps, [lp.token for lp in lps], len(prefix))
+    return TextChoice(index=index, text=prefix + result.content, finish_reason=result.finish_reason, logprobs=logprobs)
+
+
+async def _replay(whole: Completion, include_usage: bool) -> AsyncIterator[str]:
+    for choice in whole.choices:
+        yield Completion(id=whole.id, model=whole.model, choices=[choice]).model_dump_json(exclude_none=True)
+    if include_usage:
+        yield Completion(id=whole.id, model=whole.model, choices=[], usage=whole.usage).model_dump_json(
+            exclude_none=True
+        )
 
 
 async def _completion_events(
-    model: Model, deltas: TurnStream, request: Request, rid: str, prefix: str, include_usage: bool
+    route: Route,
+    deltas: TurnStream,
+    request: Request,
+    rid: str,
+    echo: Echo | None,
+    include_usage: bool,
+    top: int | None,
+    n: int,
 ) -> AsyncIterator[str]:
-    def event(text: str, finish: str | None = None) -> str:
-        return Completion(
-            id=rid, model=model.name, choices=[TextChoice(text=text, finish_reason=finish)]
-        ).model_dump_json(exclude_none=True)
+    token_bytes = route.model.engine.token_bytes
+    offsets = [0] * n  # characters sent so far, by choice (logprobs' text_offset)
 
-    if prefix:
-        yield event(prefix)
+    def event(index: int, text: str, finish: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
+        offsets[index] += len(text)
+        choice = TextChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)
+        return Completion(id=rid, model=route.name, choices=[choice]).model_dump_json(exclude_none=True)
+
+    echoed = echo is None
+    results: list[ChatResult] = []
     async for delta in deltas:
-        if delta.content:
-            yield event(delta.content)
+        i = delta.index
+        if not echoed:  # the prompt's logprobs come with the first choice's first delta
+            echoed = True
+            scored = delta.prompt_logprobs
+            for j in range(n):
+                lps = completion_logprobs(token_bytes, scored, echo.ids) if top is not None and scored else None
+                yield event(j, echo.text, logprobs=lps)
+        lps = None
+        if top is not None and delta.logprobs:
+            lps = completion_logprobs(token_bytes, delta.logprobs, [lp.token for lp in delta.logprobs], offsets[i])
+        if delta.content or lps:
+            yield event(i, delta.content, logprobs=lps)
         if delta.result is not None:
-            _spend(request, delta.result)
-            yield event("", delta.finish_reason)
-            if include_usage:
-                yield Completion(id=rid, model=model.name, choices=[], usage=_usage(delta.result)).model_dump_json(
-                    exclude_none=True
-                )
+            results.append(delta.result)
+            yield event(i, "", delta.finish_reason)
+    if len(results) == n:
+        spend(request, results)
+        if include_usage:
+            yield Completion(id=rid, model=route.name, choices=[], usage=usage_of(results)).model_dump_json(
+                exclude_none=True
+            )
 
 
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
+def sse(events: AsyncIterator[str]) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for data in events:

@@ -4,24 +4,48 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+
+def _whole(value: object) -> object:
+    """JSON Schema's integers include 2.0: accept a float without a fraction as an integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
+
+
+def whole(**bounds: int) -> Any:
+    """An integer with bounds (the bounds before the validator, or the schema loses them)."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_whole)]
 
 
 class _Request(BaseModel):
-    # Unknown fields are ignored, as OpenAI clients send extensions we need not understand.
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are ignored, as OpenAI clients send extensions we need not understand. Types
+    # are strict: "3" is not a number, 1 is not true (what the schema says is what is accepted).
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ContentPart(_Request):
-    type: str
-    text: str | None = None
+    type: Literal["text"] = Field(description="text only (this server takes no images or audio)")
+    text: str
+
+
+Content = str | list[ContentPart]
+
+
+JsonObjectText = Annotated[
+    str, Field(json_schema_extra={"contentMediaType": "application/json", "contentSchema": {"type": "object"}})
+]
 
 
 class FunctionCall(_Request):
-    name: str
-    arguments: str | dict[str, Any] = "{}"
+    name: str = Field(min_length=1)
+    arguments: JsonObjectText | dict[str, Any] = Field(
+        default="{}", description="a JSON object, or a string holding one"
+    )
 
 
 class ToolCallIn(_Request):
@@ -30,20 +54,44 @@ class ToolCallIn(_Request):
     function: FunctionCall
 
 
-class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+class _Message(_Request):
     name: str | None = None
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+    content: Content
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessageIn(_Message):
+    role: Literal["assistant"]
+    content: Content | None = None
     tool_calls: list[ToolCallIn] | None = None
-    tool_call_id: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: Content = Field(default="", description="the tool's result (none: empty)")
+    tool_call_id: str | None = None
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessageIn | ToolMessage, Field(discriminator="role")]
 
 
 class FunctionDef(_Request):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="a JSON Schema; a `type` must be one of JSON Schema's types, unknown keywords are ignored",
+    )
     strict: bool | None = None
 
 
@@ -54,7 +102,7 @@ class ToolDef(_Request):
 
 class NamedToolChoice(_Request):
     class _Name(_Request):
-        name: str
+        name: str = Field(min_length=1, max_length=128, description="one of the request's tools")
 
     type: Literal["function"] = "function"
     function: _Name
@@ -62,23 +110,39 @@ class NamedToolChoice(_Request):
 
 class JsonSchemaFormat(_Request):
     name: str = "response"
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="schema",
+        description="a JSON Schema; a `type` must be one of JSON Schema's types, unknown keywords are ignored",
+    )
     strict: bool | None = None
 
 
-class ResponseFormat(_Request):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: JsonSchemaFormat | None = None
+class TextFormat(_Request):
+    type: Literal["text"]
 
-    @model_validator(mode="after")
-    def _schema_given(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format of type json_schema needs a json_schema object")
-        return self
+
+class JsonObjectFormat(_Request):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(_Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
 
 
 class StreamOptions(_Request):
     include_usage: bool = False
+
+
+Stop = Annotated[str, Field(min_length=1)]
+TokenKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,8})$")]  # the vocabulary bound is in the OpenAPI schema
+TokenId = whole(ge=0)
+MAX_N = 128  # the most any server allows; each server's own cap (--max-n) is in its OpenAPI schema
+MAX_TOP_LOGPROBS = 20
 
 
 class SamplingFields(_Request):
@@ -86,15 +150,17 @@ class SamplingFields(_Request):
 
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: whole(ge=0) | None = None
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
-    logit_bias: dict[str, float] | None = None
+    seed: Int | None = None
+    stop: Stop | list[Stop] | None = Field(default=None, max_length=16)
+    n: whole(ge=1, le=MAX_N) = Field(default=1, description="choices to sample (at most the server's --max-n)")
+    logit_bias: dict[TokenKey, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, description="token id (a vocabulary index) -> bias"
+    )
     user: str | None = Field(default=None, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -102,22 +168,7 @@ class SamplingFields(_Request):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > 16:
-            raise ValueError("at most 16 stop sequences")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return stops
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key, bias in (value or {}).items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
-            if not -100 <= bias <= 100:
-                raise ValueError("logit_bias values must be in [-100, 100]")
-        return value
+        return [value] if isinstance(value, str) else list(value or [])
 
     def sampling(self) -> dict[str, Any]:
         """The fields as engine sampling settings (None: let Qwen's defaults decide)."""
@@ -135,23 +186,38 @@ class SamplingFields(_Request):
         }
 
 
+# "required" or a named tool choice needs tools (the name being one of them JSON Schema cannot state)
+_TOOL_CHOICE_NEEDS_TOOLS = {
+    "if": {
+        "required": ["tool_choice"],
+        "properties": {"tool_choice": {"not": {"anyOf": [{"enum": ["auto", "none"]}, {"type": "null"}]}}},
+    },
+    "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+}
+
+
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_TOOL_CHOICE_NEEDS_TOOLS)
+
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: whole(ge=1) | None = None
+    max_completion_tokens: whole(ge=1) | None = None
     tools: list[ToolDef] | None = None
-    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = Field(
+        default=None, description='"required" or a named function need `tools`, and the name must be among them'
+    )
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
-    thinking_budget: int | None = Field(
+    thinking_budget: whole(ge=0) | None = Field(
         default=None,
-        ge=0,
         validation_alias=AliasChoices("thinking_budget", "thinking_token_budget", "thinking_budget_tokens"),
     )
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    logprobs: bool = False
+    top_logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -180,23 +246,51 @@ class ChatCompletionRequest(SamplingFields):
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprob_count(self) -> int | None:
+        """Alternatives per token when logprobs are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: str  # OpenAI's one-item list form is accepted too (see _one_prompt)
-    max_tokens: int = Field(default=16, ge=1)
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)]
+    ) = Field(description="one prompt: text or token ids")
+    max_tokens: whole(ge=1) | None = Field(default=None, description="default: 16 (or the server's cap if lower)")
     echo: bool = False
+    logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
+    best_of: whole(ge=1, le=MAX_N) | None = Field(default=None, description="choices sampled, the n likeliest returned")
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, value: object) -> object:
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise ValueError("exactly one prompt is supported per request")
-            value = value[0]
-        if not value:
-            raise ValueError("the prompt is empty")
-        return value
+    def _one_prompt(cls, value: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
+        if isinstance(value, list) and isinstance(value[0], (str, list)):
+            return value[0]  # one prompt in a list (the schema allows no more)
+        return value  # type: ignore[return-value]
+
+
+class TokenizeRequest(_Request):
+    """llama-server's (`content`, `with_pieces`) and vLLM's (`prompt` or `messages`) shapes."""
+
+    model: str | None = None
+    content: str | None = Field(default=None, description="text to tokenize (llama-server)")
+    prompt: str | None = Field(default=None, description="text to tokenize (vLLM); wins over `content`")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, description="a conversation, rendered with the chat template; wins over text"
+    )
+    tools: list[ToolDef] | None = None
+    add_generation_prompt: bool = True
+    add_special: bool = Field(default=False, description="accepted; Qwen adds no special tokens of its own")
+    add_special_tokens: bool = Field(default=False, description="as `add_special`")
+    with_pieces: bool = Field(default=False, description="each token as {id, piece} (llama-server)")
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[TokenId]
 
 
 # ----- responses ---------------------------------------------------------------------------
@@ -242,11 +336,33 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None = None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -270,7 +386,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -286,7 +402,7 @@ class TextChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -303,11 +419,32 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "qwenkit"
+    root: str | None = None  # the model this name serves
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenPiece(BaseModel):
+    id: int
+    piece: str
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int] | list[TokenPiece]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    content: str  # llama-server's name
+    prompt: str  # vLLM's name
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"]
 
 
 class ErrorDetail(BaseModel):

@@ -14,8 +14,9 @@ from qwenkit.serve.metrics import Metrics
 from qwenkit.turn import PreparedTurn
 
 
-def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True) -> TurnStream:
-    """Submit `turn` now and return an async iterator of its deltas.
+def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True, n: int = 1) -> TurnStream:
+    """Submit `turn` now and return an async iterator of its deltas (of `n` choices, by `index`;
+    each choice's last delta carries its `result`).
 
     `live=False` (nobody streams the reply) hands the chunks over once, at the end, instead of
     waking the event loop for every token: on few cores that Python work would pre-empt the
@@ -25,28 +26,32 @@ def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool =
     refused prompt raises before a streamed response has sent its 200 headers. Leaving the
     iteration early (a client gone), or dropping the stream unread, cancels the request.
     """
-    return TurnStream(model, turn, metrics, live=live)
+    return TurnStream(model, turn, metrics, live=live, n=n)
 
 
 class TurnStream:
-    def __init__(self, model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True) -> None:
+    def __init__(self, model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True, n: int = 1) -> None:
         self._done = True  # nothing to cancel until the engine has accepted the request
         loop = asyncio.get_running_loop()
         self._chunks: asyncio.Queue[list[tuple[float, Chunk]]] = asyncio.Queue()
         chunks = self._chunks
         held: list[tuple[float, Chunk]] = []  # touched by the engine thread only
 
+        running = [n]  # choices not finished (engine thread)
+
         def emit(chunk: Chunk) -> None:
             held.append((time.perf_counter(), chunk))
-            if not live and chunk.finish_reason is None:
+            if chunk.finish_reason is not None:
+                running[0] -= 1
+            if not live and running[0]:
                 return
             batch = held[:]
             held.clear()
             with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown): nobody is listening
                 loop.call_soon_threadsafe(chunks.put_nowait, batch)
 
-        self._model, self._turn, self._metrics = model, turn, metrics
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))
+        self._model, self._turn, self._metrics, self._n = model, turn, metrics, n
+        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn), n=n)
         self._started = time.perf_counter()
         self._done = False
 
@@ -55,27 +60,35 @@ class TurnStream:
 
     async def _deltas(self) -> AsyncIterator[ChatDelta]:
         metrics, turn = self._metrics, self._turn
-        decoder = self._model.decoder(turn)
-        started = last = self._started
-        generated = 0
+        decoders = [self._model.decoder(turn) for _ in range(self._n)]
+        started = self._started
+        last = [started] * self._n
+        generated = [0] * self._n
+        running = self._n
         try:
             while True:
                 for at, chunk in await self._chunks.get():
+                    i = chunk.index
                     if chunk.token_ids:
-                        if generated == 0:
+                        if generated[i] == 0:
                             metrics.ttft.observe(at - started)
                         else:
-                            metrics.itl.observe((at - last) / len(chunk.token_ids))
-                        last = at
-                        generated += len(chunk.token_ids)
-                    delta = decoder.feed(chunk)
+                            metrics.itl.observe((at - last[i]) / len(chunk.token_ids))
+                        last[i] = at
+                        generated[i] += len(chunk.token_ids)
+                    delta = decoders[i].feed(chunk)
                     if chunk.finish_reason is not None:
-                        self._done = True
-                        metrics.prompt_tokens.inc(len(turn.prompt))
-                        metrics.generation_tokens.inc(generated)
-                        metrics.e2e.observe(time.perf_counter() - started)
+                        running -= 1
                         if chunk.error:
+                            if running:  # the other choices go too
+                                self._handle.cancel()
+                            self._done = True
                             raise EngineFailure(chunk.error)
+                        if not running:
+                            self._done = True
+                            metrics.prompt_tokens.inc(len(turn.prompt))  # once: the choices share it
+                            metrics.generation_tokens.inc(sum(generated))
+                            metrics.e2e.observe(time.perf_counter() - started)
                     yield delta
                     if self._done:
                         return

@@ -25,6 +25,9 @@ class ServeSettings:
     log_prompts: bool = False
     retry_after_s: int = 2
     served_name: str | None = None
+    model_aliases: tuple[str, ...] = ()  # more names the model answers to (file name, reference)
+    max_n: int = 4  # the most choices (n, best_of) one request may ask for
+    max_stored_responses: int = 256  # Responses API: kept in memory for previous_response_id
 
 
 def read_api_keys(keys: list[str], key_file: Path | None) -> frozenset[str]:

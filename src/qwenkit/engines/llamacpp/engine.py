@@ -46,11 +46,18 @@ class LlamaCppEngine:
             self.model.close()
             raise
 
+    @property
+    def n_vocab(self) -> int:
+        return int(self.model.n_vocab)
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.model.tokenize(text, special=special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.model.detokenize(ids)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.model.piece(token, special=True)
 
     def chat_template(self) -> str | None:
         return self.model.chat_template()
@@ -67,9 +74,11 @@ class LlamaCppEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        *,
+        n: int = 1,
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.scheduler.submit(Request(list(prompt), params, emit, controller))
+        return self.scheduler.submit(Request(list(prompt), params, emit, controller, n=n))
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats()

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 import llama_cpp as C
 import numpy as np
 
-from qwenkit.engines.base import SamplingParams
-from qwenkit.errors import BadRequest
+from qwenkit.engines.base import SamplingParams, TokenLogprob
+from qwenkit.errors import BadRequest, QwenkitError
 
 _PENALTY_WINDOW = 64  # tokens looked back at by the repetition/presence/frequency penalties
 
 
+_LOGIT_LIMIT = np.float32(1e30)  # penalties never push a logit past this (softmax stays finite)
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -56,18 +57,25 @@ class SamplerChain:
         if self.penalties is not None:
             self.penalties.apply(logits)
         if self.grammar is None:
-            # llama_sampler_sample reads the edited row
+            # the chain reads the edited row
             token = int(logits.argmax()) if self.greedy else C.llama_sampler_sample(self.ptr, ctx, batch_index)
             self._remember(token)
             return token
         token = self._apply(self.ptr, self._candidates(logits))
-        one = np.zeros(1, dtype=_TOKEN_DATA)
-        one["id"], one["logit"] = token, 1.0
-        if not np.isfinite(self._filter(one)[0]["logit"]):  # rejected: constrain, then sample again
-            candidates = self._filter(self._candidates(logits))
-            token = self._apply(self.ptr, candidates)
+        if not self._allows(token):  # rejected: constrain, then sample again
+            token = self._apply(self.ptr, self._filter(self._candidates(logits)))
+            if not self._allows(token):  # degenerate logits (e.g. all -inf): the likeliest allowed token
+                allowed = self._filter(self._candidates(logits))
+                token = int(allowed["id"][np.argmax(allowed["logit"])])
+                if not self._allows(token):  # accepting it would throw inside llama.cpp
+                    raise QwenkitError("the output grammar allows no token here")
         self.accept(token)
         return token
+
+    def _allows(self, token: int) -> bool:
+        one = np.zeros(1, dtype=_TOKEN_DATA)
+        one["id"], one["logit"] = token, 1.0
+        return bool(np.isfinite(self._filter(one)[0]["logit"]))
 
     def accept(self, token: int) -> None:
         """Record a chosen or forced token in the chain, the penalties and the grammar."""
@@ -105,6 +113,24 @@ class SamplerChain:
         arr = _as_array(data)
         C.llama_sampler_apply(chain, arr)
         return int(data["id"][arr.contents.selected])
+
+
+def token_logprob(ctx: C.llama_context_p, batch_index: int, n_vocab: int, token: int, top: int) -> TokenLogprob:
+    """`token`'s logprob and the `top` most likely tokens from the logits row at `batch_index`
+    (as `SamplerChain.sample` left it: after logit bias and penalties, before temperature)."""
+    return logprob_of(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, batch_index), shape=(n_vocab,)), token, top)
+
+
+def logprob_of(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """Log-softmax of `logits` at `token`, with the `top` best (token, logprob) pairs."""
+    peak = float(logits.max())
+    lse = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(logits, -top)[-top:]
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        best = tuple((int(i), float(logits[i]) - lse) for i in ids)
+    return TokenLogprob(token, float(logits[token]) - lse, best)
 
 
 def _as_array(data: np.ndarray) -> ctypes._Pointer[C.llama_token_data_array]:
@@ -157,8 +183,10 @@ class _Penalties:
         ids = np.fromiter(self.counts, dtype=np.int64, count=len(self.counts))
         counts = np.fromiter(self.counts.values(), dtype=np.float32, count=len(self.counts))
         x = logits[ids]
-        x = np.where(x <= 0, x * self.repeat, x / self.repeat)
-        logits[ids] = x - (counts * self.frequency + self.presence)
+        # a penalty near 0 (or 0 once in float32) makes infinities, which would be NaN in the sampler
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            x = np.where(x <= 0, x * self.repeat, x / self.repeat)
+        logits[ids] = np.clip(x - (counts * self.frequency + self.presence), -_LOGIT_LIMIT, _LOGIT_LIMIT)
 
 
 def _samplers(p: SamplingParams) -> Iterator[C.llama_sampler_p]:

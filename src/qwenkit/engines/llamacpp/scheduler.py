@@ -18,13 +18,18 @@ from collections.abc import Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, check_request
+from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, TokenLogprob, check_request
 from qwenkit.engines.llamacpp.model import LlamaModel
-from qwenkit.engines.llamacpp.sampler import SamplerChain
+from qwenkit.engines.llamacpp.sampler import SamplerChain, token_logprob
 from qwenkit.engines.output import RequestOutput
 from qwenkit.errors import QwenkitError
 
 log = logging.getLogger("qwenkit.scheduler")
+
+
+# Prompt tokens per step while a prompt is scored (`echo` with logprobs): each keeps a logits row,
+# and one slot at a time scores, so the output buffer holds n_parallel + this many rows.
+SCORED_CHUNK = 16
 
 
 class _Slot:
@@ -36,6 +41,9 @@ class _Slot:
         self.out: RequestOutput | None = None
         self.sampler: SamplerChain | None = None
         self.last_used = 0.0
+        self.followers: list[Request] = []  # the other choices of an n > 1 request, admitted after its prefill
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None  # while the prompt is scored
+        self.top_logprobs: int | None = None  # the request's `logprobs` (None: none computed)
 
     @property
     def busy(self) -> bool:
@@ -87,9 +95,10 @@ def context_params(*, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int)
     params.n_batch = max(n_batch, n_parallel)
     params.n_ubatch = params.n_batch
     params.n_seq_max = n_parallel
-    # Each step samples one logits row per slot: reserving outputs for a whole batch (llama.cpp's
-    # default) would hold n_batch x n_vocab floats, about 300 MiB for Qwen, that are never written.
-    params.n_outputs_max = n_parallel
+    # Each step samples one logits row per slot, plus the rows of one prompt being scored:
+    # reserving outputs for a whole batch (llama.cpp's default) would hold n_batch x n_vocab
+    # floats, about 300 MiB for Qwen, that are never written.
+    params.n_outputs_max = n_parallel + SCORED_CHUNK
     params.n_threads = n_threads
     params.n_threads_batch = n_threads
     # One KV stream per slot (as llama-server): a sequence attends only over its own cells,
@@ -136,6 +145,8 @@ class Scheduler:
 
     def submit(self, request: Request) -> Request:
         check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab)
+        if request.n > len(self.slots):
+            raise QwenkitError(f"n={request.n} needs as many parallel slots; this engine has {len(self.slots)}")
         with self._cv:
             if self._closed:
                 raise QwenkitError("the engine is closed")
@@ -204,24 +215,36 @@ class Scheduler:
             free = [s for s in self.slots if s.seq_id not in running]
             if not free:
                 break
-            request = self._waiting.popleft()
+            request, *followers = self._waiting.popleft().choices()
             if request.cancelled:
-                request.emit(Chunk("", finish_reason="abort"))
+                for choice in (request, *followers):
+                    choice.emit(Chunk("", finish_reason="abort"))
                 continue
             slot = _slot_for(free, running, request.prompt)
+            slot.followers = followers
             running.add(slot.seq_id)
             admitted.append((slot, request))
         return admitted
 
+    def _admit_followers(self, slot: _Slot) -> None:
+        """Queue the other choices first, now that `slot` holds the prompt they will copy."""
+        if slot.followers:
+            with self._cv:
+                self._waiting.extendleft(reversed(slot.followers))
+            slot.followers = []
+
     def _start(self, slot: _Slot, request: Request) -> None:
         prompt = request.prompt
-        reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)  # >= 1 token to decode
+        # Scoring the prompt needs its logits at every position: nothing is reused then. Only the
+        # first choice scores it; the others copy the cache it leaves.
+        scored = request.params.prompt_logprobs is not None and request.index == 0
+        reuse = 0 if scored else min(_common_prefix(slot.cached, prompt), len(prompt) - 1)  # >= 1 to decode
         donor = max(
             (s for s in self.slots if s is not slot),
             key=lambda s: _common_prefix(s.cached, prompt),
             default=None,
         )
-        if donor is not None:
+        if donor is not None and not scored:
             shared = min(_common_prefix(donor.cached, prompt), len(prompt) - 1)
             if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
                 C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
@@ -248,6 +271,8 @@ class Scheduler:
             on_finish=lambda: self._release(slot),
         )
         slot.out.cached_prompt_tokens = reuse
+        slot.prompt_logprobs = [None] if scored else None
+        slot.top_logprobs = request.params.logprobs
 
     def _step(self) -> None:
         for slot in self.slots:
@@ -259,9 +284,16 @@ class Scheduler:
         # Decoding slots (one token) first so a long prompt never starves running streams.
         active.sort(key=lambda s: len(s.feed))
         batch, n, budget = self.batch, 0, self.n_batch
-        taken: list[tuple[_Slot, int, int | None]] = []  # slot, tokens taken, logits row
+        taken: list[tuple[_Slot, int, int | None, int]] = []  # slot, tokens taken, logits row, first row
+        scored = False  # one prompt scored per step: the output buffer has room for one
         for slot in active:
             take = min(len(slot.feed), budget - n)
+            scoring = slot.prompt_logprobs is not None
+            if scoring:  # every row's logits are kept: bound the output buffer
+                if scored:
+                    continue
+                scored = True
+                take = min(take, SCORED_CHUNK)
             if take <= 0:
                 break
             pos0 = len(slot.cached)
@@ -270,28 +302,51 @@ class Scheduler:
                 batch.pos[n + i] = pos0 + i
                 batch.n_seq_id[n + i] = 1
                 batch.seq_id[n + i][0] = slot.seq_id
-                batch.logits[n + i] = False
+                batch.logits[n + i] = scoring
             row = None
             if take == len(slot.feed):
                 row = n + take - 1
                 batch.logits[row] = True
-            taken.append((slot, take, row))
+            taken.append((slot, take, row, n))
             n += take
         batch.n_tokens = n
         rc = C.llama_decode(self.ctx, batch)
         if rc != 0:
             raise QwenkitError(f"llama_decode returned {rc}")
         now = time.monotonic()
-        for slot, take, row in taken:
+        for slot, take, row, first in taken:
+            if slot.prompt_logprobs is not None:
+                self._score_prompt(slot, take, first)
             slot.cached.extend(slot.feed[:take])
             del slot.feed[:take]
             slot.last_used = now
             if row is not None:
-                self._on_token(slot, slot.running()[1].sample(self.ctx, row))
+                self._on_token(slot, row)
 
-    def _on_token(self, slot: _Slot, token: int) -> None:
+    def _score_prompt(self, slot: _Slot, take: int, first: int) -> None:
+        """Logprobs of the prompt tokens that follow this chunk's rows; handed on once complete."""
+        request, scored, out = slot.request, slot.prompt_logprobs, slot.out
+        assert (
+            request is not None
+            and scored is not None
+            and out is not None
+            and request.params.prompt_logprobs is not None
+        )
+        prompt, top = request.prompt, request.params.prompt_logprobs
+        pos0 = len(slot.cached)
+        for i in range(take):
+            if pos0 + i + 1 < len(prompt):
+                scored.append(token_logprob(self.ctx, first + i, self.model.n_vocab, prompt[pos0 + i + 1], top))
+        if len(scored) == len(prompt):
+            out.prompt_logprobs, slot.prompt_logprobs = scored, None
+
+    def _on_token(self, slot: _Slot, row: int) -> None:
         out, sampler = slot.running()
-        feed = out.on_token(token, len(slot.cached))
+        token = sampler.sample(self.ctx, row)
+        top = slot.top_logprobs
+        logprob = None if top is None else token_logprob(self.ctx, row, self.model.n_vocab, token, top)
+        self._admit_followers(slot)
+        feed = out.on_token(token, len(slot.cached), logprob)
         for forced in feed[1:]:
             sampler.accept(forced)
         slot.feed = feed
@@ -300,8 +355,10 @@ class Scheduler:
         slot.running()[0].finish(reason, error=error)
 
     def _release(self, slot: _Slot) -> None:
+        self._admit_followers(slot)  # a leader that ends before its prefill: they start on their own
         slot.request = None
         slot.feed = []
+        slot.prompt_logprobs = None
         if slot.sampler:
             slot.sampler.close()
             slot.sampler = None

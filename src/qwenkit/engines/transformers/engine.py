@@ -72,11 +72,18 @@ class TransformersEngine:
     def device(self) -> torch.device:
         return self._running().device
 
+    @property
+    def n_vocab(self) -> int:
+        return self.worker.n_vocab
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.vocab.tokenize(text, special=special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.vocab.detokenize(ids)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.vocab.piece(token, special=True)
 
     def chat_template(self) -> str | None:
         return self.vocab.chat_template()
@@ -93,9 +100,11 @@ class TransformersEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        *,
+        n: int = 1,
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self._running().submit(Request(list(prompt), params, emit, controller))
+        return self._running().submit(Request(list(prompt), params, emit, controller, n=n))
 
     def generate(
         self,

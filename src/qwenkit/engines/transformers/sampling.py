@@ -20,9 +20,10 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from qwenkit.engines.base import SamplingParams
+from qwenkit.engines.base import SamplingParams, TokenLogprob
 from qwenkit.errors import BadRequest
 
+_LOGIT_LIMIT = 1e30
 PENALTY_WINDOW = 64  # as the llama.cpp engine: tokens looked back at by the penalties
 
 
@@ -53,7 +54,7 @@ class _Penalties:
         if self.frequency or self.presence:
             ids, counts = torch.unique(window, return_counts=True)
             scores[0, ids] -= counts.to(scores.dtype) * self.frequency + self.presence
-        return scores
+        return scores.clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT)  # a penalty near 0 makes infinities (NaN when sampled)
 
 
 class RowSampler:
@@ -83,12 +84,20 @@ class RowSampler:
 
     def sample(self, logits: torch.Tensor, generated: Sequence[int]) -> int:
         """`logits`: this sequence's [vocab] row; `generated`: its tokens so far (forced included)."""
+        return self.pick(self.scores(logits, generated))
+
+    def scores(self, logits: torch.Tensor, generated: Sequence[int]) -> torch.Tensor:
+        """The [1, vocab] scores after logit bias and penalties (what logprobs are taken from)."""
         scores = logits.to(torch.float32)[None].clone()
         if self.bias is not None:
             scores[0, self.bias[0]] += self.bias[1]
         if self.penalties is not None:
             window = torch.tensor(generated[-PENALTY_WINDOW:], dtype=torch.long, device=scores.device)
             scores = self.penalties(window, scores)
+        return scores
+
+    def pick(self, scores: torch.Tensor) -> int:
+        """Greedy, or top-k, top-p, min-p, temperature and a draw (`scores` is left as it was)."""
         if self.greedy:
             return int(scores[0].argmax())
         candidates = None
@@ -102,4 +111,14 @@ class RowSampler:
         return int(candidates[0, choice]) if candidates is not None else choice
 
 
-__all__ = ["PENALTY_WINDOW", "RowSampler", "check_params"]
+def logprob_of(scores: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """Log-softmax of a [vocab] row at `token`, with the `top` best (token, logprob) pairs."""
+    logprobs = torch.log_softmax(scores.to(torch.float32), dim=-1)
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        values, ids = torch.topk(logprobs, top)
+        best = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(logprobs[token]), best)
+
+
+__all__ = ["PENALTY_WINDOW", "RowSampler", "check_params", "logprob_of"]

@@ -28,10 +28,10 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, check_request
+from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, TokenLogprob, check_request
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
-from qwenkit.engines.transformers.sampling import RowSampler, check_params
+from qwenkit.engines.transformers.sampling import RowSampler, check_params, logprob_of
 from qwenkit.errors import QwenkitError
 
 log = logging.getLogger("qwenkit.transformers")
@@ -40,11 +40,14 @@ log = logging.getLogger("qwenkit.transformers")
 class _Row:
     """One running sequence: a row of the batch."""
 
-    def __init__(self, request: Request, sampler: RowSampler, worker: Worker) -> None:
+    def __init__(self, request: Request, sampler: RowSampler, worker: Worker, source: _Row | None = None) -> None:
         self.request: Request | None = request
+        self.params = request.params
+        self.prompt = request.prompt
         self.sampler = sampler
+        self.source = source  # another choice of the same request, whose prefill this row repeats
         self.pos = 0  # real tokens in the cache for this row (its next position id)
-        self.feed: list[int] = list(request.prompt)  # tokens to run next
+        self.feed: list[int] = [] if source else list(request.prompt)  # tokens to run next
         self.out = RequestOutput(
             request.emit,
             request.params,
@@ -104,6 +107,8 @@ class Worker:
     def submit(self, request: Request) -> Request:
         check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab)
         check_params(request.params)
+        if request.n > self.max_batch:
+            raise QwenkitError(f"n={request.n} needs as many batch rows; this engine runs {self.max_batch}")
         with self._cv:
             if self._closed:
                 raise QwenkitError("the engine is closed")
@@ -169,17 +174,21 @@ class Worker:
         if self.rows and self._mergeable is False:
             return []  # this cache cannot take new rows while others run
         admitted: list[_Row] = []
-        while self._waiting and len(self.rows) + len(admitted) < self.max_batch:
-            request = self._waiting.popleft()
-            if request.cancelled:
-                request.emit(Chunk("", finish_reason="abort"))
+        while self._waiting and len(self.rows) + len(admitted) + self._waiting[0].n <= self.max_batch:
+            choices = self._waiting.popleft().choices()
+            if choices[0].cancelled:
+                for choice in choices:
+                    choice.emit(Chunk("", finish_reason="abort"))
                 continue
             try:
-                sampler = RowSampler(request.params, self.device)
+                samplers = [RowSampler(choice.params, self.device) for choice in choices]
             except QwenkitError as exc:
-                request.emit(Chunk("", finish_reason="abort", error=str(exc)))
+                for choice in choices:
+                    choice.emit(Chunk("", finish_reason="abort", error=str(exc)))
                 continue
-            admitted.append(_Row(request, sampler, self))
+            leader = _Row(choices[0], samplers[0], self)
+            admitted.append(leader)
+            admitted += [_Row(c, s, self, source=leader) for c, s in zip(choices[1:], samplers[1:], strict=True)]
         return admitted
 
     def _drop_cancelled(self) -> None:
@@ -192,9 +201,10 @@ class Worker:
             self._compact()
 
     def _forward(
-        self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor | None
+        self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor | None, *, every: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run each row's `feed` (left-padded to the longest) on `cache`; the last logits per row."""
+        """Run each row's `feed` (left-padded to the longest) on `cache`: the last logits per row
+        ([rows, vocab]), or with `every` the logits of every column ([rows, columns, vocab])."""
         width = max(len(r.feed) for r in rows)
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         new_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -212,17 +222,31 @@ class Worker:
             position_ids=positions.to(self.device),
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if every else 1,
         )
         for row in rows:
             row.pos += len(row.feed)
             row.feed = []
-        return out.logits[:, -1, :], mask.to(self.device)
+        return (out.logits if every else out.logits[:, -1, :]), mask.to(self.device)
 
     def _prefill(self, rows: list[_Row]) -> None:
-        self._prompt_tokens += sum(len(r.feed) for r in rows)
+        """Prefill the prompts of new rows together; other choices of a request repeat its row."""
+        leaders = [r for r in rows if r.source is None]
+        self._prompt_tokens += sum(len(r.feed) for r in leaders)
+        scored = any(r.params.prompt_logprobs is not None for r in leaders)
         cache = DynamicCache(config=self.model.config)
-        logits, mask = self._forward(rows, cache, None)
+        logits, mask = self._forward(leaders, cache, None, every=scored)
+        if scored:
+            for i, row in enumerate(leaders):
+                if row.params.prompt_logprobs is not None:
+                    row.out.prompt_logprobs = self._prompt_logprobs(row.prompt, row.params.prompt_logprobs, logits[i])
+            logits = logits[:, -1, :]
+        if len(leaders) < len(rows):
+            index = [leaders.index(r.source or r) for r in rows]
+            cache.batch_select_indices(torch.tensor(index, dtype=torch.long))
+            mask, logits = mask[index], logits[index]
+            for row in rows:
+                row.pos = (row.source or row).pos
         if self._mergeable is None:
             self._mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
         if not self.rows:
@@ -230,8 +254,14 @@ class Worker:
         else:
             self._merge(rows, cache, mask)
         for i, row in enumerate(rows):
-            self._on_token(row, row.sampler.sample(logits[i], row.generated))
+            self._on_token(row, logits[i])
         self._compact()
+
+    @staticmethod
+    def _prompt_logprobs(prompt: list[int], top: int, logits: torch.Tensor) -> list[TokenLogprob | None]:
+        """Each prompt token's logprob from the column before it (the row is left-padded)."""
+        start = logits.shape[0] - len(prompt)
+        return [None] + [logprob_of(logits[start + i], prompt[i + 1], top) for i in range(len(prompt) - 1)]
 
     def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append `rows` (their own cache and mask) to the running batch, left-padding the shorter."""
@@ -254,7 +284,7 @@ class Worker:
         logits, self.mask = self._forward(self.rows, cache, mask)
         for i, row in enumerate(self.rows):
             if row.request is not None:
-                self._on_token(row, row.sampler.sample(logits[i], row.generated))
+                self._on_token(row, logits[i])
         self._compact()
 
     def _compact(self) -> None:
@@ -280,8 +310,12 @@ class Worker:
     def _reset(self) -> None:
         self.rows, self.cache, self.mask = [], None, None
 
-    def _on_token(self, row: _Row, token: int) -> None:
-        feed = row.out.on_token(token, row.pos)
+    def _on_token(self, row: _Row, logits: torch.Tensor) -> None:
+        scores = row.sampler.scores(logits, row.generated)
+        token = row.sampler.pick(scores)
+        top = row.params.logprobs
+        logprob = None if top is None else logprob_of(scores[0], token, top)
+        feed = row.out.on_token(token, row.pos, logprob)
         if not row.out.finished:
             row.feed = feed
 
