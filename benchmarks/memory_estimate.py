@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+THREADS = 2
 CHILD = r"""
 import json, sys, time
 import qwenkit
@@ -34,7 +35,7 @@ def status():
     return fields
 base = status()
 t = time.time()
-with qwenkit.load(path, n_ctx=ctx, n_parallel=par, n_threads=2, progress=False) as m:
+with qwenkit.load(path, n_ctx=ctx, n_parallel=par, n_threads=int(sys.argv[4]), progress=False) as m:
     words = " ".join(f"item{i}" for i in range(300))  # ~600 tokens: one full n_batch ubatch of 512
     # one long prompt runs the worst-case compute graph; the others only need a slot each (the KV
     # cache of every slot is written in full at context creation, so it is resident anyway)
@@ -48,7 +49,11 @@ print(json.dumps({"baseline": base, "peak": peak, "seconds": time.time() - t}))
 def measure(path: str, ctx: int, par: int) -> dict[str, dict[str, int]]:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, path, str(ctx), str(par)], capture_output=True, text=True, env=env, timeout=900
+        [sys.executable, "-c", CHILD, path, str(ctx), str(par), str(THREADS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     if out.returncode:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "child failed")
@@ -57,7 +62,7 @@ def measure(path: str, ctx: int, par: int) -> dict[str, dict[str, int]]:
 
 def main() -> None:
     from qwenkit import store
-    from qwenkit.catalog.memory import estimate_gguf
+    from qwenkit.catalog.memory import N_UBATCH, estimate_gguf
     from qwenkit.engines.llamacpp.dryrun import dry_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,6 +87,7 @@ def main() -> None:
                 rows.append(
                     {
                         "model": name,
+                        "quantization": local.quant,
                         "n_ctx": ctx,
                         "n_parallel": par,
                         "estimate": est.total,
@@ -105,6 +111,8 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, shared with other jobs",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "n_batch": N_UBATCH,
+        "n_threads": THREADS,
         "rows": rows,
         "max_abs_error": max(abs(r["error"]) for r in rows),
         "worst_under": min(r["error"] for r in rows),

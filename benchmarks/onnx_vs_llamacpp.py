@@ -24,6 +24,7 @@ Results: `benchmarks/results/onnx_vs_llamacpp-<threads>thread.json`.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import multiprocessing as mp
 import os
@@ -270,6 +271,8 @@ def main() -> None:
 
     median = {n: {k: statistics.median(r[k]) for k in ("decode", "ttft", "prefill")} for n, r in runs.items()}
     result: dict[str, Any] = {
+        "measured_at": time.strftime("%Y-%m-%d", time.gmtime()),
+        "onnxruntime_genai": importlib.metadata.version("onnxruntime-genai"),
         "model": local.name,
         "threads": args.threads,
         "rounds": args.rounds,
