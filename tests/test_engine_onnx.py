@@ -361,7 +361,7 @@ def test_serve_on_onnx_queues_requests_and_constrains_json(tiny_onnx_qwen2):
 
         def ask(q: str) -> str:
             r = client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": q}], max_tokens=8, temperature=0
+                model="default", messages=[{"role": "user", "content": q}], max_tokens=8, temperature=0
             )
             assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8
             return r.choices[0].message.content
@@ -371,13 +371,24 @@ def test_serve_on_onnx_queues_requests_and_constrains_json(tiny_onnx_qwen2):
             assert list(pool.map(ask, questions)) == solo
         schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
         r = client.chat.completions.create(
-            model="x",
+            model="default",
             messages=[{"role": "user", "content": "json please"}],
             max_tokens=40,
             temperature=0,
             response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
         )
         assert isinstance(json.loads(r.choices[0].message.content)["ok"], bool)
+        r = client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            temperature=1.0,
+            n=2,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        assert sorted(c.index for c in r.choices) == [0, 1] and r.usage.completion_tokens == 8
+        assert all(len(c.logprobs.content) == 4 and len(c.logprobs.content[0].top_logprobs) == 2 for c in r.choices)
 
 
 # ----- the real model ---------------------------------------------------------------------
