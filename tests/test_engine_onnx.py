@@ -84,6 +84,8 @@ def test_protocol_and_metadata(q2, q3):
         assert engine.n_ctx == 512
     assert "enable_thinking" in q3.chat_template()
     assert q2.detokenize(q2.tokenize("你好，世界 🎉")) == "你好，世界 🎉"
+    assert q2.n_vocab == 151936
+    assert q2.token_bytes(IM_END) == b"<|im_end|>" and q2.token_bytes(q2.tokenize("hi")[0]) == b"hi"
 
 
 def test_streams_one_chunk_per_token(q2):
@@ -151,6 +153,63 @@ def test_forced_tokens_respect_max_tokens(q2):
     assert [c.forced for c in chunks] == [False, False, True, False]
 
 
+# ----- logprobs and n choices --------------------------------------------------------------
+
+
+def choices(engine, prompt, n=1, **params) -> dict[int, list[Chunk]]:
+    """Every choice's chunks, by index (each choice ends with one final chunk)."""
+    got: queue.Queue[Chunk] = queue.Queue()
+    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+    engine.submit(ids, SamplingParams(**params), got.put, n=n)
+    chunks: dict[int, list[Chunk]] = {i: [] for i in range(n)}
+    while sum(bool(cs) and cs[-1].finish_reason is not None for cs in chunks.values()) < n:
+        chunk = got.get(timeout=60)
+        chunks[chunk.index].append(chunk)
+    return chunks
+
+
+def test_logprobs_of_greedy_and_sampled_tokens(q2):
+    chunks = run(q2, PROMPTS[0], max_tokens=6, logprobs=5, **GREEDY)
+    logprobs = [lp for c in chunks for lp in c.logprobs or []]
+    assert [lp.token for lp in logprobs] == ids_of(chunks)
+    for lp in logprobs:
+        assert len(lp.top) == 5 and lp.top[0][0] == lp.token
+        assert lp.logprob == pytest.approx(lp.top[0][1], abs=1e-6) and lp.logprob <= 0
+        assert [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
+    assert all(c.logprobs is None and c.prompt_logprobs is None for c in run(q2, PROMPTS[0], max_tokens=2))
+    # after logit bias (the biased token is certain), before temperature and min-p
+    biased = run(q2, PROMPTS[1], max_tokens=2, logprobs=0, logit_bias=((1234, 100.0),), temperature=5.0, min_p=0.5)
+    assert [(lp.token, lp.top) for c in biased for lp in c.logprobs] == [(1234, ())] * 2
+    assert all(lp.logprob == pytest.approx(0.0, abs=1e-4) for c in biased for lp in c.logprobs)
+    forced = run(q2, PROMPTS[0], ForceAfter(1, [100, 101]), max_tokens=4, logprobs=1, **GREEDY)
+    assert [c.logprobs is None for c in forced] == [False, True, False]
+
+
+def test_prompt_logprobs_agree_with_generated_ones(q2):
+    greedy = run(q2, PROMPTS[0], max_tokens=3, logprobs=2, **GREEDY)
+    ids = q2.tokenize(PROMPTS[0]) + ids_of(greedy)
+    scored = run(q2, ids, max_tokens=2, prompt_logprobs=2, **GREEDY)
+    prompt = scored[0].prompt_logprobs
+    assert prompt is not None and len(prompt) == len(ids) and prompt[0] is None
+    assert [lp.token for lp in prompt[1:]] == ids[1:]
+    for mine, theirs in zip(prompt[-3:], [lp for c in greedy for lp in c.logprobs], strict=True):
+        assert mine.logprob == pytest.approx(theirs.logprob, abs=1e-3) and mine.top[0][0] == theirs.top[0][0]
+    assert all(c.prompt_logprobs is None for c in scored[1:])
+
+
+def test_n_choices_decode_one_after_another(q2):
+    sampled = choices(q2, PROMPTS[1], n=3, max_tokens=8, temperature=1.5, prompt_logprobs=0, logprobs=0)
+    tokens = {i: ids_of(cs) for i, cs in sampled.items()}
+    assert len({tuple(t) for t in tokens.values()}) > 1  # sampled separately
+    for cs in sampled.values():
+        assert cs[0].prompt_logprobs is not None and all(c.prompt_logprobs is None for c in cs[1:])
+        assert [lp.token for c in cs for lp in c.logprobs] == ids_of(cs)
+    assert sampled[0][0].prompt_logprobs == sampled[2][0].prompt_logprobs  # scored once
+    greedy = choices(q2, PROMPTS[1], n=2, max_tokens=4, **GREEDY)
+    assert ids_of(greedy[0]) == ids_of(greedy[1]) == ids_of(run(q2, PROMPTS[1], max_tokens=4, **GREEDY))
+    assert q2.stats().running == 0
+
+
 def test_json_schema_through_guidance(q2):
     from qwenkit.serve.structured import json_grammar
 
@@ -164,6 +223,11 @@ def test_json_schema_through_guidance(q2):
     assert chunks[-1].finish_reason == "stop", text_of(chunks)
     value = json.loads(text_of(chunks))
     assert set(value) == {"ok", "colour"} and value["colour"] in ("red", "green/blue")
+    # logprobs under a grammar: the runtime's repetition penalty is in them, its mask is not
+    scored = run(
+        q2, PROMPTS[0], max_tokens=60, grammar=json_grammar(schema), logprobs=1, repetition_penalty=1.1, **GREEDY
+    )
+    assert json.loads(text_of(scored)) and all(lp.logprob <= 0 for c in scored for lp in c.logprobs or [])
 
 
 def test_gbnf_to_lark_rewrites_names_classes_and_strings():
@@ -297,7 +361,7 @@ def test_serve_on_onnx_queues_requests_and_constrains_json(tiny_onnx_qwen2):
 
         def ask(q: str) -> str:
             r = client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": q}], max_tokens=8, temperature=0
+                model="default", messages=[{"role": "user", "content": q}], max_tokens=8, temperature=0
             )
             assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8
             return r.choices[0].message.content
@@ -307,13 +371,24 @@ def test_serve_on_onnx_queues_requests_and_constrains_json(tiny_onnx_qwen2):
             assert list(pool.map(ask, questions)) == solo
         schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
         r = client.chat.completions.create(
-            model="x",
+            model="default",
             messages=[{"role": "user", "content": "json please"}],
             max_tokens=40,
             temperature=0,
             response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
         )
         assert isinstance(json.loads(r.choices[0].message.content)["ok"], bool)
+        r = client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            temperature=1.0,
+            n=2,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        assert sorted(c.index for c in r.choices) == [0, 1] and r.usage.completion_tokens == 8
+        assert all(len(c.logprobs.content) == 4 and len(c.logprobs.content[0].top_logprobs) == 2 for c in r.choices)
 
 
 # ----- the real model ---------------------------------------------------------------------

@@ -477,7 +477,7 @@ def test_serve_on_transformers_keeps_concurrent_requests_apart(tiny_hf_qwen2):
 
         def ask(q: str) -> str:
             r = client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": q}], max_tokens=10, temperature=0
+                model="default", messages=[{"role": "user", "content": q}], max_tokens=10, temperature=0
             )
             assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
             return r.choices[0].message.content

@@ -375,16 +375,16 @@ async def _completion_events(
         choice = TextChoice(index=index, text=text, finish_reason=finish, logprobs=logprobs)
         return Completion(id=rid, model=route.name, choices=[choice]).model_dump_json(exclude_none=True)
 
-    echoed = echo is None
+    unechoed = echo  # sent before the first delta, then None
     results: list[ChatResult] = []
     async for delta in deltas:
         i = delta.index
-        if not echoed:  # the prompt's logprobs come with the first choice's first delta
-            echoed = True
+        if unechoed is not None:  # the prompt's logprobs come with the first choice's first delta
             scored = delta.prompt_logprobs
             for j in range(n):
-                lps = completion_logprobs(token_bytes, scored, echo.ids) if top is not None and scored else None
-                yield event(j, echo.text, logprobs=lps)
+                lps = completion_logprobs(token_bytes, scored, unechoed.ids) if top is not None and scored else None
+                yield event(j, unechoed.text, logprobs=lps)
+            unechoed = None
         lps = None
         if top is not None and delta.logprobs:
             lps = completion_logprobs(token_bytes, delta.logprobs, [lp.token for lp in delta.logprobs], offsets[i])

@@ -6,7 +6,18 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonDict
 
 
 def _whole(value: object) -> object:
@@ -14,12 +25,17 @@ def _whole(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+MAX_N = 128  # the most any server allows; each server's own cap (--max-n) is in its OpenAPI schema
+MAX_TOP_LOGPROBS = 20
+
+# Integers that accept a float without a fraction. Type aliases (not built by a function) so the
+# type checker sees `int`; in each, the bounds come before the validator, or the schema loses them.
 Int = Annotated[int, BeforeValidator(_whole)]
-
-
-def whole(**bounds: int) -> Any:
-    """An integer with bounds (the bounds before the validator, or the schema loses them)."""
-    return Annotated[int, Field(**bounds), BeforeValidator(_whole)]
+Count = Annotated[int, Field(ge=0), BeforeValidator(_whole)]
+TokenId = Count  # a vocabulary index (the vocabulary bound is in the OpenAPI schema)
+TokenCount = Annotated[int, Field(ge=1), BeforeValidator(_whole)]  # a max_tokens
+ChoiceCount = Annotated[int, Field(ge=1, le=MAX_N), BeforeValidator(_whole)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), BeforeValidator(_whole)]
 
 
 class _Request(BaseModel):
@@ -140,9 +156,6 @@ class StreamOptions(_Request):
 
 Stop = Annotated[str, Field(min_length=1)]
 TokenKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,8})$")]  # the vocabulary bound is in the OpenAPI schema
-TokenId = whole(ge=0)
-MAX_N = 128  # the most any server allows; each server's own cap (--max-n) is in its OpenAPI schema
-MAX_TOP_LOGPROBS = 20
 
 
 class SamplingFields(_Request):
@@ -150,14 +163,14 @@ class SamplingFields(_Request):
 
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: whole(ge=0) | None = None
+    top_k: Count | None = None
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: Int | None = None
     stop: Stop | list[Stop] | None = Field(default=None, max_length=16)
-    n: whole(ge=1, le=MAX_N) = Field(default=1, description="choices to sample (at most the server's --max-n)")
+    n: ChoiceCount = Field(default=1, description="choices to sample (at most the server's --max-n)")
     logit_bias: dict[TokenKey, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         default=None, description="token id (a vocabulary index) -> bias"
     )
@@ -187,7 +200,7 @@ class SamplingFields(_Request):
 
 
 # "required" or a named tool choice needs tools (the name being one of them JSON Schema cannot state)
-_TOOL_CHOICE_NEEDS_TOOLS = {
+_TOOL_CHOICE_NEEDS_TOOLS: JsonDict = {
     "if": {
         "required": ["tool_choice"],
         "properties": {"tool_choice": {"not": {"anyOf": [{"enum": ["auto", "none"]}, {"type": "null"}]}}},
@@ -201,8 +214,8 @@ class ChatCompletionRequest(SamplingFields):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: whole(ge=1) | None = None
-    max_completion_tokens: whole(ge=1) | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = Field(
         default=None, description='"required" or a named function need `tools`, and the name must be among them'
@@ -211,13 +224,13 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
-    thinking_budget: whole(ge=0) | None = Field(
+    thinking_budget: Count | None = Field(
         default=None,
         validation_alias=AliasChoices("thinking_budget", "thinking_token_budget", "thinking_budget_tokens"),
     )
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
     logprobs: bool = False
-    top_logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
+    top_logprobs: TopLogprobs | None = None
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -251,25 +264,35 @@ class ChatCompletionRequest(SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+def _one_prompt(value: object) -> object:
+    """One prompt in a list (the schema allows no more) is that prompt."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+        return value[0]
+    return value
+
+
+# The shapes a completion prompt is sent in: text or token ids, bare or as a one-prompt list. The
+# validator unwraps the list, so the field holds text or token ids; the schema states all four.
+_PromptShapes = (
+    Annotated[str, Field(min_length=1)]
+    | Annotated[list[TokenId], Field(min_length=1)]
+    | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
+    | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)]
+)
+Prompt = Annotated[
+    Annotated[str, Field(min_length=1)] | Annotated[list[TokenId], Field(min_length=1)],
+    WithJsonSchema(TypeAdapter(_PromptShapes).json_schema()),
+    BeforeValidator(_one_prompt),
+]
+
+
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: (
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[TokenId], Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
-        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)]
-    ) = Field(description="one prompt: text or token ids")
-    max_tokens: whole(ge=1) | None = Field(default=None, description="default: 16 (or the server's cap if lower)")
+    prompt: Prompt = Field(description="one prompt: text or token ids")
+    max_tokens: TokenCount | None = Field(default=None, description="default: 16 (or the server's cap if lower)")
     echo: bool = False
-    logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
-    best_of: whole(ge=1, le=MAX_N) | None = Field(default=None, description="choices sampled, the n likeliest returned")
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _one_prompt(cls, value: str | list[int] | list[str] | list[list[int]]) -> str | list[int]:
-        if isinstance(value, list) and isinstance(value[0], (str, list)):
-            return value[0]  # one prompt in a list (the schema allows no more)
-        return value  # type: ignore[return-value]
+    logprobs: TopLogprobs | None = None
+    best_of: ChoiceCount | None = Field(default=None, description="choices sampled, the n likeliest returned")
 
 
 class TokenizeRequest(_Request):

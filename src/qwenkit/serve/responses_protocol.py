@@ -10,13 +10,14 @@ import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from qwenkit.serve.protocol import (
-    MAX_TOP_LOGPROBS,
     JsonObjectText,
     JsonSchemaFormat,
+    TokenCount,
+    TopLogprobs,
     UsageInfo,
-    whole,
 )
 
 
@@ -109,7 +110,7 @@ class ReasoningOptions(_Request):
 
 
 # "required" or a named tool choice needs tools (the name being one of them JSON Schema cannot state)
-_TOOL_CHOICE_NEEDS_TOOLS = {
+_TOOL_CHOICE_NEEDS_TOOLS: JsonDict = {
     "if": {
         "required": ["tool_choice"],
         "properties": {"tool_choice": {"not": {"anyOf": [{"enum": ["auto", "none"]}, {"type": "null"}]}}},
@@ -130,10 +131,10 @@ class ResponsesRequest(_Request):
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedFunction | None = None
     parallel_tool_calls: bool = True
-    max_output_tokens: whole(ge=1) | None = None
+    max_output_tokens: TokenCount | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_logprobs: whole(ge=0, le=MAX_TOP_LOGPROBS) | None = None
+    top_logprobs: TopLogprobs | None = None
     seed: Annotated[int, Field()] | None = None
     reasoning: ReasoningOptions | None = None
     text: TextOptions | None = None
@@ -222,11 +223,14 @@ class ResponseError(BaseModel):
     message: str
 
 
+ResponseStatus = Literal["completed", "incomplete", "in_progress", "failed"]
+
+
 class Response(BaseModel):
     id: str
     object: Literal["response"] = "response"
     created_at: int = Field(default_factory=lambda: int(time.time()))
-    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    status: ResponseStatus
     model: str
     output: list[OutputItem] = Field(default_factory=list)
     usage: ResponseUsage | None = None

@@ -33,6 +33,7 @@ from qwenkit.serve.responses_protocol import (
     IncompleteDetails,
     InputItem,
     MessageItem,
+    NamedFunction,
     OutputItem,
     OutputMessage,
     OutputText,
@@ -41,6 +42,7 @@ from qwenkit.serve.responses_protocol import (
     Response,
     ResponseError,
     ResponsesRequest,
+    ResponseStatus,
     ResponseUsage,
 )
 from qwenkit.serve.runner import EngineFailure, TurnStream, run_turn
@@ -235,13 +237,14 @@ class OutputBuilder:
             return []
         text = "".join(self._text)
         where = self._where()
+        part: OutputText | ReasoningContent
         if isinstance(item, ReasoningItem):
-            part: OutputText | ReasoningContent = ReasoningContent(text=text)
-            item.content = [part]
+            reasoning = ReasoningContent(text=text)
+            item.content, part = [reasoning], reasoning
             events = [{"type": "response.reasoning_text.done", **where, "text": text}]
         else:
-            part = OutputText(text=text)
-            item.content = [part]
+            output = OutputText(text=text)
+            item.content, part = [output], output
             events = [{"type": "response.output_text.done", **where, "text": text, "logprobs": []}]
         item.status = "completed" if complete else "incomplete"
         events.append({"type": "response.content_part.done", **where, "part": part.model_dump()})
@@ -252,7 +255,8 @@ class OutputBuilder:
         return events
 
 
-def _response(body: ResponsesRequest, rid: str, name: str, status: str, **fields: Any) -> Response:
+def _response(body: ResponsesRequest, rid: str, name: str, status: ResponseStatus, **fields: Any) -> Response:
+    choice = body.tool_choice
     return Response(
         id=rid,
         status=status,
@@ -263,9 +267,7 @@ def _response(body: ResponsesRequest, rid: str, name: str, status: str, **fields
         parallel_tool_calls=body.parallel_tool_calls,
         temperature=body.temperature,
         top_p=body.top_p,
-        tool_choice=body.tool_choice.model_dump()
-        if hasattr(body.tool_choice, "model_dump")
-        else body.tool_choice or "auto",
+        tool_choice=choice.model_dump() if isinstance(choice, NamedFunction) else choice or "auto",
         tools=[t.model_dump(exclude_none=True) for t in body.tools or []],
         text={"format": body.text.format.model_dump(by_alias=True)} if body.text else {"format": {"type": "text"}},
         metadata=body.metadata or {},

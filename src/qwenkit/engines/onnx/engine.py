@@ -12,12 +12,16 @@ chat template, and drives the runtime one token at a time:
           rewind_to(n - 1); append_tokens([token, *forced])  # a StepController's tokens
 
 Batching: one stream. Requests are decoded one at a time, in arrival order; the others wait in
-a bounded queue (`max_waiting`). The CPU runtime batches only static batches (rows prefilled
-and advanced together, none joining or leaving), which neither forced tokens per request nor
-requests arriving at different times fit, and its continuous-batching `Engine` needs a
-paged-attention model that the builder makes only for CUDA. `max_length` is always set to the
-request's prompt plus `max_tokens` (capped at the context): the runtime sizes the KV buffer by
-it. Cancellation is honoured between tokens.
+a bounded queue (`max_waiting`). The `n` choices of a request are decoded one after the other,
+each on a generator of its own (so each prefills the prompt again). The CPU runtime batches only
+static batches (rows prefilled and advanced together, none joining or leaving), which neither
+forced tokens per request nor requests arriving at different times fit, and its
+continuous-batching `Engine` needs a paged-attention model that the builder makes only for
+CUDA. `max_length` is always set to the request's prompt plus `max_tokens` (capped at the
+context): the runtime sizes the KV buffer by it. Cancellation is honoured between tokens.
+
+Logprobs come from the logits row the loop reads anyway (`get_logits`), prompt logprobs from the
+prefill's logits of every position (`get_output("logits")`), once per request.
 """
 
 from __future__ import annotations
@@ -41,12 +45,20 @@ from qwenkit.engines.base import (
     RequestHandle,
     SamplingParams,
     StepController,
+    TokenLogprob,
     check_request,
     iterate,
 )
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.onnx.grammar import gbnf_to_lark
-from qwenkit.engines.onnx.sampling import LogitEdits, check_params, search_options
+from qwenkit.engines.onnx.sampling import (
+    LogitEdits,
+    check_params,
+    logprob_of,
+    prompt_logprobs,
+    runtime_repetition,
+    search_options,
+)
 from qwenkit.engines.output import RequestOutput
 from qwenkit.errors import ModelLoadError, QwenkitError
 
@@ -107,6 +119,9 @@ class OnnxEngine:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.vocab.detokenize(ids)
 
+    def token_bytes(self, token: int) -> bytes:
+        return self.vocab.piece(token, special=True)
+
     def chat_template(self) -> str | None:
         jinja = self.path / "chat_template.jinja"
         if jinja.is_file():
@@ -130,9 +145,12 @@ class OnnxEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        *,
+        n: int = 1,
     ) -> RequestHandle:
-        """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self._worker.submit(Request(list(prompt), params, emit, controller))
+        """Queue a request whose chunks are passed to `emit` on the engine's thread; its `n`
+        choices are decoded one after the other."""
+        return self._worker.submit(Request(list(prompt), params, emit, controller, n=n))
 
     def generate(
         self,
@@ -211,24 +229,31 @@ class _Worker:
                     break
                 request = self._running = self._waiting.popleft()
                 self._prompt_tokens += len(request.prompt)
-            out = self._output(request)
-            try:
-                if request.cancelled:
-                    out.finish("abort")
-                else:
-                    self._decode(request, out)
-            except Exception as exc:  # a failed request must not kill the thread
-                log.exception("onnx generation failed")
-                out.finish("abort", error=f"generation failed: {exc}")
+            scored: list[TokenLogprob | None] | None = None  # the prompt's logprobs, for every choice
+            choices = request.choices()
+            for choice in choices:
+                out = self._output(choice, last=choice is choices[-1])
+                out.prompt_logprobs = scored
+                try:
+                    if choice.cancelled:
+                        out.finish("abort")
+                    elif self._closed:
+                        out.finish("abort", error="the engine is shutting down")
+                    else:
+                        scored = self._decode(choice, out)
+                except Exception as exc:  # a failed request must not kill the thread
+                    log.exception("onnx generation failed")
+                    out.finish("abort", error=f"generation failed: {exc}")
         with self._cv:
             waiting, self._waiting = list(self._waiting), deque()
         for request in waiting:
             request.emit(Chunk("", finish_reason="abort", error="the engine is shutting down"))
 
-    def _output(self, request: Request) -> RequestOutput:
+    def _output(self, request: Request, *, last: bool) -> RequestOutput:
         def release() -> None:
             with self._cv:
-                self._running = None
+                if last:  # the request's last choice: the stream is free
+                    self._running = None
                 self._used = 0
 
         return RequestOutput(
@@ -241,8 +266,9 @@ class _Worker:
             on_finish=release,
         )
 
-    def _decode(self, request: Request, out: RequestOutput) -> None:
-        """Run one request to its end on a generator of its own."""
+    def _decode(self, request: Request, out: RequestOutput) -> list[TokenLogprob | None] | None:
+        """Run one choice to its end on a generator of its own; returns the prompt's logprobs
+        (taken from this prefill unless `out` already holds them), None when not asked for."""
         params = request.params
         max_length = min(self.engine.n_ctx, len(request.prompt) + params.max_tokens + 1)
         generator_params = og.GeneratorParams(self.engine.model)
@@ -252,18 +278,36 @@ class _Worker:
         generator = og.Generator(self.engine.model, generator_params)
         edits = LogitEdits(params)
         generator.append_tokens(np.asarray(request.prompt, dtype=np.int32))
+        if params.prompt_logprobs is not None and out.prompt_logprobs is None:
+            rows = np.asarray(generator.get_output("logits"), dtype=np.float32)
+            out.prompt_logprobs = prompt_logprobs(
+                request.prompt, rows.reshape(-1, rows.shape[-1]), params.prompt_logprobs
+            )
+            del rows
+        scored = out.prompt_logprobs
+        top = params.logprobs
         used = len(request.prompt)
         while not out.finished:
             if request.cancelled or self._closed:
                 out.finish("abort", error=None if request.cancelled else "the engine is shutting down")
-                return
-            if edits.active:
+                return scored
+            scores: np.ndarray | None = None  # the row logprobs are taken from
+            if edits.active or top is not None:
                 logits = np.array(generator.get_logits(), dtype=np.float32).reshape(-1)
-                generator.set_logits(edits.apply(logits, out.generated)[None, None, :])
+                edits.adjust(logits, out.generated)
+                if top is not None:
+                    scores = logits.copy() if edits.min_p > 0 else logits
+                    if params.grammar:  # the runtime penalizes repeats itself, after this row
+                        scores = runtime_repetition(
+                            scores, [*request.prompt, *out.generated], params.repetition_penalty
+                        )
+                if edits.active:
+                    generator.set_logits(edits.filter(logits)[None, None, :])
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             self._used = used
-            feed = out.on_token(token, used)
+            logprob = None if scores is None or top is None else logprob_of(scores, token, top)
+            feed = out.on_token(token, used, logprob)
             used += 1
             if len(feed) > 1:  # forced tokens follow the sampled one
                 # appended after `generate_next_token`, they would leave the sampled token out of
@@ -271,3 +315,4 @@ class _Worker:
                 generator.rewind_to(generator.token_count() - 1)
                 generator.append_tokens(np.asarray(feed, dtype=np.int32))
                 used += len(feed) - 1
+        return scored

@@ -10,6 +10,10 @@ here, not after).
 A grammar is enforced by the runtime's llguidance inside `generate_next_token`, and `set_logits`
 skips that mask: with a grammar, logit bias, presence/frequency penalties and min-p are refused,
 and repetition_penalty becomes the runtime's own (which counts the prompt too).
+
+Logprobs are the log-softmax of the row after logit bias and the penalties, before min-p and the
+runtime's temperature/top-k/top-p (as the other engines define them); with a grammar the row gets
+the runtime's repetition penalty (over prompt and output) in numpy for them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from qwenkit.engines.base import SamplingParams
+from qwenkit.engines.base import SamplingParams, TokenLogprob
 from qwenkit.errors import BadRequest
 
 PENALTY_WINDOW = 64  # as the other engines: generated tokens looked back at by the penalties
@@ -81,6 +85,10 @@ class LogitEdits:
 
     def apply(self, logits: np.ndarray, generated: Sequence[int]) -> np.ndarray:
         """Edit the [vocab] row `logits` in place; `generated`: the tokens so far (forced included)."""
+        return self.filter(self.adjust(logits, generated))
+
+    def adjust(self, logits: np.ndarray, generated: Sequence[int]) -> np.ndarray:
+        """Logit bias and the penalties, in place: the row logprobs are taken from."""
         if self.bias_ids.size:
             np.add.at(logits, self.bias_ids, self.bias)
         window = generated[-PENALTY_WINDOW:]
@@ -90,6 +98,39 @@ class LogitEdits:
             if self.repetition != 1.0:
                 values = np.where(values > 0, values / self.repetition, values * self.repetition)
             logits[ids] = values - counts.astype(np.float32) * self.frequency - self.presence
+        return logits
+
+    def filter(self, logits: np.ndarray) -> np.ndarray:
+        """Min-p, in place (after logprobs are taken)."""
         if self.min_p > 0:
             logits[logits < logits.max() + np.log(self.min_p)] = -np.inf
         return logits
+
+
+def runtime_repetition(logits: np.ndarray, sequence: Sequence[int], penalty: float) -> np.ndarray:
+    """The runtime's own repetition penalty (used with a grammar) on a copy of `logits`: every
+    token of `sequence` (prompt and output) once, as ONNX Runtime GenAI applies it."""
+    if penalty == 1.0 or not len(sequence):
+        return logits
+    logits = logits.copy()
+    ids = np.unique(np.asarray(sequence, dtype=np.int64))
+    values = logits[ids]
+    logits[ids] = np.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+def logprob_of(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """Log-softmax of a [vocab] row at `token`, with the `top` best (token, logprob) pairs."""
+    peak = float(logits.max())
+    lse = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(logits, -top)[-top:]
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        best = tuple((int(i), float(logits[i]) - lse) for i in ids)
+    return TokenLogprob(token, float(logits[token]) - lse, best)
+
+
+def prompt_logprobs(prompt: Sequence[int], logits: np.ndarray, top: int) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob from the prefill's [prompt, vocab] logits (None for the first)."""
+    return [None] + [logprob_of(logits[i], prompt[i + 1], top) for i in range(len(prompt) - 1)]

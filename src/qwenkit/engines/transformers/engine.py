@@ -49,6 +49,7 @@ class TransformersEngine:
             eos_ids=self._eos,
             n_threads=s.n_threads,
         )
+        self._n_vocab = self.worker.n_vocab  # kept past close(), like the other metadata
 
     def _end_of_generation_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -74,7 +75,7 @@ class TransformersEngine:
 
     @property
     def n_vocab(self) -> int:
-        return self.worker.n_vocab
+        return self._n_vocab
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self.vocab.tokenize(text, special=special)
