@@ -102,7 +102,7 @@ def report(model: str, first: int = 20) -> str:
         engine = settings["engine"] if settings["backend"] == "in-process" else "OpenAI-compatible HTTP"
         rows.append(
             f"| {path} | {engine} | {metrics.get('problems', '-')} | {metrics.get('pass@1', '-')} | {head_score:.1f} | "
-            f"{published.get('value', '-')} | {published.get('difference', '-')} | "
+            f"{published.get('value', '-')} | {'-' if published.get('difference') is None else published['difference']} | "
             f"{summary.get('finish_reasons', {}).get('length', 0)} |"
         )
     return "\n".join(rows)
