@@ -99,10 +99,11 @@ def report(model: str, first: int = 20) -> str:
         records = [json.loads(line) for line in (run_dir / "problems.jsonl").read_text().splitlines()]
         ids = {f"HumanEval/{i}" for i in range(first)}
         head_score = 100 * sum(r["correct"] for r in records if r["id"] in ids) / first
+        difference = "-" if published.get("difference") is None else published["difference"]
         engine = settings["engine"] if settings["backend"] == "in-process" else "OpenAI-compatible HTTP"
         rows.append(
             f"| {path} | {engine} | {metrics.get('problems', '-')} | {metrics.get('pass@1', '-')} | {head_score:.1f} | "
-            f"{published.get('value', '-')} | {published.get('difference', '-')} | "
+            f"{published.get('value', '-')} | {difference} | "
             f"{summary.get('finish_reasons', {}).get('length', 0)} |"
         )
     return "\n".join(rows)
