@@ -145,13 +145,15 @@ class OpenAIServer:
         if request.thinking_budget is not None:
             extra["thinking_budget"] = request.thinking_budget
         try:
+            options: dict[str, Any] = {**sampling, "extra_body": extra or None}
+            if request.seed is not None:
+                options["seed"] = request.seed
             reply = await self.client.chat.completions.create(
                 model=self.model_id,
                 messages=[{"role": "user", "content": request.prompt}],
                 max_tokens=request.max_tokens,
-                **({"seed": request.seed} if request.seed is not None else {}),
-                extra_body=extra or None,
-                **sampling,
+                stream=False,
+                **options,
             )
         except Exception as exc:  # one line, whatever the client raised
             raise QwenkitError(f"{self.base_url}: {exc}") from None

@@ -93,7 +93,7 @@ class HumanEval(Suite):
 
     def score(self, problem: Problem, answer: str) -> Score:
         outcome = run_python(program(problem, answer), LIMITS)
-        detail = {"status": outcome.status}
+        detail: dict[str, Any] = {"status": outcome.status}
         if not outcome.passed:
             detail["error"] = outcome.stderr.strip().splitlines()[-1][:300] if outcome.stderr.strip() else ""
         return Score(outcome.passed, detail)
