@@ -5,7 +5,8 @@ Ray Serve config files name `qwenkit.serve.cluster.app:build_app` as `import_pat
 `ClusterOptions` fields as `args`.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Ray Serve hands FastAPI the ingress methods, whose
+# annotations (Request) must be real objects for FastAPI to see them.
 
 import json
 import logging
@@ -104,6 +105,26 @@ class ModelReplica:
         self._stop.set()
 
 
+async def _body(stream: DeploymentResponseGenerator[Message], sse: bool) -> AsyncIterator[bytes]:
+    """The response body; a replica lost mid-stream ends an event stream with an error event."""
+    try:
+        async for message in stream:
+            if message["type"] == "http.response.body" and message.get("body"):
+                yield message["body"]
+    except Exception as exc:
+        log.warning("a replica failed mid-response: %s", exc)
+        if sse:
+            error = error_body(503, "the model replica serving this stream was lost", code="replica_lost")
+            yield f"data: {json.dumps(error)}\n\n".encode()
+    finally:
+        stream.cancel()
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
 ingress_app = FastAPI(title="qwenkit (Ray Serve)")
 
 
@@ -170,26 +191,6 @@ class Ingress:
         sse = headers.get("content-type", "").startswith("text/event-stream")
         headers.pop("content-length", None)
         return StreamingResponse(_body(stream, sse), status_code=start["status"], headers=headers)
-
-
-async def _body(stream: DeploymentResponseGenerator[Message], sse: bool) -> AsyncIterator[bytes]:
-    """The response body; a replica lost mid-stream ends an event stream with an error event."""
-    try:
-        async for message in stream:
-            if message["type"] == "http.response.body" and message.get("body"):
-                yield message["body"]
-    except Exception as exc:
-        log.warning("a replica failed mid-response: %s", exc)
-        if sse:
-            error = error_body(503, "the model replica serving this stream was lost", code="replica_lost")
-            yield f"data: {json.dumps(error)}\n\n".encode()
-    finally:
-        stream.cancel()
-
-
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
 def build_app(args: dict[str, Any]) -> Application:

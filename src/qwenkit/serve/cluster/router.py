@@ -17,8 +17,9 @@ def request_keys(pending: PendingRequest | None) -> list[str]:
 
 
 class PrefixAwareRouter(FIFOMixin, RequestRouter):
-    """Longest matching prefix first; the least loaded replica among equals, and whenever the
-    prefix holder is more than `max_imbalance` requests busier than the least loaded one.
+    """Longest matching prefix first; else the least loaded replica (then the one holding the fewest
+    prefixes, so new conversations spread), also whenever the prefix holder is more than
+    `max_imbalance` requests busier than the least loaded one.
 
     The prefix table lives in this router (one per handle, i.e. per ingress replica): it learns
     where it sent each key, forgets the oldest beyond `max_keys`, and drops a dead replica's keys.
@@ -30,6 +31,7 @@ class PrefixAwareRouter(FIFOMixin, RequestRouter):
         self.max_keys = max_keys
         self.owner: OrderedDict[str, str] = OrderedDict()  # prefix key -> replica unique id
         self.in_flight: dict[str, int] = {}
+        self.held: dict[str, int] = {}  # replica unique id -> prefix keys it owns
         self.request_replica: dict[str, str] = {}
 
     async def choose_replicas(
@@ -38,7 +40,10 @@ class PrefixAwareRouter(FIFOMixin, RequestRouter):
         if not candidate_replicas:
             return []
         load = {r.replica_id.unique_id: self.in_flight.get(r.replica_id.unique_id, 0) for r in candidate_replicas}
-        by_load = sorted(candidate_replicas, key=lambda r: load[r.replica_id.unique_id])
+        by_load = sorted(
+            candidate_replicas,
+            key=lambda r: (load[r.replica_id.unique_id], self.held.get(r.replica_id.unique_id, 0)),
+        )
         least = load[by_load[0].replica_id.unique_id]
         holder = self._holder(request_keys(pending_request), candidate_replicas)
         if holder is not None and load[holder.replica_id.unique_id] - least <= self.max_imbalance:
@@ -59,10 +64,16 @@ class PrefixAwareRouter(FIFOMixin, RequestRouter):
         self.in_flight[rid] = self.in_flight.get(rid, 0) + 1
         self.request_replica[pending_request.metadata.internal_request_id] = rid
         for key in request_keys(pending_request):
+            previous = self.owner.get(key)
+            if previous != rid:
+                if previous is not None:
+                    self.held[previous] -= 1
+                self.held[rid] = self.held.get(rid, 0) + 1
             self.owner[key] = rid
             self.owner.move_to_end(key)
         while len(self.owner) > self.max_keys:
-            self.owner.popitem(last=False)
+            _, evicted = self.owner.popitem(last=False)
+            self.held[evicted] -= 1
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         rid = self.request_replica.pop(internal_request_id, replica_id.unique_id)
@@ -72,5 +83,6 @@ class PrefixAwareRouter(FIFOMixin, RequestRouter):
         super().on_replica_actor_died(replica_id)
         rid = replica_id.unique_id
         self.in_flight.pop(rid, None)
+        self.held.pop(rid, None)
         for key in [k for k, owner in self.owner.items() if owner == rid]:
             del self.owner[key]

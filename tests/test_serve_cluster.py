@@ -1,0 +1,111 @@
+"""qwenkit on a Ray Serve cluster: two nodes on 127.0.0.1, two replicas of the tiny Qwen2 model."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+# Read when ray is imported: nodes on 127.0.0.1 only (else Ray resolves 127.0.0.1 to the machine's address).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+import httpx  # noqa: E402
+import openai  # noqa: E402
+from ray import serve  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from serve_helpers import free_port  # noqa: E402
+
+from qwenkit.serve.cluster.app import REPLICA_HEADER, build_app  # noqa: E402
+
+KEY = "sk-cluster-test"
+WAIT_S = 60.0
+
+
+def _node() -> dict[str, object]:
+    """One node's arguments: on 127.0.0.1, small, with its own agent ports (two nodes share one machine)."""
+    return {
+        "num_cpus": 1,
+        "node_ip_address": "127.0.0.1",
+        "object_store_memory": 100 * 2**20,
+        "dashboard_agent_listen_port": free_port(),
+        "metrics_export_port": free_port(),
+        "metrics_agent_port": free_port(),
+        "runtime_env_agent_port": free_port(),
+    }
+
+
+@pytest.fixture(scope="module")
+def endpoint(tiny_qwen2) -> Iterator[str]:
+    cluster = Cluster(initialize_head=True, head_node_args={**_node(), "include_dashboard": False})
+    try:
+        cluster.add_node(**_node())
+        ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="warning")
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        options = {
+            "model": str(tiny_qwen2),
+            "replicas": 2,
+            "cpus_per_replica": 1,
+            "threads": 1,
+            "parallel": 2,
+            "ctx": 1024,
+            "api_keys": [KEY],
+            "name": "qwenkit-test",
+        }
+        serve.run(build_app(options), name="qwenkit-test", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        cluster.shutdown()
+
+
+def _chat(base: str, messages: list[dict[str, str]]) -> tuple[str, str]:
+    """(replica id, reply) for one short greedy chat turn."""
+    r = httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"messages": messages, "max_tokens": 4, "temperature": 0},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=WAIT_S,
+    )
+    assert r.status_code == 200, r.text
+    return r.headers[REPLICA_HEADER], r.json()["choices"][0]["message"]["content"]
+
+
+def test_conversations_spread_and_follow_ups_stay_with_their_prefix(endpoint: str) -> None:
+    first: dict[int, tuple[str, list[dict[str, str]]]] = {}
+    for i in range(6):
+        messages = [{"role": "system", "content": f"You are assistant number {i}."}, {"role": "user", "content": "hi"}]
+        replica, reply = _chat(endpoint, messages)
+        first[i] = (replica, [*messages, {"role": "assistant", "content": reply}])
+    assert len({replica for replica, _ in first.values()}) == 2  # both replicas took conversations
+    for replica, history in first.values():
+        follow_up, _ = _chat(endpoint, [*history, {"role": "user", "content": "and then?"}])
+        assert follow_up == replica
+
+
+def test_streaming_keys_and_cluster_metrics(endpoint: str) -> None:
+    client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key=KEY, max_retries=0, timeout=WAIT_S)
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "count"}], max_tokens=6, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
+    assert httpx.get(f"{endpoint}/v1/models", timeout=WAIT_S).status_code == 401
+    health = httpx.get(f"{endpoint}/health", timeout=WAIT_S).json()
+    deadline = time.monotonic() + WAIT_S
+    text = ""
+    while time.monotonic() < deadline:  # replicas report their metrics every second
+        text = httpx.get(f"{endpoint}/metrics", timeout=WAIT_S).text
+        if "qwenkit_replicas 2" in text and "qwenkit_generation_tokens_total" in text:
+            break
+        time.sleep(0.5)
+    assert "qwenkit_replicas 2" in text
+    generated = [line for line in text.splitlines() if line.startswith("qwenkit_generation_tokens_total ")]
+    assert generated and float(generated[0].split()[1]) > 0
+    assert health["replicas"] == 2 and health["ready"] == 2
