@@ -22,6 +22,7 @@ from serve_helpers import free_port  # noqa: E402
 from qwenkit.serve.cluster.app import REPLICA_HEADER, build_app  # noqa: E402
 
 KEY = "sk-cluster-test"
+RPM = 20  # more than the tests before the last one send, per cluster
 WAIT_S = 60.0
 
 
@@ -52,7 +53,8 @@ def endpoint(tiny_qwen2) -> Iterator[str]:
             "cpus_per_replica": 1,
             "threads": 1,
             "parallel": 2,
-            "ctx": 1024,
+            "ctx": 2048,
+            "requests_per_minute": RPM,
             "api_keys": [KEY],
             "name": "qwenkit-test",
         }
@@ -109,3 +111,41 @@ def test_streaming_keys_and_cluster_metrics(endpoint: str) -> None:
     generated = [line for line in text.splitlines() if line.startswith("qwenkit_generation_tokens_total ")]
     assert generated and float(generated[0].split()[1]) > 0
     assert health["replicas"] == 2 and health["ready"] == 2
+
+
+def _metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=WAIT_S).text
+    values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return values[0] if values else -1.0
+
+
+def test_a_client_that_leaves_cancels_its_request_on_the_replica(endpoint: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500, "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with (
+        httpx.Client(base_url=endpoint, timeout=WAIT_S) as client,
+        client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        events = [line for line, _ in zip(lines, range(200), strict=False) if line.startswith("data:")][:3]
+        assert events  # the stream is flowing; leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and _metric(endpoint, "qwenkit_requests_cancelled_total") < 1:
+        time.sleep(0.5)
+    assert _metric(endpoint, "qwenkit_requests_cancelled_total") >= 1
+    while time.monotonic() < deadline and _metric(endpoint, "qwenkit_requests_running") != 0:
+        time.sleep(0.5)
+    assert _metric(endpoint, "qwenkit_requests_running") == 0
+
+
+def test_the_rate_limit_holds_for_the_whole_cluster(endpoint: str) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    statuses = []
+    for _ in range(RPM + 1):  # whatever the earlier tests spent, this many more cross the limit
+        r = httpx.get(f"{endpoint}/v1/models", headers=headers, timeout=WAIT_S)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) <= {200}
