@@ -61,3 +61,14 @@ def test_replicas_or_autoscaling_not_both() -> None:
         ClusterOptions(replicas=2, max_replicas=3)
     auto = ClusterOptions(min_replicas=1, max_replicas=2, upscale_delay_s=1).autoscaling()
     assert auto is not None and auto["max_replicas"] == 2 and auto["upscale_delay_s"] == 1
+
+
+def test_the_cli_refuses_conflicting_ray_options_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from qwenkit.cli import app
+    from qwenkit.errors import QwenkitError
+
+    result = CliRunner().invoke(app, ["serve", "--ray", "--replicas", "2", "--max-replicas", "3"])
+    assert isinstance(result.exception, QwenkitError)  # `qwenkit` prints it as one line
+    assert "give either replicas or min_replicas/max_replicas, not both" in str(result.exception)

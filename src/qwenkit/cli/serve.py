@@ -34,12 +34,11 @@ def serve(
         "--reasoning-effort-budgets",
         help="Thinking budgets per reasoning_effort, e.g. low=512,medium=2048,high=none.",
     ),
+    on_ray: bool = typer.Option(
+        False, "--ray", help="Serve replicas on Ray Serve (a local Ray on 127.0.0.1 unless --ray-address)."
+    ),
     ray_address: str | None = typer.Option(
-        None,
-        "--ray",
-        flag_value="local",
-        is_flag=False,
-        help="Serve on a Ray cluster: --ray alone starts a local one on 127.0.0.1; --ray ADDRESS joins one.",
+        None, "--ray-address", help="(--ray) Join this Ray cluster (e.g. HOST:6379)."
     ),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help="(--ray) A fixed number of replicas."),
     min_replicas: int | None = typer.Option(None, "--min-replicas", min=0, help="(--ray) Autoscale from this many."),
@@ -70,7 +69,7 @@ def serve(
 
     efforts = parse_effort_budgets(effort_budgets)
     keys = read_api_keys(api_key, api_key_file)
-    if ray_address is not None:
+    if on_ray or ray_address is not None:
         from pydantic import ValidationError
 
         from qwenkit.errors import QwenkitError
@@ -107,8 +106,8 @@ def serve(
                 }
             )
         except ValidationError as exc:
-            raise QwenkitError(f"bad --ray options: {exc.errors()[0]['msg']}") from None
-        serve_on_ray(options, None if ray_address == "local" else ray_address, host, port, err.print)
+            raise QwenkitError(f"bad --ray options: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        serve_on_ray(options, ray_address, host, port, err.print)
         return
     local = store.resolve(model)  # fetch in the foreground, with progress, before binding the port
     from qwenkit.api import pick_engine
