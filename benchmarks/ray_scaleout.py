@@ -1,5 +1,5 @@
 """qwenkit on Ray Serve, one machine: aggregate tokens/s with 1 and 2 replicas, and time to first
-token of follow-up turns with the prefix-aware router against Ray's default router.
+token of follow-up turns (sent one at a time) with the prefix-aware router against Ray's default router.
 
 Each configuration is deployed in turn on one local Ray instance bound to 127.0.0.1 (all four
 share the run, so the ratios are side by side). Re-run on a quiet machine:
@@ -55,10 +55,11 @@ def _turn(base: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[f
 
 
 def _run(base: str, conversations: int, max_tokens: int) -> dict[str, Any]:
-    """All conversations at once: a first turn each, then a follow-up each; tokens/s and follow-up TTFTs."""
+    """First turns all at once (aggregate tokens/s), then the follow-ups one at a time (their TTFT
+    is then prompt processing alone: a replica holding the conversation reuses its prefix)."""
     firsts = [
         [
-            {"role": "system", "content": f"{SYSTEM} Conversation {i}."},
+            {"role": "system", "content": f"Conversation {i}. {SYSTEM}"},
             {"role": "user", "content": f"Write a short poem about the number {i}."},
         ]
         for i in range(conversations)
@@ -66,14 +67,16 @@ def _run(base: str, conversations: int, max_tokens: int) -> dict[str, Any]:
     started = time.perf_counter()
     with ThreadPoolExecutor(conversations) as pool:
         first = list(pool.map(lambda m: _turn(base, m, max_tokens), firsts))
-        follow_ups = [
-            [*m, {"role": "assistant", "content": reply}, {"role": "user", "content": "Now shorter."}]
-            for m, (_, _, reply) in zip(firsts, first, strict=True)
-        ]
-        second = list(pool.map(lambda m: _turn(base, m, max_tokens), follow_ups))
     elapsed = time.perf_counter() - started
-    tokens = sum(t for _, t, _ in first + second)
-    return {"tokens_per_s": tokens / elapsed, "follow_up_ttft_median_s": statistics.median(t for t, _, _ in second)}
+    follow_ups = [
+        [*m, {"role": "assistant", "content": reply}, {"role": "user", "content": "Now shorter."}]
+        for m, (_, _, reply) in zip(firsts, first, strict=True)
+    ]
+    second = [_turn(base, m, 1) for m in follow_ups]
+    return {
+        "tokens_per_s": sum(t for _, t, _ in first) / elapsed,
+        "follow_up_ttft_median_s": statistics.median(t for t, _, _ in second),
+    }
 
 
 def main() -> None:

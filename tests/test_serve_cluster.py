@@ -149,3 +149,17 @@ def test_the_rate_limit_holds_for_the_whole_cluster(endpoint: str) -> None:
             assert int(r.headers["retry-after"]) >= 1
             break
     assert statuses[-1] == 429 and set(statuses[:-1]) <= {200}
+
+
+def test_the_cli_serves_on_a_local_ray_and_stops_it(tiny_qwen2) -> None:
+    from serve_helpers import start_server
+
+    with start_server(tiny_qwen2, "--ray", "--replicas", "1", env={"RAY_USAGE_STATS_ENABLED": "0"}) as server:
+        r = httpx.post(
+            f"http://127.0.0.1:{server.port}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+            timeout=WAIT_S,
+        )
+        assert r.status_code == 200 and r.headers[REPLICA_HEADER]
+        server.stop()
+        assert server.proc.returncode == 0, server.log()[-2000:]  # Ray shut down in order on SIGTERM

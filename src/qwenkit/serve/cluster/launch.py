@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable
 
@@ -29,11 +30,14 @@ def serve_on_ray(
 
     try:
         if address is None:
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(
+                address="local", _node_ip_address="127.0.0.1", include_dashboard=False, logging_level=logging.WARNING
+            )
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise QwenkitError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a terminate stops as cleanly as Ctrl-C
     try:
         serve.start(http_options={"host": host, "port": port})
         say(f"deploying {options.model} on Ray ({'local' if address is None else address}) ...")
