@@ -139,6 +139,25 @@ def test_a_client_that_leaves_cancels_its_request_on_the_replica(endpoint: str) 
     assert _metric(endpoint, "qwenkit_requests_running") == 0
 
 
+def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event(endpoint: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500, "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with (
+        httpx.Client(base_url=endpoint, timeout=WAIT_S) as client,
+        client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response,
+    ):
+        replica = response.headers[REPLICA_HEADER]
+        lines = response.iter_lines()
+        assert any(line.startswith("data:") for line, _ in zip(lines, range(50), strict=False))
+        actors = ray.util.list_named_actors(all_namespaces=True)
+        [name] = [a["name"] for a in actors if "#model#" in a["name"] and a["name"].endswith(replica)]
+        ray.kill(ray.get_actor(name, namespace="serve"))
+        rest = [line for line, _ in zip(lines, range(5000), strict=False) if line.startswith("data:")]
+    assert rest and "replica_lost" in rest[-1]  # the stream ended, with an error event, not a hang
+    replica_after, _ = _chat(endpoint, [{"role": "user", "content": "still there?"}])
+    assert replica_after != replica  # the other replica serves while Ray replaces the lost one
+
+
 def test_the_rate_limit_holds_for_the_whole_cluster(endpoint: str) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     statuses = []
