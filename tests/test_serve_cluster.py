@@ -170,6 +170,41 @@ def test_the_rate_limit_holds_for_the_whole_cluster(endpoint: str) -> None:
     assert statuses[-1] == 429 and set(statuses[:-1]) <= {200}
 
 
+def _replicas(app: str) -> int:
+    return len([a for a in ray.util.list_named_actors(all_namespaces=True) if f"{app}#model#" in a["name"]])
+
+
+def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(endpoint: str, tiny_qwen2) -> None:
+    serve.delete("qwenkit-test")  # free the two CPUs
+    options = {
+        "model": str(tiny_qwen2),
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+    }
+    options |= {"upscale_delay_s": 0, "downscale_delay_s": 2, "threads": 1, "parallel": 2, "ctx": 2048}
+    options |= {"cpus_per_replica": 1, "name": "qwenkit-auto", "look_back_period_s": 2}
+    serve.run(build_app(options), name="qwenkit-auto", route_prefix="/")
+    assert _replicas("qwenkit-auto") == 1
+    body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500, "stream": True}
+    with httpx.Client(base_url=endpoint, timeout=WAIT_S) as client:
+        streams = [client.stream("POST", "/v1/chat/completions", json=body) for _ in range(3)]
+        opened = [s.__enter__() for s in streams]
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline and _replicas("qwenkit-auto") < 2:
+                time.sleep(0.5)
+            assert _replicas("qwenkit-auto") == 2
+        finally:
+            for s, response in zip(streams, opened, strict=True):
+                s.__exit__(None, None, None)
+                assert response.status_code == 200
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and _replicas("qwenkit-auto") > 1:
+        time.sleep(0.5)
+    assert _replicas("qwenkit-auto") == 1
+
+
 def test_the_cli_serves_on_a_local_ray_and_stops_it(tiny_qwen2) -> None:
     from serve_helpers import start_server
 

@@ -30,6 +30,7 @@ class ClusterOptions(BaseModel):
     target_ongoing_requests: float = Field(2.0, gt=0)
     upscale_delay_s: float = Field(30.0, ge=0)
     downscale_delay_s: float = Field(600.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0)  # load is averaged over this window
     cpus_per_replica: float = Field(1.0, gt=0)
     router: Literal["prefix", "default"] = "prefix"
     max_imbalance: int = Field(4, ge=0)
@@ -61,6 +62,8 @@ class ClusterOptions(BaseModel):
             "target_ongoing_requests": self.target_ongoing_requests,
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
+            "look_back_period_s": self.look_back_period_s,
+            "metrics_interval_s": min(10.0, self.look_back_period_s / 2),
         }
 
     def settings(self) -> ServeSettings:
