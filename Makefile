@@ -13,7 +13,11 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
+<<<<<<< HEAD
 	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench]"
+=======
+	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,ray]"
+>>>>>>> issue-17
 	touch $@
 
 setup: $(VENV)/.installed

@@ -13,7 +13,7 @@ stream of `n_ctx` cells per slot, n_ubatch = n_batch = 512, one logits row per s
 - compute buffer: the largest live activations of a 512-token ubatch with flash attention:
   about 4 x n_ubatch x (3 x FFN + 4 x hidden) bytes, plus the f16 attention mask
   (n_ubatch x n_ctx) and one logits row per slot.
-- output buffer: n_vocab float32 per slot, plus SCORED_ROWS for a prompt being scored (`echo`).
+- output buffer: n_vocab float32 per slot (llama.cpp grows it only when a prompt is scored with `echo`).
 - vision tower: the mmproj GGUF (f16 here) plus its own compute buffer.
 - process: the Python process with qwenkit and llama.cpp's libraries (67 MiB measured, 81 MiB
   with the server's imports) plus llama.cpp's vocabulary tables (about 320 bytes per token:
@@ -195,7 +195,7 @@ def estimate_variant(
         repacked=repacked,
         kv=kv_bytes(shape, n_ctx, n_parallel, type_k, type_v),
         compute=compute_bytes(shape, n_ctx, n_parallel),
-        output=4 * shape.vocab * (n_parallel + SCORED_ROWS),
+        output=4 * shape.vocab * n_parallel,
         vision=tower_bytes(cat.tower(entry), weights=variant.format == "gguf"),  # a checkpoint holds its tower
         process=process,
         source="catalogue shapes",
@@ -252,7 +252,7 @@ def estimate_gguf(
     shape = meta.shape()
     kv = kv_bytes(shape, n_ctx, n_parallel)
     compute = compute_bytes(shape, n_ctx, n_parallel)
-    output = 4 * shape.vocab * (n_parallel + SCORED_ROWS)
+    output = 4 * shape.vocab * n_parallel
     source = "GGUF metadata"
     if dry_run is not None:
         b = dry_run(path, n_ctx=n_ctx, n_parallel=n_parallel)

@@ -57,6 +57,27 @@ def serve(
         "--reasoning-effort-budgets",
         help="Thinking budgets per reasoning_effort, e.g. low=512,medium=2048,high=none.",
     ),
+    on_ray: bool = typer.Option(
+        False, "--ray", help="Serve replicas on Ray Serve (a local Ray on 127.0.0.1 unless --ray-address)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="(--ray) Join this Ray cluster (e.g. HOST:6379)."
+    ),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, help="(--ray) A fixed number of replicas."),
+    min_replicas: int | None = typer.Option(None, "--min-replicas", min=0, help="(--ray) Autoscale from this many."),
+    max_replicas: int | None = typer.Option(None, "--max-replicas", min=1, help="(--ray) Autoscale up to this many."),
+    target_ongoing: float = typer.Option(2.0, "--target-ongoing-requests", min=0.1, help="(--ray) Autoscaling target."),
+    upscale_delay: float = typer.Option(30.0, "--upscale-delay", min=0, help="(--ray) Seconds of load before adding."),
+    downscale_delay: float = typer.Option(
+        600.0, "--downscale-delay", min=0, help="(--ray) Idle seconds before removing."
+    ),
+    cpus_per_replica: float = typer.Option(
+        1.0, "--cpus-per-replica", min=0.01, help="(--ray) CPUs declared per replica."
+    ),
+    router: str = typer.Option("prefix", "--router", help="(--ray) prefix (cache-aware) or default (Ray's)."),
+    max_imbalance: int = typer.Option(
+        4, "--max-imbalance", min=0, help="(--ray) Requests a prefix holder may be busier than the idlest replica."
+    ),
 ) -> None:
     """Serve an OpenAI-compatible API (and a web chat at /) with continuous batching."""
     import logging
@@ -71,7 +92,51 @@ def serve(
 
     efforts = parse_effort_budgets(effort_budgets)
     keys = read_api_keys(api_key, api_key_file)
+<<<<<<< HEAD
     local = resolve(model)  # fetch in the foreground, with progress, before binding the port
+=======
+    if on_ray or ray_address is not None:
+        from pydantic import ValidationError
+
+        from qwenkit.errors import QwenkitError
+        from qwenkit.serve.cluster.launch import serve_on_ray
+        from qwenkit.serve.cluster.options import ClusterOptions
+
+        try:
+            options = ClusterOptions.model_validate(
+                {
+                    "model": model,
+                    "engine": engine,
+                    "ctx": ctx,
+                    "threads": threads,
+                    "parallel": parallel,
+                    "max_queue": max_queue,
+                    "dtype": dtype,
+                    "quantization": quantization,
+                    "effort_budgets": effort_budgets,
+                    "replicas": replicas,
+                    "min_replicas": min_replicas,
+                    "max_replicas": max_replicas,
+                    "target_ongoing_requests": target_ongoing,
+                    "upscale_delay_s": upscale_delay,
+                    "downscale_delay_s": downscale_delay,
+                    "cpus_per_replica": cpus_per_replica,
+                    "router": router,
+                    "max_imbalance": max_imbalance,
+                    "api_keys": keys,
+                    "requests_per_minute": rpm,
+                    "tokens_per_minute": tpm,
+                    "max_body_bytes": max_body,
+                    "max_tokens_cap": max_tokens_cap,
+                    "log_prompts": log_prompts,
+                }
+            )
+        except ValidationError as exc:
+            raise QwenkitError(f"bad --ray options: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        serve_on_ray(options, ray_address, host, port, err.print)
+        return
+    local = store.resolve(model)  # fetch in the foreground, with progress, before binding the port
+>>>>>>> issue-17
     from qwenkit.api import pick_engine
 
     chosen = pick_engine(engine, local.format)

@@ -1,0 +1,216 @@
+"""The Ray Serve application: an ingress (keys, cluster rate limits, /metrics, /health) in front of
+replicas that each run qwenkit's own OpenAI app on one engine.
+
+Ray Serve config files name `qwenkit.serve.cluster.app:build_app` as `import_path` and pass
+`ClusterOptions` fields as `args`.
+"""
+
+# No `from __future__ import annotations`: Ray Serve hands FastAPI the ingress methods, whose
+# annotations (Request) must be real objects for FastAPI to see them.
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, cast
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.actor import ActorHandle
+from ray.serve.deployment import Application
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.types import Message
+
+from qwenkit.serve import create_app
+from qwenkit.serve.cluster.asgi import call_asgi
+from qwenkit.serve.cluster.options import ClusterOptions
+from qwenkit.serve.cluster.prefix import prefix_keys
+from qwenkit.serve.cluster.state import ClusterState
+from qwenkit.serve.http_errors import error_body, error_response
+from qwenkit.serve.security import ApiKeys, key_id
+
+log = logging.getLogger("qwenkit.serve.cluster")
+REPLICA_HEADER = "x-qwenkit-replica"
+REPORT_EVERY_S = 1.0
+NAMESPACE = "qwenkit"
+
+
+def cluster_state(options: ClusterOptions) -> ActorHandle[ClusterState]:
+    """The application's state actor, created by whichever part asks first."""
+    actor: Any = ray.remote(num_cpus=0)(ClusterState)
+    return actor.options(
+        name=f"{options.name}-state", namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote(options.requests_per_minute, options.tokens_per_minute)
+
+
+class _SpendOnlyLimiter:
+    """A replica's limiter: admission happened at the ingress; tokens spent go to the cluster's limiter."""
+
+    def __init__(self, state: ActorHandle[ClusterState]) -> None:
+        self._state = state
+
+    def admit(self, bucket: str) -> float | None:
+        return None
+
+    def spend(self, bucket: str, tokens: int) -> None:
+        if tokens > 0:
+            self._state.spend.remote(bucket, tokens)
+
+
+class ModelReplica:
+    """One engine and the single-server app around it; requests arrive whole from the ingress."""
+
+    def __init__(self, options: ClusterOptions) -> None:
+        from qwenkit.api import load
+        from qwenkit.chat.budget import parse_effort_budgets
+
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.state = cluster_state(options)
+        model = load(
+            options.model,
+            engine=options.engine,
+            n_ctx=options.ctx,
+            n_threads=options.threads,
+            n_parallel=options.parallel,
+            max_waiting=options.max_queue,
+            progress=False,
+            dtype=options.dtype,
+            quantization=options.quantization,
+        )
+        model.effort_budgets = parse_effort_budgets(options.effort_budgets)
+        self.app = create_app(lambda: model, options.settings())
+        self.app.state.limiter = _SpendOnlyLimiter(self.state)
+        self._lifespan: AbstractAsyncContextManager[Any] | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._report, name="qwenkit-report", daemon=True).start()
+
+    def _report(self) -> None:
+        while not self._stop.wait(REPORT_EVERY_S):
+            self.state.report.remote(self.replica_id, True, self.app.state.metrics.render().decode())
+
+    async def forward(self, request: dict[str, Any]) -> AsyncIterator[Message]:
+        """The app's response messages for one request (tagged with this replica's id)."""
+        if self._lifespan is None:
+            self._lifespan = self.app.router.lifespan_context(self.app)
+            await self._lifespan.__aenter__()
+        async for message in call_asgi(self.app, request):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (REPLICA_HEADER.encode(), self.replica_id.encode())]
+            yield message
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+async def _body(stream: DeploymentResponseGenerator[Message], sse: bool) -> AsyncIterator[bytes]:
+    """The response body; a replica lost mid-stream ends an event stream with an error event."""
+    try:
+        async for message in stream:
+            if message["type"] == "http.response.body" and message.get("body"):
+                yield message["body"]
+    except Exception as exc:
+        log.warning("a replica failed mid-response: %s", exc)
+        if sse:
+            error = error_body(503, "the model replica serving this stream was lost", code="replica_lost")
+            yield f"data: {json.dumps(error)}\n\n".encode()
+    finally:
+        stream.cancel()
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+ingress_app = FastAPI(title="qwenkit (Ray Serve)")
+
+
+@serve.ingress(ingress_app)
+class Ingress:
+    """Checks keys and the cluster's rate limits, then streams the request through a model replica."""
+
+    def __init__(self, model: DeploymentHandle, options: ClusterOptions) -> None:
+        self.model = model
+        self.options = options
+        self.keys = ApiKeys(options.api_keys)
+        self.state = cluster_state(options)
+
+    @ingress_app.get("/health")
+    async def health(self) -> JSONResponse:
+        seen = await self.state.replicas.remote()
+        return JSONResponse({"status": "ok" if seen["ready"] else "loading", **seen}, 200 if seen["ready"] else 503)
+
+    @ingress_app.get("/metrics")
+    async def metrics(self) -> Response:
+        return Response(await self.state.metrics.remote(), media_type="text/plain; version=0.0.4")
+
+    @ingress_app.api_route("/{path:path}", methods=["GET", "POST"], include_in_schema=False)
+    async def forward(self, path: str, request: Request) -> Response:
+        path = "/" + path
+        token = _bearer(request)
+        if path.startswith("/v1"):
+            if not self.keys.check(token):
+                return error_response(
+                    401,
+                    "a valid API key is required (Authorization: Bearer KEY)",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            client = request.client.host if request.client else "-"
+            wait = await self.state.admit.remote(key_id(token) if self.keys.enabled else client)
+            if wait is not None:
+                return error_response(
+                    429,
+                    "rate limit reached for this API key",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+                )
+        body = await request.body()
+        if len(body) > self.options.max_body_bytes:
+            return error_response(413, f"the request body is larger than {self.options.max_body_bytes} bytes")
+        forwarded = {
+            "method": request.method,
+            "path": path,
+            "query": request.url.query,
+            "headers": list(request.headers.items()),
+            "body": body,
+            "client": [request.client.host, request.client.port] if request.client else None,
+            "prefix_keys": prefix_keys(path, body) if request.method == "POST" else [],
+        }
+        stream = cast(DeploymentResponseGenerator[Message], self.model.options(stream=True).forward.remote(forwarded))
+        try:
+            start = await stream.__anext__()
+        except Exception as exc:  # no replica could take it (all gone, or it died before answering)
+            log.warning("request failed before its response started: %s", exc)
+            stream.cancel()
+            return error_response(503, "no model replica could serve the request; retry", headers={"Retry-After": "2"})
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
+        sse = headers.get("content-type", "").startswith("text/event-stream")
+        headers.pop("content-length", None)
+        return StreamingResponse(_body(stream, sse), status_code=start["status"], headers=headers)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The application for `serve.run` or a Ray Serve config file (`args`: `ClusterOptions` fields)."""
+    options = ClusterOptions.model_validate(args)
+    autoscaling = options.autoscaling()
+    replica_options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": options.cpus_per_replica},
+        "max_ongoing_requests": options.parallel + options.max_queue,
+        "health_check_period_s": 2,
+    }
+    if autoscaling is not None:
+        replica_options["autoscaling_config"] = autoscaling
+    else:
+        replica_options["num_replicas"] = options.replicas or 1
+    if options.router == "prefix":
+        replica_options["request_router_config"] = {
+            "request_router_class": "qwenkit.serve.cluster.router:PrefixAwareRouter",
+            "request_router_kwargs": {"max_imbalance": options.max_imbalance},
+        }
+    model = serve.deployment(name="model", **replica_options)(ModelReplica).bind(options)
+    ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)(Ingress)
+    return ingress.bind(model, options)

@@ -1,0 +1,76 @@
+"""What a qwenkit Ray Serve application is made of: model, replicas, limits (a config file's `args`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qwenkit.serve.settings import ServeSettings
+
+
+class ClusterOptions(BaseModel):
+    """The arguments of `build_app` (the `args:` of a Ray Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "default"
+    engine: str = "auto"
+    ctx: int | None = Field(None, ge=256)
+    threads: int | None = Field(None, ge=1)
+    parallel: int = Field(4, ge=1, le=64)
+    max_queue: int = Field(64, ge=0)
+    dtype: str = "auto"
+    quantization: str | None = None
+    effort_budgets: str = ""
+    # replicas: a fixed count, or autoscaling between min and max
+    replicas: int | None = Field(None, ge=1)
+    min_replicas: int | None = Field(None, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0)  # load is averaged over this window
+    cpus_per_replica: float = Field(1.0, gt=0)
+    router: Literal["prefix", "default"] = "prefix"
+    max_imbalance: int = Field(4, ge=0)
+    # the HTTP side, as in `qwenkit serve`
+    api_keys: frozenset[str] = frozenset()
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_tokens_cap: int = Field(8192, ge=1)
+    log_prompts: bool = False
+    name: str = "qwenkit"
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> ClusterOptions:
+        autoscaled = self.min_replicas is not None or self.max_replicas is not None
+        if autoscaled and self.replicas is not None:
+            raise ValueError("give either replicas or min_replicas/max_replicas, not both")
+        if autoscaled and (self.min_replicas or 0) > (self.max_replicas or 1):
+            raise ValueError("min_replicas is larger than max_replicas")
+        return self
+
+    def autoscaling(self) -> dict[str, float] | None:
+        if self.min_replicas is None and self.max_replicas is None:
+            return None
+        return {
+            "min_replicas": self.min_replicas or 0,
+            "max_replicas": self.max_replicas or max(1, self.min_replicas or 1),
+            "initial_replicas": max(1, self.min_replicas or 1),
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+            "look_back_period_s": self.look_back_period_s,
+            "metrics_interval_s": min(10.0, self.look_back_period_s / 2),
+        }
+
+    def settings(self) -> ServeSettings:
+        """The single-server settings each replica's app runs with (limits are enforced per cluster)."""
+        return ServeSettings(
+            api_keys=self.api_keys,
+            max_body_bytes=self.max_body_bytes,
+            max_tokens_cap=self.max_tokens_cap,
+            log_prompts=self.log_prompts,
+        )

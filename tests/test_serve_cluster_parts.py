@@ -1,0 +1,74 @@
+"""The Ray-free parts of `serve --ray`: routing keys, summed metrics, option checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from qwenkit.serve.cluster.options import ClusterOptions
+from qwenkit.serve.cluster.prefix import prefix_keys
+from qwenkit.serve.cluster.state import ClusterState
+
+
+def _chat(messages: list[dict[str, str]]) -> bytes:
+    return json.dumps({"model": "m", "messages": messages}).encode()
+
+
+def test_a_follow_up_turn_extends_the_keys_of_the_turn_before() -> None:
+    turn = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    follow = [*turn, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}]
+    first, second = prefix_keys("/v1/chat/completions", _chat(turn)), prefix_keys("/v1/chat/completions", _chat(follow))
+    assert len(first) == 2 and second[:2] == first and len(second) == 4
+    other = prefix_keys("/v1/chat/completions", _chat([{"role": "system", "content": "be long"}]))
+    assert other[0] != first[0]
+
+
+def test_completion_prompts_share_keys_block_by_block() -> None:
+    base = "x" * 600
+    a = prefix_keys("/v1/completions", json.dumps({"prompt": base + "a"}).encode())
+    b = prefix_keys("/v1/completions", json.dumps({"prompt": base + "b"}).encode())
+    assert len(a) == 3 and a[:2] == b[:2] and a[2] != b[2]
+    assert prefix_keys("/v1/completions", b"not json") == []
+
+
+def test_metrics_are_summed_over_live_replicas() -> None:
+    state = ClusterState(None, None)
+    text = (
+        "# HELP qwenkit_generation_tokens_total Tokens generated\n# TYPE qwenkit_generation_tokens_total counter\n"
+        "qwenkit_generation_tokens_total {n}\n"
+        "# HELP qwenkit_kv_cache_usage_ratio Share\n# TYPE qwenkit_kv_cache_usage_ratio gauge\n"
+        "qwenkit_kv_cache_usage_ratio {r}\n"
+    )
+    state.report("a", True, text.format(n=3, r=0.2))
+    state.report("b", True, text.format(n=4, r=0.4))
+    merged = state.metrics()
+    assert "qwenkit_replicas 2" in merged
+    assert "qwenkit_generation_tokens_total 7.0" in merged
+    assert "qwenkit_kv_cache_usage_ratio 0.30000000000000004" in merged or "qwenkit_kv_cache_usage_ratio 0.3" in merged
+    assert state.replicas() == {"replicas": 2, "ready": 2}
+
+
+def test_the_cluster_rate_limit_is_shared() -> None:
+    state = ClusterState(requests_per_minute=2, tokens_per_minute=None)
+    assert state.admit("k") is None and state.admit("k") is None
+    assert state.admit("k") is not None  # a third request within the minute, from any ingress
+
+
+def test_replicas_or_autoscaling_not_both() -> None:
+    with pytest.raises(ValidationError):
+        ClusterOptions(replicas=2, max_replicas=3)
+    auto = ClusterOptions(min_replicas=1, max_replicas=2, upscale_delay_s=1).autoscaling()
+    assert auto is not None and auto["max_replicas"] == 2 and auto["upscale_delay_s"] == 1
+
+
+def test_the_cli_refuses_conflicting_ray_options_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from qwenkit.cli import app
+    from qwenkit.errors import QwenkitError
+
+    result = CliRunner().invoke(app, ["serve", "--ray", "--replicas", "2", "--max-replicas", "3"])
+    assert isinstance(result.exception, QwenkitError)  # `qwenkit` prints it as one line
+    assert "give either replicas or min_replicas/max_replicas, not both" in str(result.exception)
