@@ -13,11 +13,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-<<<<<<< HEAD
-	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench]"
-=======
-	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,ray]"
->>>>>>> issue-17
+	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench,ray]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -54,6 +50,7 @@ bench: model
 	$(BIN)/python benchmarks/onnx_vs_llamacpp.py
 	$(BIN)/python benchmarks/loadtest_crosscheck.py
 	$(BIN)/python benchmarks/logprobs_n.py
+	$(BIN)/python benchmarks/ray_scaleout.py --conversations 6 --max-tokens 32
 	$(MAKE) bench-report
 
 # BENCHMARKS.md and benchmarks/plots/ from benchmarks/results/*.json (no measuring)

@@ -92,9 +92,6 @@ def serve(
 
     efforts = parse_effort_budgets(effort_budgets)
     keys = read_api_keys(api_key, api_key_file)
-<<<<<<< HEAD
-    local = resolve(model)  # fetch in the foreground, with progress, before binding the port
-=======
     if on_ray or ray_address is not None:
         from pydantic import ValidationError
 
@@ -135,8 +132,7 @@ def serve(
             raise QwenkitError(f"bad --ray options: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         serve_on_ray(options, ray_address, host, port, err.print)
         return
-    local = store.resolve(model)  # fetch in the foreground, with progress, before binding the port
->>>>>>> issue-17
+    local = resolve(model)  # fetch in the foreground, with progress, before binding the port
     from qwenkit.api import pick_engine
 
     chosen = pick_engine(engine, local.format)
