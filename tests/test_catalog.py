@@ -154,3 +154,13 @@ def test_a_bad_catalogue_is_one_clear_error(patch, message):
     with pytest.raises(QwenkitError, match=message) as exc:
         parse(text.replace(patch[0], patch[1], 1))
     assert "\n" not in str(exc.value)
+
+
+def test_the_onnx_route_is_listed_where_the_builder_takes_the_model():
+    cat = catalog()
+    assert cat.onnx_export(cat.get("qwen3-8b")) == "qwenkit export onnx --model qwen3-8b --precision int4"
+    assert cat.onnx_export(cat.get("qwen2.5-coder-0.5b-instruct")) is not None
+    assert cat.onnx_export(cat.get("qwen2.5-vl-3b-instruct")) is not None
+    assert cat.onnx_export(cat.get("qwen3-30b-a3b")) is None  # mixture of experts: refused by the builder
+    audio = [e for e in cat.entries.values() if e.family == "qwen2-audio"]
+    assert audio and all(cat.onnx_export(e) is None for e in audio)

@@ -55,6 +55,9 @@ class Variant:
         return GGUF_BPW.get(self.quant, 16.0) if self.format == "gguf" else CHECKPOINT_BPW.get(self.quant, 16.0)
 
 
+_NO_ONNX_BUILDER = {"qwen2-audio"}
+
+
 class Catalog:
     """The family, validated. Names are case-insensitive; `name:quant` picks a variant."""
 
@@ -78,6 +81,16 @@ class Catalog:
         """Parameters from the shapes: language model plus tower."""
         tower = self.tower(entry)
         return self.shape(entry).params(active=active) + (tower.params() if tower else 0)
+
+    def onnx_export(self, entry: Entry) -> str | None:
+        """The command exporting `entry` to ONNX Runtime GenAI int4, where its model builder takes it.
+
+        The builder converts dense Qwen2/Qwen2.5 (Coder, Math, QwQ), Qwen3 and Qwen2.5-VL
+        checkpoints; it refuses mixture-of-experts models and has no audio tower.
+        """
+        if self.shape(entry).is_moe or entry.family in _NO_ONNX_BUILDER:
+            return None
+        return f"qwenkit export onnx --model {entry.name} --precision int4"
 
     def variants(self, entry: Entry) -> list[Variant]:
         """Every form of `entry`: GGUF quants (smallest first), then checkpoints, then the original."""

@@ -69,6 +69,7 @@ def _catalogue(as_json: bool) -> None:
                 "license": c.variant.entry.license,
                 "specialties": c.variant.entry.specialties,
                 "thinking": c.variant.entry.thinking,
+                "onnx_export": cat.onnx_export(c.variant.entry),
                 "cached": c.path is not None,
                 "size_on_disk": c.size,
                 "path": str(c.path) if c.path else None,
@@ -77,7 +78,7 @@ def _catalogue(as_json: bool) -> None:
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = Table(Column("name", no_wrap=True), "params", "context", "thinking", "cached", "repo", box=None)
+    table = Table(Column("name", no_wrap=True), "params", "context", "thinking", "onnx", "cached", "repo", box=None)
     for c in state:
         e = c.variant.entry
         ctx = f"{e.context // 1024}K" + (f"/{e.context_yarn // 1024}K" if e.context_yarn else "")
@@ -86,6 +87,7 @@ def _catalogue(as_json: bool) -> None:
             f"{e.params_b:g}B",
             ctx,
             e.thinking,
+            "int4" if cat.onnx_export(e) else "-",
             f"[green]{c.size / 2**30:.2f} GiB[/]" if c.path else "-",
             c.variant.repo,
         )
