@@ -94,7 +94,7 @@ def test_conversations_spread_and_follow_ups_stay_with_their_prefix(endpoint: st
 def test_streaming_keys_and_cluster_metrics(endpoint: str) -> None:
     client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key=KEY, max_retries=0, timeout=WAIT_S)
     stream = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "count"}], max_tokens=6, temperature=0, stream=True
+        model="default", messages=[{"role": "user", "content": "count"}], max_tokens=6, temperature=0, stream=True
     )
     chunks = list(stream)
     assert chunks[-1].choices[0].finish_reason in {"stop", "length"}
