@@ -58,7 +58,7 @@ def logprob_cost_us(n_vocab: int) -> dict[str, float]:
 
     import numpy as np
 
-    from qwenkit.engines.llamacpp.sampler import logprob_of
+    from qwenkit.engines.logprobs import logprob_of
 
     row = np.random.default_rng(0).normal(size=n_vocab).astype(np.float32)
     return {

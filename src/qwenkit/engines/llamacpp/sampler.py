@@ -10,6 +10,7 @@ import llama_cpp as C
 import numpy as np
 
 from qwenkit.engines.base import SamplingParams, TokenLogprob
+from qwenkit.engines.logprobs import logprob_of
 from qwenkit.errors import BadRequest, QwenkitError
 
 _PENALTY_WINDOW = 64  # tokens looked back at by the repetition/presence/frequency penalties
@@ -119,18 +120,6 @@ def token_logprob(ctx: C.llama_context_p, batch_index: int, n_vocab: int, token:
     """`token`'s logprob and the `top` most likely tokens from the logits row at `batch_index`
     (as `SamplerChain.sample` left it: after logit bias and penalties, before temperature)."""
     return logprob_of(np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, batch_index), shape=(n_vocab,)), token, top)
-
-
-def logprob_of(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
-    """Log-softmax of `logits` at `token`, with the `top` best (token, logprob) pairs."""
-    peak = float(logits.max())
-    lse = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
-    best: tuple[tuple[int, float], ...] = ()
-    if top > 0:
-        ids = np.argpartition(logits, -top)[-top:]
-        ids = ids[np.argsort(-logits[ids], kind="stable")]
-        best = tuple((int(i), float(logits[i]) - lse) for i in ids)
-    return TokenLogprob(token, float(logits[token]) - lse, best)
 
 
 def _as_array(data: np.ndarray) -> ctypes._Pointer[C.llama_token_data_array]:

@@ -50,11 +50,11 @@ from qwenkit.engines.base import (
     iterate,
 )
 from qwenkit.engines.hf_vocab import Vocab
+from qwenkit.engines.logprobs import logprob_of
 from qwenkit.engines.onnx.grammar import gbnf_to_lark
 from qwenkit.engines.onnx.sampling import (
     LogitEdits,
     check_params,
-    logprob_of,
     prompt_logprobs,
     runtime_repetition,
     search_options,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from qwenkit.engines.base import SamplingParams, TokenLogprob
+from qwenkit.engines.logprobs import logprob_of
 from qwenkit.errors import BadRequest
 
 PENALTY_WINDOW = 64  # as the other engines: generated tokens looked back at by the penalties
@@ -117,18 +118,6 @@ def runtime_repetition(logits: np.ndarray, sequence: Sequence[int], penalty: flo
     values = logits[ids]
     logits[ids] = np.where(values > 0, values / penalty, values * penalty)
     return logits
-
-
-def logprob_of(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
-    """Log-softmax of a [vocab] row at `token`, with the `top` best (token, logprob) pairs."""
-    peak = float(logits.max())
-    lse = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
-    best: tuple[tuple[int, float], ...] = ()
-    if top > 0:
-        ids = np.argpartition(logits, -top)[-top:]
-        ids = ids[np.argsort(-logits[ids], kind="stable")]
-        best = tuple((int(i), float(logits[i]) - lse) for i in ids)
-    return TokenLogprob(token, float(logits[token]) - lse, best)
 
 
 def prompt_logprobs(prompt: Sequence[int], logits: np.ndarray, top: int) -> list[TokenLogprob | None]:
