@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from qwenkit import store
@@ -39,6 +41,7 @@ def load(
     device_map: Any = None,
     quantization: str | None = None,
     attn_implementation: str = "sdpa",
+    lora: Mapping[str, str | Path] | None = None,
 ) -> Model:
     """Fetch (if needed) and load a model.
 
@@ -47,6 +50,8 @@ def load(
     `n_parallel`: requests decoded together (default 1 on llama.cpp, 8 on transformers).
     Transformers only: `dtype` ("auto", "bf16", "fp16", "fp32"), `device_map`,
     `quantization` (None, "8bit", "4bit": bitsandbytes, CUDA only), `attn_implementation`.
+    `lora`: GGUF LoRA adapters to load, by name (llama.cpp); a turn applies them with
+    `adapters=[(name, scale)]`.
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -82,6 +87,8 @@ def load(
             LlamaCppSettings(n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel or 1, max_waiting=max_waiting),
         )
     try:
+        for name, path in (lora or {}).items():
+            eng.load_adapter(name, path)
         architecture = eng.architecture()
         template = load_template(eng.chat_template(), architecture=architecture, name_hint=local.name)
     except BaseException:

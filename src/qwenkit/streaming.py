@@ -67,7 +67,7 @@ class AsyncTurn:
         model, turn = self._model, self._turn
         self._decoder = model.decoder(turn)
         controller = model.controller(turn) if hasattr(model, "controller") else None
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, controller)
+        self._handle = model.engine.submit(turn.prompt, turn.params, emit, controller, turn.adapters)
         self._queue = q
 
     def cancel(self) -> None:
@@ -108,7 +108,7 @@ def run_batch(model: Model, turns: Sequence[PreparedTurn]) -> list[ChatResult]:
         for i, turn in enumerate(turns):
             controller = model.controller(turn) if hasattr(model, "controller") else None
             emit = lambda chunk, i=i: chunks.put((i, chunk))  # noqa: E731
-            handles.append(model.engine.submit(turn.prompt, turn.params, emit, controller))
+            handles.append(model.engine.submit(turn.prompt, turn.params, emit, controller, turn.adapters))
         remaining = len(turns)
         while remaining:
             i, chunk = chunks.get()

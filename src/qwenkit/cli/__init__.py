@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from qwenkit.cli import models, run, serve, tune  # noqa: F401  (each module registers its verbs)
+from qwenkit.cli import export, models, run, serve, tune  # noqa: F401  (each module registers its verbs)
 from qwenkit.cli.common import app, err
 from qwenkit.errors import QwenkitError
 

@@ -46,7 +46,7 @@ class TurnStream:
                 pass
 
         self._model, self._turn, self._metrics = model, turn, metrics
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))
+        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn), turn.adapters)
         self._started = time.perf_counter()
         self._done = False
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
 
@@ -67,9 +67,17 @@ class LlamaCppEngine:
         params: SamplingParams,
         emit,
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.scheduler.submit(Request(list(prompt), params, emit, controller))
+        return self.scheduler.submit(Request(list(prompt), params, emit, controller, tuple(adapters)))
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a GGUF LoRA for this model; requests name it in `adapters`."""
+        self.scheduler.add_adapter(name, self.model.load_adapter(path))
+
+    def adapter_names(self) -> list[str]:
+        return self.scheduler.adapter_names()
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats()
@@ -79,8 +87,9 @@ class LlamaCppEngine:
         prompt: Sequence[int],
         params: SamplingParams,
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller)
+        return iterate(self, prompt, params, controller, adapters)
 
     def close(self) -> None:
         if self.model.ptr:

@@ -125,6 +125,26 @@ class LlamaModel:
     def detokenize(self, ids: Sequence[int], *, special: bool = True) -> str:
         return b"".join(self.piece(t, special=special) for t in ids).decode("utf-8", errors="replace")
 
+    def load_adapter(self, path: str | Path) -> C.llama_adapter_lora_p:
+        """A GGUF LoRA for this model (freed with the model)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"LoRA adapter file not found: {path}")
+        self._vocab()
+        global _load_errors
+        _load_errors = []
+        try:
+            adapter = C.llama_adapter_lora_init(self.ptr, str(path).encode())
+        finally:
+            errors, _load_errors = _load_errors, None
+        if not adapter:
+            reason = f" ({errors[-1]})" if errors else ""
+            raise ModelLoadError(
+                f"llama.cpp could not load the LoRA adapter {path}{reason}: it must be a GGUF LoRA "
+                "made for this model (qwenkit export lora)"
+            )
+        return adapter
+
     def eog_ids(self) -> set[int]:
         return {t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t)}
 

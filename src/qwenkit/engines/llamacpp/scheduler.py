@@ -6,10 +6,16 @@ samples each slot from its own row of logits with its own sampler chain. Request
 leave between steps. A finished slot keeps its KV cache, so a new request that shares a prefix
 with it (a system prompt, the earlier turns of a chat) skips recomputing that prefix; a prefix
 held by a busy slot is shared by copying its cache cells (`llama_memory_seq_cp`).
+
+LoRA adapters belong to the llama.cpp context, not to a sequence, so sequences on different
+adapter sets cannot share a `llama_decode`: each step decodes one batch per adapter set in use
+(every group advances every step, none starves), starting with the set already applied, so one
+adapter alone costs no switch. A slot's cache is reused only by a request on the same adapter set.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -18,7 +24,7 @@ from collections.abc import Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, check_request
+from qwenkit.engines.base import Adapters, Chunk, EngineStats, QueueFull, Request, check_request
 from qwenkit.engines.llamacpp.model import LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.output import RequestOutput
@@ -31,6 +37,7 @@ class _Slot:
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.cached: list[int] = []  # tokens whose KV is in the cache for this sequence
+        self.adapters: Adapters = ()  # the adapter set that cache was computed with
         self.request: Request | None = None
         self.feed: list[int] = []  # tokens to decode next (prompt rest, last sample, forced)
         self.out: RequestOutput | None = None
@@ -50,8 +57,13 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int]) -> _Slot:
-    """The free slot to run `prompt` in, given the sequence ids `running` already.
+def _shared(slot: _Slot, prompt: Sequence[int], adapters: Adapters) -> int:
+    """Prompt tokens `slot`'s cache holds for `prompt` on `adapters` (none across adapter sets)."""
+    return _common_prefix(slot.cached, prompt) if slot.adapters == adapters else 0
+
+
+def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int], adapters: Adapters = ()) -> _Slot:
+    """The free slot to run `prompt` in (on `adapters`), given the sequence ids `running` already.
 
     First, keep the running sequences contiguous: llama.cpp decodes sequences in separate KV
     streams together only when their ids are consecutive, so every gap costs one more pass
@@ -63,7 +75,7 @@ def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int]) -> _S
     """
 
     def cost(slot: _Slot) -> tuple[int, int, int, float]:
-        shared = _common_prefix(slot.cached, prompt)
+        shared = _shared(slot, prompt, adapters)
         return _runs(running | {slot.seq_id}), len(slot.cached) - shared, -shared, slot.last_used
 
     return min(free, key=cost)
@@ -114,13 +126,26 @@ class Scheduler:
         self._closed = False
         self._prefix_hit_tokens = 0
         self._prompt_tokens = 0
+        self._adapters: dict[str, C.llama_adapter_lora_p] = {}
+        self._applied: Adapters = ()
         self._thread = threading.Thread(target=self._loop, name="qwenkit-scheduler", daemon=True)
         self._thread.start()
 
     # ----- public, any thread -----------------------------------------------------------
 
+    def add_adapter(self, name: str, adapter: C.llama_adapter_lora_p) -> None:
+        """Make a loaded LoRA adapter available to requests under `name`."""
+        with self._cv:
+            if name in self._adapters:
+                raise QwenkitError(f"a LoRA adapter named {name!r} is already loaded")
+            self._adapters[name] = adapter
+
+    def adapter_names(self) -> list[str]:
+        with self._cv:
+            return list(self._adapters)
+
     def submit(self, request: Request) -> Request:
-        check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab)
+        check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab, adapters=self.adapter_names())
         with self._cv:
             if self._closed:
                 raise QwenkitError("the engine is closed")
@@ -193,27 +218,28 @@ class Scheduler:
             if request.cancelled:
                 request.emit(Chunk("", finish_reason="abort"))
                 continue
-            slot = _slot_for(free, running, request.prompt)
+            slot = _slot_for(free, running, request.prompt, request.adapters)
             running.add(slot.seq_id)
             admitted.append((slot, request))
         return admitted
 
     def _start(self, slot: _Slot, request: Request) -> None:
         prompt = request.prompt
-        reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)  # >= 1 token to decode
+        reuse = min(_shared(slot, prompt, request.adapters), len(prompt) - 1)  # >= 1 token to decode
         donor = max(
             (s for s in self.slots if s is not slot),
-            key=lambda s: _common_prefix(s.cached, prompt),
+            key=lambda s: _shared(s, prompt, request.adapters),
             default=None,
         )
         if donor is not None:
-            shared = min(_common_prefix(donor.cached, prompt), len(prompt) - 1)
+            shared = min(_shared(donor, prompt, request.adapters), len(prompt) - 1)
             if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
                 C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
                 slot.cached = donor.cached[:shared]
                 reuse = shared
         C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
         del slot.cached[reuse:]
+        slot.adapters = request.adapters
         self._prefix_hit_tokens += reuse
         self._prompt_tokens += len(prompt)
         try:
@@ -238,9 +264,29 @@ class Scheduler:
         for slot in self.slots:
             if slot.busy and slot.request.cancelled:
                 self._finish(slot, "abort")
-        active = [s for s in self.slots if s.busy and s.feed]
-        if not active:
+        groups: dict[Adapters, list[_Slot]] = {}
+        for slot in self.slots:
+            if slot.busy and slot.feed:
+                groups.setdefault(slot.request.adapters, []).append(slot)
+        # the adapter set already applied first: one set alone never switches
+        for adapters in sorted(groups, key=lambda a: (a != self._applied, a)):
+            self._apply(adapters)
+            self._decode(groups[adapters])
+
+    def _apply(self, adapters: Adapters) -> None:
+        """Put `adapters` on the context (a no-op for the set already there)."""
+        if adapters == self._applied:
             return
+        n = len(adapters)
+        handles = (C.llama_adapter_lora_p_ctypes * n)(*(self._adapters[name] for name, _ in adapters)) if n else None
+        scales = (ctypes.c_float * n)(*(scale for _, scale in adapters)) if n else None
+        rc = C.llama_set_adapters_lora(self.ctx, handles, n, scales)
+        if rc != 0:
+            raise QwenkitError(f"llama_set_adapters_lora returned {rc}")
+        self._applied = adapters
+
+    def _decode(self, active: list[_Slot]) -> None:
+        """One `llama_decode` over `active` (all on the applied adapter set), then sampling."""
         # Decoding slots (one token) first so a long prompt never starves running streams.
         active.sort(key=lambda s: len(s.feed))
         batch, n, budget = self.batch, 0, self.n_batch

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
-from qwenkit.errors import ModelLoadError
+from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 
 DEFAULT_CTX = 8192
 
@@ -87,17 +87,29 @@ class TransformersEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ):
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
+        if adapters:
+            raise BadRequest("LoRA adapters are served by the llama.cpp engine (a GGUF base and GGUF LoRA)")
         return self.worker.submit(Request(list(prompt), params, emit, controller))
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        raise QwenkitError(
+            "LoRA adapters are served by the llama.cpp engine: serve the GGUF base with --lora NAME=ADAPTER.gguf"
+        )
+
+    def adapter_names(self) -> list[str]:
+        return []
 
     def generate(
         self,
         prompt: Sequence[int],
         params: SamplingParams,
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller)
+        return iterate(self, prompt, params, controller, adapters)
 
     def stats(self) -> EngineStats:
         return self.worker.stats()
