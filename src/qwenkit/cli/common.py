@@ -32,6 +32,27 @@ QuantOpt = typer.Option(
 ThinkOpt = typer.Option(None, "--think/--no-think", help="Qwen3 thinking on or off (default: the model's).")
 
 
+def parse_lora(specs: list[str]) -> dict[str, str]:
+    """`--lora NAME=FILE` (or just FILE, named by its stem) options to {name: file}."""
+    from pathlib import Path
+
+    from qwenkit.errors import QwenkitError
+
+    found: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if not name or not path:
+            raise QwenkitError(f"--lora takes NAME=FILE.gguf, not {spec!r}")
+        if name in found:
+            raise QwenkitError(f"two LoRA adapters are named {name!r}")
+        if not Path(path).is_file():
+            raise QwenkitError(f"LoRA adapter file not found: {path}")
+        found[name] = path
+    return found
+
+
 def load_model(
     model: str,
     ctx: int | None,
@@ -39,7 +60,8 @@ def load_model(
     engine: str = "auto",
     dtype: str = "auto",
     quantization: str | None = None,
+    lora: dict[str, str] | None = None,
 ):
     from qwenkit.api import load
 
-    return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization)
+    return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization, lora=lora)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from qwenkit.cli.common import CtxOpt, DtypeOpt, EngineOpt, ModelOpt, QuantOpt, ThreadsOpt, app, err
+from qwenkit.cli.common import CtxOpt, DtypeOpt, EngineOpt, ModelOpt, QuantOpt, ThreadsOpt, app, err, parse_lora
 
 
 @app.command()
@@ -29,6 +29,9 @@ def serve(
     max_tokens_cap: int = typer.Option(8192, "--max-tokens-cap", min=1, help="Largest max_tokens a request may ask."),
     cors: list[str] = typer.Option([], "--cors-origin", help="Allowed CORS origin (repeatable; none by default)."),
     log_prompts: bool = typer.Option(False, "--log-prompts", help="Log prompt text (off by default)."),
+    lora: list[str] = typer.Option(
+        [], "--lora", help="NAME=FILE.gguf: a GGUF LoRA requests select with model=NAME (repeatable)."
+    ),
     effort_budgets: str = typer.Option(
         "",
         "--reasoning-effort-budgets",
@@ -47,6 +50,7 @@ def serve(
     from qwenkit.serve.settings import read_api_keys
 
     efforts = parse_effort_budgets(effort_budgets)
+    adapters = parse_lora(lora)
     keys = read_api_keys(api_key, api_key_file)
     local = store.resolve(model)  # fetch in the foreground, with progress, before binding the port
     from qwenkit.api import pick_engine
@@ -66,6 +70,7 @@ def serve(
         max_tokens_cap=max_tokens_cap,
         cors_origins=tuple(cors),
         log_prompts=log_prompts,
+        lora=tuple(adapters.items()),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -80,6 +85,7 @@ def serve(
             engine=engine,
             dtype=dtype,
             quantization=quantization,
+            lora=adapters,
         )
         m.effort_budgets = efforts
         return m

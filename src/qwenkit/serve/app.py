@@ -13,12 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from qwenkit.model import Model
-from qwenkit.serve import http_errors
+from qwenkit.serve import adapters, http_errors
 from qwenkit.serve.http_errors import ApiError
 from qwenkit.serve.metrics import Metrics
 from qwenkit.serve.middleware import AccessLog, BodyLimit
 from qwenkit.serve.openai_routes import router as openai_router
-from qwenkit.serve.protocol import ModelCard, ModelList
+from qwenkit.serve.protocol import ModelList
 from qwenkit.serve.security import ApiKeys, RateLimiter, key_id
 from qwenkit.serve.settings import ServeSettings
 
@@ -117,7 +117,7 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> ModelList:
         model = holder.ready()
-        return ModelList(data=[ModelCard(id=settings.served_name or model.name)])
+        return ModelList(data=adapters.cards(settings.served_name or model.name, settings.lora))
 
     @app.get("/health")
     async def health() -> JSONResponse:

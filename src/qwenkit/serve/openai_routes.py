@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from qwenkit.model import Model, PreparedTurn
 from qwenkit.results import ChatResult
-from qwenkit.serve import structured
+from qwenkit.serve import adapters, structured
 from qwenkit.serve.http_errors import ApiError, error_body
 from qwenkit.serve.protocol import (
     AssistantMessage,
@@ -58,7 +58,12 @@ def _tool_out(call: Any, index: int) -> ToolCallOut:
     )
 
 
-def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -> PreparedTurn:
+def _target(model: Model, body: ChatCompletionRequest | CompletionRequest, request: Request) -> adapters.Target:
+    settings = request.app.state.settings
+    return adapters.select(settings.served_name or model.name, settings.lora, body.model, body.lora)
+
+
+def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request, target: adapters.Target) -> PreparedTurn:
     settings = request.app.state.settings
     if len(body.messages) > settings.max_messages:
         raise ApiError(
@@ -93,6 +98,7 @@ def _prepare_chat(model: Model, body: ChatCompletionRequest, request: Request) -
         grammar=grammar,
         thinking_budget=body.thinking_budget,
         reasoning_effort=effort,
+        adapters=target.adapters,
         **body.sampling(),
     )
     _check_prompt(turn, settings, model)
@@ -168,12 +174,13 @@ def _spend(request: Request, result: ChatResult) -> None:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     model: Model = request.app.state.ready_model()
-    turn = _prepare_chat(model, body, request)
+    target = _target(model, body, request)
+    turn = _prepare_chat(model, body, request, target)
     rid = new_id("chatcmpl")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         deltas = run_turn(model, turn, request.app.state.metrics)  # submit now: a full queue is a 429, not a broken 200
-        return _sse(_chat_events(model, deltas, request, rid, include_usage, body.parallel_tool_calls))
+        return _sse(_chat_events(target.name, deltas, request, rid, include_usage, body.parallel_tool_calls))
     result = await _collect(model, turn, request)
     _spend(request, result)
     finish, calls = _finish(result, body.parallel_tool_calls)
@@ -184,15 +191,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         tool_calls=[_tool_out(c, i) for i, c in enumerate(calls)] or None,
     )
     return ChatCompletion(
-        id=rid, model=model.name, choices=[ChatChoice(message=message, finish_reason=finish)], usage=_usage(result)
+        id=rid, model=target.name, choices=[ChatChoice(message=message, finish_reason=finish)], usage=_usage(result)
     )
 
 
 async def _chat_events(
-    model: Model, deltas: TurnStream, request: Request, rid: str, include_usage: bool, parallel: bool
+    name: str, deltas: TurnStream, request: Request, rid: str, include_usage: bool, parallel: bool
 ) -> AsyncIterator[str]:
     def event(delta: DeltaMessage, finish: str | None = None) -> str:
-        chunk = ChatCompletionChunk(id=rid, model=model.name, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+        chunk = ChatCompletionChunk(id=rid, model=name, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
         return chunk.model_dump_json(exclude_none=True)
 
     yield event(DeltaMessage(role="assistant", content=""))
@@ -210,7 +217,7 @@ async def _chat_events(
             _spend(request, delta.result)
             yield event(DeltaMessage(), delta.finish_reason)
             if include_usage:
-                usage = ChatCompletionChunk(id=rid, model=model.name, choices=[], usage=_usage(delta.result))
+                usage = ChatCompletionChunk(id=rid, model=name, choices=[], usage=_usage(delta.result))
                 yield usage.model_dump_json(exclude_none=True)
 
 
@@ -219,31 +226,34 @@ async def completions(body: CompletionRequest, request: Request):
     model: Model = request.app.state.ready_model()
     settings = request.app.state.settings
     _log_prompt(request, body.prompt)
-    turn = model.prepare_completion(body.prompt, max_tokens=_max_tokens(body.max_tokens, settings), **body.sampling())
+    target = _target(model, body, request)
+    turn = model.prepare_completion(
+        body.prompt, max_tokens=_max_tokens(body.max_tokens, settings), adapters=target.adapters, **body.sampling()
+    )
     _check_prompt(turn, settings, model, param="prompt")
     rid = new_id("cmpl")
     prefix = body.prompt if body.echo else ""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         deltas = run_turn(model, turn, request.app.state.metrics)  # submit now (see chat_completions)
-        return _sse(_completion_events(model, deltas, request, rid, prefix, include_usage))
+        return _sse(_completion_events(target.name, deltas, request, rid, prefix, include_usage))
     result = await _collect(model, turn, request)
     _spend(request, result)
     return Completion(
         id=rid,
-        model=model.name,
+        model=target.name,
         usage=_usage(result),
         choices=[TextChoice(text=prefix + result.content, finish_reason=result.finish_reason)],
     )
 
 
 async def _completion_events(
-    model: Model, deltas: TurnStream, request: Request, rid: str, prefix: str, include_usage: bool
+    name: str, deltas: TurnStream, request: Request, rid: str, prefix: str, include_usage: bool
 ) -> AsyncIterator[str]:
     def event(text: str, finish: str | None = None) -> str:
-        return Completion(
-            id=rid, model=model.name, choices=[TextChoice(text=text, finish_reason=finish)]
-        ).model_dump_json(exclude_none=True)
+        return Completion(id=rid, model=name, choices=[TextChoice(text=text, finish_reason=finish)]).model_dump_json(
+            exclude_none=True
+        )
 
     if prefix:
         yield event(prefix)
@@ -254,7 +264,7 @@ async def _completion_events(
             _spend(request, delta.result)
             yield event("", delta.finish_reason)
             if include_usage:
-                yield Completion(id=rid, model=model.name, choices=[], usage=_usage(delta.result)).model_dump_json(
+                yield Completion(id=rid, model=name, choices=[], usage=_usage(delta.result)).model_dump_json(
                     exclude_none=True
                 )
 

@@ -137,6 +137,7 @@ class SamplingFields(_Request):
 
 class ChatCompletionRequest(SamplingFields):
     model: str | None = None
+    lora: list[LoraScale] | None = None  # llama-server's field; `model` may name an adapter instead
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -183,6 +184,7 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
+    lora: list[LoraScale] | None = None  # llama-server's field; `model` may name an adapter instead
     prompt: str | list[str]
     max_tokens: int = Field(default=16, ge=1)
     echo: bool = False
@@ -303,6 +305,15 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "qwenkit"
+    parent: str | None = None  # for a LoRA adapter: the base model it applies to
+    root: str | None = None  # for a LoRA adapter: its file
+
+
+class LoraScale(BaseModel):
+    """llama-server's per-request adapter choice: an adapter by position, and its scale."""
+
+    id: int
+    scale: float = Field(default=1.0, allow_inf_nan=False)
 
 
 class ModelList(BaseModel):

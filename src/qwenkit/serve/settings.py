@@ -25,6 +25,7 @@ class ServeSettings:
     log_prompts: bool = False
     retry_after_s: int = 2
     served_name: str | None = None
+    lora: tuple[tuple[str, str], ...] = ()  # (name, GGUF LoRA file) loaded over the model, in --lora order
 
 
 def read_api_keys(keys: list[str], key_file: Path | None) -> frozenset[str]:
