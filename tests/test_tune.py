@@ -229,3 +229,38 @@ def test_ctrl_c_leaves_a_checkpoint_and_a_rerun_resumes_from_it(full_run, tiny_h
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-5, rtol=1e-4)
     assert [r["step"] for r in second.records if "train_loss" in r] == [2, 4]
+
+
+# ----- the demo task and the report's scoring -----------------------------------------------
+
+
+def test_shipped_demo_data_is_the_generator_output_and_held_out_questions_are_unseen(tmp_path):
+    from qwenkit.tune import demo
+
+    demo.write(tmp_path)
+    for split in ("train", "heldout"):
+        assert demo.path(split).read_text() == (tmp_path / f"{split}.jsonl").read_text()
+    train, held = load_jsonl(demo.path("train")), load_jsonl(demo.path("heldout"))
+    assert len(train) == 80 and len(held) == 20
+    asked = {e.messages[0]["content"] for e in train}
+    assert not asked & {e.messages[0]["content"] for e in held}
+    for example in held:
+        assert json.loads(example.messages[-1]["content"])["format"] == "qwenkit-v1"
+
+
+def test_report_scores_exact_answers_with_json_compared_as_values():
+    from qwenkit.tune.report import cases, same_answer
+
+    assert same_answer('{"format": "qwenkit-v1", "answer": "12"}', '{"answer": "12", "format": "qwenkit-v1"}')
+    assert same_answer(' {"answer":"12","format":"qwenkit-v1"}\n', '{"answer": "12", "format": "qwenkit-v1"}')
+    assert not same_answer('{"answer": 12, "format": "qwenkit-v1"}', '{"answer": "12", "format": "qwenkit-v1"}')
+    assert not same_answer("The answer is 12.", '{"answer": "12", "format": "qwenkit-v1"}')
+    assert same_answer(" Paris ", "Paris") and not same_answer("paris", "Paris")
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+    ]
+    [(prompt, expected)] = cases([ChatExample(messages), TextExample("no answer to score")])
+    assert prompt == messages[:3] and expected == "d"

@@ -38,15 +38,22 @@ def tune(
     qlora: bool = typer.Option(False, "--qlora", help="CUDA: keep the base in 4-bit (bitsandbytes)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int | None = ThreadsOpt,
+    report: bool = typer.Option(
+        False, "--report", help="Then score held-out answers before/after, stop rate, peft/GGUF/merged agreement."
+    ),
+    report_merged: bool = typer.Option(True, "--report-merged/--no-report-merged", help="Include the merged GGUF."),
 ) -> None:
     """Train a LoRA adapter (peft + trl); Ctrl-C stops with a usable checkpoint, rerunning resumes."""
     try:
+        from qwenkit.tune import demo
         from qwenkit.tune.plot import plot_losses
-        from qwenkit.tune.trainer import TuneSettings, resolve_base
+        from qwenkit.tune.trainer import TuneSettings, read_data, resolve_base
         from qwenkit.tune.trainer import tune as run_tune
     except ImportError as exc:
         missing = f"qwenkit tune needs the tune extra ({exc.name} is missing): pip install 'qwenkit[tune]'"
         raise QwenkitError(missing) from None
+    if str(data) == "demo":
+        data, eval_data = demo.path("train"), eval_data or demo.path("heldout")
     dtypes = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     settings = TuneSettings(
         rank=rank,
@@ -74,3 +81,12 @@ def tune(
     state = "[yellow]interrupted[/], checkpoint saved (rerun to resume)" if result.interrupted else "[green]done[/]"
     err.print(f"{state}: {result.steps} steps{'; ' + losses if losses else ''}")
     err.print(f"adapter: {result.adapter}" + (f"  loss curves: {plot}" if plot else ""))
+    if report:
+        from qwenkit.tune.report import build_report
+
+        err.print("[dim]report: held-out answers before and after, on llama.cpp, peft and the merged GGUF[/]")
+        held = read_data(data, eval_data, settings)[1] or []
+        made = build_report(base, result.adapter, held, out, merged=report_merged, threads=threads)
+        err.print((out / "report.md").read_text(encoding="utf-8"))
+        if made.stop_rate_after < 0.95:
+            err.print("[yellow]fewer than 95% of the answers stop with <|im_end|>[/]")
