@@ -344,7 +344,7 @@ def tune(
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1,
         per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
+        per_device_eval_batch_size=max(settings.batch_size, 4),
         gradient_accumulation_steps=settings.grad_accum,
         activation_checkpointing=execution.gradient_checkpointing,
         include_num_input_tokens_seen="non_padding",
