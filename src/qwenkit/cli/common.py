@@ -47,8 +47,8 @@ def parse_lora(specs: list[str]) -> dict[str, str]:
             raise QwenkitError(f"--lora takes NAME=FILE.gguf, not {spec!r}")
         if name in found:
             raise QwenkitError(f"two LoRA adapters are named {name!r}")
-        if not Path(path).is_file():
-            raise QwenkitError(f"LoRA adapter file not found: {path}")
+        if not Path(path).exists():  # a GGUF LoRA (llama.cpp) or a peft adapter directory (transformers)
+            raise QwenkitError(f"LoRA adapter not found: {path}")
         found[name] = path
     return found
 

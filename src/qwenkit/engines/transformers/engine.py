@@ -7,7 +7,7 @@ from pathlib import Path
 
 from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
-from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
+from qwenkit.errors import ModelLoadError
 
 DEFAULT_CTX = 8192
 
@@ -90,17 +90,14 @@ class TransformersEngine:
         adapters: Adapters = (),
     ):
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        if adapters:
-            raise BadRequest("LoRA adapters are served by the llama.cpp engine (a GGUF base and GGUF LoRA)")
-        return self.worker.submit(Request(list(prompt), params, emit, controller))
+        return self.worker.submit(Request(list(prompt), params, emit, controller, tuple(adapters)))
 
     def load_adapter(self, name: str, path: str | Path) -> None:
-        raise QwenkitError(
-            "LoRA adapters are served by the llama.cpp engine: serve the GGUF base with --lora NAME=ADAPTER.gguf"
-        )
+        """Load a peft LoRA adapter directory (before serving); requests name it in `adapters`."""
+        self.worker.add_adapter(name, Path(path))
 
     def adapter_names(self) -> list[str]:
-        return []
+        return list(self.worker.adapter_names)
 
     def generate(
         self,
