@@ -21,6 +21,9 @@ import threading
 import time
 from pathlib import Path
 
+# On a shared machine llama.cpp's spinning OpenMP workers starve each other: wait passively.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     "Write a long, detailed story about a lighthouse keeper who finds a map.<|im_end|>\n<|im_start|>assistant\n"
@@ -66,8 +69,8 @@ def aggregate_tps(engine, prompt: list[int], tokens: int, targets: list[tuple]) 
     for i, adapters in enumerate(targets):
         engine.submit(prompt, params, emitter(i), None, adapters)
     for _ in targets:
-        if not done.acquire(timeout=600):
-            raise SystemExit("a request did not finish in 10 minutes")
+        if not done.acquire(timeout=1800):
+            raise SystemExit("a request did not finish in 30 minutes")
     return sum(counts) / (time.perf_counter() - start)
 
 

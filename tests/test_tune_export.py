@@ -76,3 +76,18 @@ def test_export_refuses_what_gguf_lora_cannot_carry(trained, tmp_path):
     (bad / "qwenkit-tune.json").write_text((adapter / "qwenkit-tune.json").read_text())
     with pytest.raises(QwenkitError, match="no DoRA"):
         export_lora(bad, tmp_path / "x.gguf")
+
+
+def test_merged_export_matches_peft_and_the_modelfile_carries_qwen_template(trained, tiny_qwen2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from qwenkit.tune.export import export_merged, ollama_modelfile
+
+    base, adapter = trained
+    merged = export_merged(adapter, tmp_path / "merged.gguf", quant="f32")  # merged in float32, not quantized
+    tokens = list(AutoTokenizer.from_pretrained(str(base.checkpoint))(PROMPT)["input_ids"])
+    assert correlation(peft_logits(base.checkpoint, tokens, adapter), llama_logits(merged, tokens)) > 0.999
+    text = ollama_modelfile(tiny_qwen2, tmp_path / "a.gguf", "...You are Qwen, created by Alibaba Cloud...")
+    assert f"FROM {tiny_qwen2.resolve()}" in text and f"ADAPTER {(tmp_path / 'a.gguf').resolve()}" in text
+    assert "<|im_start|>user\n{{ .Content }}<|im_end|>\n{{ else if" in text  # newline kept after each turn
+    assert 'PARAMETER stop "<|im_end|>"' in text and "You are Qwen, created by Alibaba Cloud." in text

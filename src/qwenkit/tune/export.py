@@ -150,8 +150,8 @@ def ollama_modelfile(base_gguf: Path, adapter_gguf: Path | None, template_source
 # Ollama's Go-template rendering of Qwen's ChatML (as in Ollama's own qwen2.5 Modelfile, without tools).
 OLLAMA_CHATML = (
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-    "{{- range $i, $_ := .Messages }}"
+    "{{- range .Messages }}"
     '{{- if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
-    '{{- else if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
-    "{{- end }}{{- end }}<|im_start|>assistant\n"
+    '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
+    "{{ end }}{{ end }}<|im_start|>assistant\n"
 )
