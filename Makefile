@@ -38,6 +38,7 @@ bench: model
 	$(BIN)/python benchmarks/serve_load.py
 	$(BIN)/python benchmarks/load_test.py
 	$(BIN)/python benchmarks/engines_decode.py
+	$(BIN)/python benchmarks/lora_serving.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
