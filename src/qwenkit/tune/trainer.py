@@ -189,7 +189,7 @@ class RunCallback(TrainerCallback):
         return {
             "loss": "-" if self.loss is None else f"{self.loss:.3f}",
             "eval": "-" if self.eval_loss is None else f"{self.eval_loss:.3f}",
-            "tps": f"{(self.tokens - self.tokens_at_start) / elapsed:.0f}",
+            "tps": f"{(self.tokens - self.tokens_at_start) / elapsed:.1f}",
         }
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias, cast
 
 import llama_cpp as C
 
@@ -15,6 +16,9 @@ from qwenkit.errors import ModelLoadError, QwenkitError
 log = logging.getLogger("qwenkit.llamacpp")
 
 _GGML_LOG_LEVEL_ERROR = 4
+
+#: A loaded `llama_adapter_lora *` (what `llama_set_adapters_lora` takes an array of).
+AdapterHandle: TypeAlias = "ctypes._Pointer[ctypes.c_void_p]"
 
 
 @C.llama_log_callback
@@ -125,7 +129,7 @@ class LlamaModel:
     def detokenize(self, ids: Sequence[int], *, special: bool = True) -> str:
         return b"".join(self.piece(t, special=special) for t in ids).decode("utf-8", errors="replace")
 
-    def load_adapter(self, path: str | Path) -> C.llama_adapter_lora_p:
+    def load_adapter(self, path: str | Path) -> AdapterHandle:
         """A GGUF LoRA for this model (freed with the model)."""
         path = Path(path)
         if not path.is_file():
@@ -134,7 +138,7 @@ class LlamaModel:
         global _load_errors
         _load_errors = []
         try:
-            adapter = C.llama_adapter_lora_init(self.ptr, str(path).encode())
+            adapter = cast(AdapterHandle, C.llama_adapter_lora_init(self.ptr, str(path).encode()))
         finally:
             errors, _load_errors = _load_errors, None
         if not adapter:

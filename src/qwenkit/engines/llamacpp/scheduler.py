@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import llama_cpp as C
 
 from qwenkit.engines.base import Adapters, Chunk, EngineStats, QueueFull, Request, check_request
-from qwenkit.engines.llamacpp.model import LlamaModel
+from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.output import RequestOutput
 from qwenkit.errors import QwenkitError
@@ -126,14 +126,14 @@ class Scheduler:
         self._closed = False
         self._prefix_hit_tokens = 0
         self._prompt_tokens = 0
-        self._adapters: dict[str, C.llama_adapter_lora_p] = {}
+        self._adapters: dict[str, AdapterHandle] = {}
         self._applied: Adapters = ()
         self._thread = threading.Thread(target=self._loop, name="qwenkit-scheduler", daemon=True)
         self._thread.start()
 
     # ----- public, any thread -----------------------------------------------------------
 
-    def add_adapter(self, name: str, adapter: C.llama_adapter_lora_p) -> None:
+    def add_adapter(self, name: str, adapter: AdapterHandle) -> None:
         """Make a loaded LoRA adapter available to requests under `name`."""
         with self._cv:
             if name in self._adapters:
@@ -266,7 +266,7 @@ class Scheduler:
                 self._finish(slot, "abort")
         groups: dict[Adapters, list[_Slot]] = {}
         for slot in self.slots:
-            if slot.busy and slot.feed:
+            if slot.request is not None and slot.feed:
                 groups.setdefault(slot.request.adapters, []).append(slot)
         # the adapter set already applied first: one set alone never switches
         for adapters in sorted(groups, key=lambda a: (a != self._applied, a)):
@@ -278,7 +278,7 @@ class Scheduler:
         if adapters == self._applied:
             return
         n = len(adapters)
-        handles = (C.llama_adapter_lora_p_ctypes * n)(*(self._adapters[name] for name, _ in adapters)) if n else None
+        handles = (C.llama_adapter_lora_p_ctypes * n)(*[self._adapters[name] for name, _ in adapters]) if n else None
         scales = (ctypes.c_float * n)(*(scale for _, scale in adapters)) if n else None
         rc = C.llama_set_adapters_lora(self.ctx, handles, n, scales)
         if rc != 0:
