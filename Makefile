@@ -13,7 +13,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench,ray,tune]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -51,6 +51,7 @@ bench: model
 	$(BIN)/python benchmarks/loadtest_crosscheck.py
 	$(BIN)/python benchmarks/logprobs_n.py
 	$(BIN)/python benchmarks/ray_scaleout.py --conversations 6 --max-tokens 32
+	$(BIN)/python benchmarks/lora_serving.py
 	$(MAKE) bench-report
 
 # BENCHMARKS.md and benchmarks/plots/ from benchmarks/results/*.json (no measuring)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from qwenkit.catalog.fetch import resolve
@@ -43,6 +45,7 @@ def load(
     device_map: Any = None,
     quantization: str | None = None,
     attn_implementation: str = "sdpa",
+    lora: Mapping[str, str | Path] | None = None,
 ) -> Model:
     """Fetch (if needed) and load a model.
 
@@ -54,6 +57,8 @@ def load(
     onnx engine decodes one at a time and queues the rest).
     Transformers only: `dtype` ("auto", "bf16", "fp16", "fp32"), `device_map`,
     `quantization` (None, "8bit", "4bit": bitsandbytes, CUDA only), `attn_implementation`.
+    `lora`: GGUF LoRA adapters to load, by name (llama.cpp); a turn applies them with
+    `adapters=[(name, scale)]`.
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -100,6 +105,8 @@ def load(
             LlamaCppSettings(n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel or 1, max_waiting=max_waiting),
         )
     try:
+        for name, adapter_path in (lora or {}).items():
+            eng.load_adapter(name, adapter_path)
         architecture = eng.architecture()
         template = load_template(eng.chat_template(), architecture=architecture, name_hint=local.name)
     except BaseException:

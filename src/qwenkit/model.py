@@ -13,7 +13,7 @@ from typing import Any
 
 from qwenkit.chat import ChatTemplate, build_prompt, sampling_defaults, tool_format
 from qwenkit.chat.budget import EFFORT_BUDGETS, ThinkingBudget, closing_text, resolve_budget, room_to_think
-from qwenkit.engines.base import Engine, SamplingParams
+from qwenkit.engines.base import Adapters, Engine, SamplingParams
 from qwenkit.errors import BadRequest
 from qwenkit.generation import merge_options
 from qwenkit.results import ChatDelta, ChatResult
@@ -45,12 +45,14 @@ class Model:
         max_tokens: int = 1024,
         thinking_budget: int | None = None,
         reasoning_effort: str | None = None,
+        adapters: Adapters = (),
         **sampling: Any,
     ) -> PreparedTurn:
         """Render, tokenize and pick sampling settings (Qwen's defaults for what is unset).
 
         `thinking_budget` caps reasoning tokens; `reasoning_effort` ("none", "low", "medium",
         "high") maps to thinking off or to a budget (see `chat.budget.EFFORT_BUDGETS`).
+        `adapters`: LoRA adapters loaded on the engine, as (name, scale) pairs.
         """
         effort_think, thinking_budget = resolve_budget(thinking_budget, reasoning_effort, self.effort_budgets)
         if effort_think is not None and think is not False:
@@ -71,9 +73,12 @@ class Model:
             tool_format=tool_format(self.template) if tools else None,
             tools=tools or None,
             thinking_budget=thinking_budget,
+            adapters=tuple((str(name), float(scale)) for name, scale in adapters),
         )
 
-    def prepare_completion(self, text: str | Sequence[int], *, max_tokens: int = 16, **sampling: Any) -> PreparedTurn:
+    def prepare_completion(
+        self, text: str | Sequence[int], *, max_tokens: int = 16, adapters: Adapters = (), **sampling: Any
+    ) -> PreparedTurn:
         """A raw prompt (no chat template), text or token ids, for plain completions."""
         if not text:
             raise BadRequest("the prompt is empty")
@@ -85,6 +90,7 @@ class Model:
             tool_format=None,
             tools=None,
             raw=True,
+            adapters=tuple((str(name), float(scale)) for name, scale in adapters),
         )
 
     def _params(self, max_tokens: int, sampling: Mapping[str, Any], *, thinking: bool) -> SamplingParams:
@@ -131,7 +137,7 @@ class Model:
 
     def _stream(self, turn: PreparedTurn) -> Iterator[ChatDelta]:
         decoder = self.decoder(turn)
-        for chunk in self.engine.generate(turn.prompt, turn.params, self.controller(turn)):
+        for chunk in self.engine.generate(turn.prompt, turn.params, self.controller(turn), turn.adapters):
             yield decoder.feed(chunk)
 
     def close(self) -> None:

@@ -74,7 +74,7 @@ class AsyncTurn:
 
         model, turn = self._model, self._turn
         decoder = model.decoder(turn)
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn))
+        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn), turn.adapters)
         return q, decoder
 
     def cancel(self) -> None:
@@ -114,7 +114,7 @@ def run_batch(model: TurnRunner, turns: Sequence[PreparedTurn]) -> list[ChatResu
     try:
         for i, turn in enumerate(turns):
             emit = lambda chunk, i=i: chunks.put((i, chunk))  # noqa: E731
-            handles.append(model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn)))
+            handles.append(model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn), turn.adapters))
         remaining = len(turns)
         while remaining:
             i, chunk = chunks.get()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenkit.chat import Delta, OutputParser
-from qwenkit.engines.base import Chunk, FinishReason, SamplingParams, TokenLogprob
+from qwenkit.engines.base import Adapters, Chunk, FinishReason, SamplingParams, TokenLogprob
 from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
 
 
@@ -29,6 +29,7 @@ class PreparedTurn:
     tools: Sequence[Mapping[str, Any]] | None
     raw: bool = False  # plain completion: the output is all content, nothing is parsed
     thinking_budget: int | None = None  # reasoning tokens before thinking is closed
+    adapters: Adapters = ()  # LoRA adapters (name, scale) loaded on the engine; () is the base model
 
 
 class TurnDecoder:

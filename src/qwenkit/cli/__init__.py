@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from typer._click import exceptions as click_exceptions  # typer vendors click: click's own classes miss its errors
 
-from qwenkit.cli import bench, eval, export, health, loadtest, models, recommend, run, serve  # noqa: F401  (each module registers its verbs)
+from qwenkit.cli import bench, eval, export, health, loadtest, models, recommend, run, serve, tune  # noqa: F401  (each module registers its verbs)
 from qwenkit.cli.common import app, err
 from qwenkit.errors import QwenkitError
 

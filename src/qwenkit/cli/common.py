@@ -38,6 +38,27 @@ QuantOpt = typer.Option(
 ThinkOpt = typer.Option(None, "--think/--no-think", help="Qwen3 thinking on or off (default: the model's).")
 
 
+def parse_lora(specs: list[str]) -> dict[str, str]:
+    """`--lora NAME=FILE` (or just FILE, named by its stem) options to {name: file}."""
+    from pathlib import Path
+
+    from qwenkit.errors import QwenkitError
+
+    found: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if not name or not path:
+            raise QwenkitError(f"--lora takes NAME=FILE.gguf, not {spec!r}")
+        if name in found:
+            raise QwenkitError(f"two LoRA adapters are named {name!r}")
+        if not Path(path).exists():  # a GGUF LoRA (llama.cpp) or a peft adapter directory (transformers)
+            raise QwenkitError(f"LoRA adapter not found: {path}")
+        found[name] = path
+    return found
+
+
 def load_model(
     model: str,
     ctx: int | None,
@@ -45,6 +66,7 @@ def load_model(
     engine: str = "auto",
     dtype: str = "auto",
     quantization: str | None = None,
+    lora: dict[str, str] | None = None,
 ):
     from qwenkit.api import load
 
@@ -54,7 +76,7 @@ def load_model(
         local = store.resolve(model)
         if local.format != "onnx":
             export_onnx_with_progress(local.path, "int4")
-    return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization)
+    return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization, lora=lora)
 
 
 def export_onnx_with_progress(source: Path, precision: str, out: Path | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""`qwenkit export`: a model in another runtime's format. `export onnx`: ONNX Runtime GenAI."""
+"""`qwenkit export`: a model in another runtime's format. `export onnx`: ONNX Runtime GenAI;
+`export lora | merged | ollama`: a tuned adapter as files llama.cpp and Ollama run."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from pathlib import Path
 import typer
 
 from qwenkit.cli.common import ModelOpt, app, err, export_onnx_with_progress
+from qwenkit.errors import QwenkitError
 
-export_app = typer.Typer(no_args_is_help=True, help="Export a model to another runtime's format.")
+export_app = typer.Typer(
+    no_args_is_help=True,
+    help="Export a model to another runtime's format, or a LoRA adapter: ONNX, GGUF LoRA, merged GGUF, Ollama.",
+)
 app.add_typer(export_app, name="export")
 
 
@@ -26,7 +31,6 @@ def onnx(
     """
     from qwenkit import store
     from qwenkit.engines.onnx import PRECISIONS
-    from qwenkit.errors import QwenkitError
 
     if precision not in PRECISIONS:
         raise QwenkitError(f"unknown precision {precision!r} (available: {', '.join(PRECISIONS)})")
@@ -37,3 +41,66 @@ def onnx(
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     err.print(f"[green]ONNX model ({precision}, {size / 2**20:.0f} MiB):[/]")
     print(path)
+
+
+AdapterOpt = typer.Option(..., "--adapter", "-a", help="The peft adapter directory (qwenkit tune's OUT/adapter).")
+BaseOpt = typer.Option(
+    None, "--model", "-m", help="The base model reference (default: the one the adapter was trained on)."
+)
+
+
+def _export():
+    try:
+        from qwenkit.tune import export
+    except ImportError as exc:
+        missing = f"qwenkit export needs the tune extra ({exc.name} is missing): pip install 'qwenkit[tune]'"
+        raise QwenkitError(missing) from None
+    return export
+
+
+@export_app.command("lora")
+def lora(
+    adapter: Path = AdapterOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="The GGUF LoRA file to write."),
+    model: str | None = BaseOpt,
+    outtype: str = typer.Option("f32", "--outtype", help="f32, f16, bf16 or q8_0."),
+) -> None:
+    """A GGUF LoRA for the base GGUF (serve it with `qwenkit serve --lora NAME=FILE`)."""
+    path = _export().export_lora(adapter, out, model=model, outtype=outtype)
+    err.print(f"[green]ok[/] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@export_app.command("merged")
+def merged(
+    adapter: Path = AdapterOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="The merged GGUF file to write."),
+    model: str | None = BaseOpt,
+    quant: str = typer.Option("q4_k_m", "--quant", help="q4_k_m, q5_k_m, q6_k, q8_0, f16, bf16 or f32."),
+) -> None:
+    """The adapter merged into the base in full precision, then quantized by llama.cpp."""
+    path = _export().export_merged(adapter, out, model=model, quant=quant)
+    err.print(f"[green]ok[/] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@export_app.command("ollama")
+def ollama(
+    adapter: Path = AdapterOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the Modelfile and the GGUF LoRA."),
+    model: str | None = BaseOpt,
+) -> None:
+    """An Ollama Modelfile (base GGUF + GGUF LoRA, Qwen's template and stop tokens)."""
+    export = _export()
+    base = export.adapter_base(adapter, model)
+    if base.source.suffix != ".gguf":
+        raise QwenkitError("Ollama needs a GGUF base; pass --model with the GGUF the adapter was trained on")
+    lora_file = export.export_lora(adapter, out / "adapter.gguf", model=str(base.source))
+    text = export.ollama_modelfile(base.source, lora_file, _template(base))
+    (out / "Modelfile").write_text(text, encoding="utf-8")
+    err.print(f"[green]ok[/] {out / 'Modelfile'}; then: ollama create NAME -f {out / 'Modelfile'}")
+
+
+def _template(base) -> str | None:
+    from transformers import AutoTokenizer
+
+    template = AutoTokenizer.from_pretrained(str(base.checkpoint)).chat_template
+    return template if isinstance(template, str) else None

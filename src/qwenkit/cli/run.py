@@ -18,8 +18,11 @@ from qwenkit.cli.common import (
     app,
     err,
     load_model,
+    parse_lora,
 )
 from qwenkit.errors import QwenkitError
+
+LoraOpt = typer.Option(None, "--lora", help="A GGUF LoRA (qwenkit export lora) applied over the model.")
 
 
 @app.command()
@@ -38,16 +41,25 @@ def run(
     engine: str = EngineOpt,
     dtype: str = DtypeOpt,
     quantization: str | None = QuantOpt,
+    lora: str | None = LoraOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
     if not text.strip():
         raise QwenkitError("the prompt is empty")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    adapters = parse_lora([f"lora={lora}"] if lora else [])
     options = dict(
-        max_tokens=max_tokens, temperature=temperature, seed=seed, think=think, thinking_budget=thinking_budget
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        think=think,
+        thinking_budget=thinking_budget,
+        adapters=tuple((name, 1.0) for name in adapters),
     )
-    with load_model(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly
+    with load_model(
+        model, ctx, threads, engine, dtype, quantization, adapters
+    ) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)
             print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
@@ -92,13 +104,22 @@ def chat(
     engine: str = EngineOpt,
     dtype: str = DtypeOpt,
     quantization: str | None = QuantOpt,
+    lora: str | None = LoraOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /think /no_think /reset /exit."""
-    with load_model(model, ctx, threads, engine, dtype, quantization) as m:  # closed: engine threads end cleanly
-        _chat_loop(m, system, think, max_tokens, thinking_budget)
+    adapters = parse_lora([f"lora={lora}"] if lora else [])
+    with load_model(model, ctx, threads, engine, dtype, quantization, adapters) as m:  # closed: threads end cleanly
+        _chat_loop(m, system, think, max_tokens, thinking_budget, tuple((name, 1.0) for name in adapters))
 
 
-def _chat_loop(m, system: str | None, think: bool | None, max_tokens: int, thinking_budget: int | None) -> None:
+def _chat_loop(
+    m,
+    system: str | None,
+    think: bool | None,
+    max_tokens: int,
+    thinking_budget: int | None,
+    adapters: tuple[tuple[str, float], ...] = (),
+) -> None:
     """Read lines until /exit or end of input, answering each with the conversation so far."""
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
@@ -127,9 +148,8 @@ def _chat_loop(m, system: str | None, think: bool | None, max_tokens: int, think
             continue
         history.append({"role": "user", "content": line})
         try:
-            result = _stream_reply(
-                m, history, dict(max_tokens=max_tokens, think=think, thinking_budget=thinking_budget)
-            )
+            options = dict(max_tokens=max_tokens, think=think, thinking_budget=thinking_budget, adapters=adapters)
+            result = _stream_reply(m, history, options)
         except KeyboardInterrupt:
             err.print("[yellow](interrupted)[/]")
             history.pop()

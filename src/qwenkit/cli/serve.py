@@ -16,6 +16,7 @@ from qwenkit.cli.common import (
     app,
     err,
     export_onnx_with_progress,
+    parse_lora,
 )
 from qwenkit.errors import QwenkitError
 
@@ -51,6 +52,9 @@ def serve(
     ),
     served_name: str | None = typer.Option(
         None, "--served-model-name", help="The model's id in responses (default: its catalogue name or file stem)."
+    ),
+    lora: list[str] = typer.Option(
+        [], "--lora", help="NAME=FILE.gguf: a GGUF LoRA requests select with model=NAME (repeatable)."
     ),
     effort_budgets: str = typer.Option(
         "",
@@ -91,6 +95,7 @@ def serve(
     from qwenkit.serve.settings import read_api_keys
 
     efforts = parse_effort_budgets(effort_budgets)
+    adapters = parse_lora(lora)
     keys = read_api_keys(api_key, api_key_file)
     if on_ray or ray_address is not None:
         from pydantic import ValidationError
@@ -99,6 +104,8 @@ def serve(
         from qwenkit.serve.cluster.launch import serve_on_ray
         from qwenkit.serve.cluster.options import ClusterOptions
 
+        if adapters:
+            raise QwenkitError("--lora is not supported with --ray yet (replicas load no adapters)")
         try:
             options = ClusterOptions.model_validate(
                 {
@@ -161,6 +168,7 @@ def serve(
         served_name=served_name,
         # the reference typed, unless a path (the server's file system is nobody's business)
         model_aliases=(local.name, local.path.name, *([model] if local.source != "local" else [])),
+        lora=tuple(adapters.items()),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -175,6 +183,7 @@ def serve(
             engine=engine,
             dtype=dtype,
             quantization=quantization,
+            lora=adapters,
         )
         m.effort_budgets = efforts
         return m

@@ -9,13 +9,18 @@ from __future__ import annotations
 import copy
 import math
 import queue
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from qwenkit.errors import BadRequest, QwenkitError
 
 FinishReason = Literal["stop", "length", "abort"]
+
+#: LoRA adapters applied to a request: (name of an adapter loaded on the engine, scale) pairs.
+#: The empty tuple is the base model.
+Adapters = tuple[tuple[str, float], ...]
 
 
 class QueueFull(QwenkitError):
@@ -144,6 +149,7 @@ class Request:
     params: SamplingParams
     emit: Callable[[Chunk], None]  # called on the engine's thread; must not block
     controller: StepController | None = None
+    adapters: Adapters = ()  # LoRA adapters (name, scale) loaded on the engine; () is the base model
     n: int = 1
     index: int = 0
     parent: Request | None = None
@@ -166,6 +172,7 @@ class Request:
                 self.params,
                 _indexed(self.emit, i),
                 copy.deepcopy(self.controller),
+                self.adapters,
                 index=i,
                 parent=self,
             )
@@ -181,8 +188,14 @@ def _indexed(emit: Callable[[Chunk], None], index: int) -> Callable[[Chunk], Non
     return send
 
 
-def check_request(request: Request, *, n_ctx: int, n_vocab: int) -> None:
+def check_request(request: Request, *, n_ctx: int, n_vocab: int, adapters: Collection[str] = ()) -> None:
     """Refuse, before queueing, what would otherwise fail (or abort) on the engine's thread."""
+    for name, scale in request.adapters:
+        if name not in adapters:
+            known = ", ".join(sorted(adapters)) or "none loaded"
+            raise BadRequest(f"unknown LoRA adapter {name!r} (available: {known})")
+        if not math.isfinite(scale):
+            raise BadRequest(f"the scale of LoRA adapter {name!r} must be a finite number")
     prompt = request.prompt
     if not prompt:
         raise BadRequest("the prompt is empty")
@@ -237,6 +250,7 @@ class Engine(Protocol):
         prompt: Sequence[int],
         params: SamplingParams,
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt`; closing the iterator cancels the request."""
         ...
@@ -247,13 +261,23 @@ class Engine(Protocol):
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        adapters: Adapters = (),
         *,
         n: int = 1,
     ) -> RequestHandle:
         """Queue a request; its chunks go to `emit` (from the engine's thread, must not block).
 
+        `adapters`: LoRA adapters (name, scale) loaded with `load_adapter`; () is the base model.
         `n > 1` samples that many choices sharing one prefill (chunks carry their `index`; each
         choice runs on its own copy of `controller`); `cancel` stops them all."""
+        ...
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a LoRA adapter that requests may then name in `adapters`."""
+        ...
+
+    def adapter_names(self) -> list[str]:
+        """The LoRA adapters loaded, by name."""
         ...
 
     def stats(self) -> EngineStats: ...
@@ -266,10 +290,11 @@ def iterate(
     prompt: Sequence[int],
     params: SamplingParams,
     controller: StepController | None = None,
+    adapters: Adapters = (),
 ) -> Iterator[Chunk]:
     """`Engine.generate` for any engine with `submit`: chunks as an iterator; closing it cancels."""
     chunks: queue.Queue[Chunk] = queue.Queue()
-    handle = engine.submit(prompt, params, chunks.put, controller)
+    handle = engine.submit(prompt, params, chunks.put, controller, adapters)
     try:
         while True:
             chunk = chunks.get()

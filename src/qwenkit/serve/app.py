@@ -48,7 +48,10 @@ class _ModelHolder:
         try:
             model = self._load()
             self._routes = ModelRoutes.for_model(
-                model, served_name=self._settings.served_name, aliases=self._settings.model_aliases
+                model,
+                served_name=self._settings.served_name,
+                aliases=self._settings.model_aliases,
+                lora=self._settings.lora,
             )
             self.model = model
         except Exception as exc:  # reported through /health and every request
@@ -136,9 +139,10 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
 
     @app.get("/v1/models", dependencies=[Depends(authorize)], responses=route_errors(401, 429, 500, 503))
     async def list_models() -> ModelList:
-        """Every name a request's `model` may take (`root`: the model it serves)."""
-        names = holder.routes().names()
-        return ModelList(data=[ModelCard(id=name, root=root) for name, root in names.items()])
+        """Every name a request's `model` may take (`root`: the model it serves; an adapter's
+        `parent` is the base model and its `root` the adapter's file)."""
+        cards = holder.routes().cards()
+        return ModelList(data=[ModelCard(id=name, root=root, parent=parent) for name, (root, parent) in cards.items()])
 
     @app.get(
         "/health",

@@ -32,6 +32,7 @@ from qwenkit.serve.protocol import (
     CompletionTokensDetails,
     DeltaMessage,
     FunctionCallOut,
+    LoraScale,
     NamedToolChoice,
     PromptTokensDetails,
     TextChoice,
@@ -62,9 +63,12 @@ def usage_of(results: list[ChatResult]) -> UsageInfo:
     )
 
 
-def resolve_route(request: Request, name: str | None) -> Route:
-    """The target a request's `model` names (404 `model_not_found` for an unknown one)."""
-    return request.app.state.routes().resolve(name)
+def resolve_route(request: Request, name: str | None, lora: list[LoraScale] | None = None) -> Route:
+    """The target a request's `model` names (404 `model_not_found` for an unknown one); with
+    llama-server's `lora` list, its adapters replace the route's."""
+    routes = request.app.state.routes()
+    route = routes.resolve(name)
+    return route if lora is None else routes.with_lora(route, [(e.id, e.scale) for e in lora])
 
 
 def _choices(n: int, settings) -> int:
@@ -208,7 +212,7 @@ _ERRORS = route_errors(400, 401, 404, 413, 429, 500, 503)
     responses={**streamed(ChatCompletion, "The completion, or with `stream` its chunks"), **_ERRORS},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    route = resolve_route(request, body.model)
+    route = resolve_route(request, body.model, body.lora)
     model = route.model
     n = _choices(body.n, request.app.state.settings)
     turn = prepare_chat(model, body, request, route.options)
@@ -277,7 +281,7 @@ async def _chat_events(
     responses={**streamed(Completion, "The completion, or with `stream` its chunks"), **_ERRORS},
 )
 async def completions(body: CompletionRequest, request: Request):
-    route = resolve_route(request, body.model)
+    route = resolve_route(request, body.model, body.lora)
     model = route.model
     settings = request.app.state.settings
     n = _choices(body.n, settings)

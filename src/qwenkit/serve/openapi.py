@@ -110,6 +110,8 @@ def _settings_limits(doc: dict[str, Any], s: ServeSettings) -> None:
     messages = schemas.get("ChatCompletionRequest", {}).get("properties", {}).get("messages")
     if messages is not None:
         messages["maxItems"] = s.max_messages
+    # llama-server's `lora` ids count the --lora adapters (none loaded: no id is valid)
+    _bound(schemas.get("LoraScale", {}).get("properties", {}).get("id"), "integer", minimum=0, maximum=len(s.lora) - 1)
 
 
 def _model_limits(doc: dict[str, Any], limits: ModelLimits) -> None:

@@ -158,6 +158,13 @@ Stop = Annotated[str, Field(min_length=1)]
 TokenKey = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,8})$")]  # the vocabulary bound is in the OpenAPI schema
 
 
+class LoraScale(_Request):
+    """llama-server's per-request adapter choice: an adapter by position (`--lora` order), and its scale."""
+
+    id: int
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+
+
 class SamplingFields(_Request):
     """Sampling fields shared by chat and text completions (OpenAI's plus common extensions)."""
 
@@ -213,6 +220,7 @@ class ChatCompletionRequest(SamplingFields):
     model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_TOOL_CHOICE_NEEDS_TOOLS)
 
     model: str | None = None
+    lora: list[LoraScale] | None = None  # llama-server's field; `model` may name an adapter instead
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: TokenCount | None = None
     max_completion_tokens: TokenCount | None = None
@@ -288,6 +296,7 @@ Prompt = Annotated[
 
 class CompletionRequest(SamplingFields):
     model: str | None = None
+    lora: list[LoraScale] | None = None  # llama-server's field; `model` may name an adapter instead
     prompt: Prompt = Field(description="one prompt: text or token ids")
     max_tokens: TokenCount | None = Field(default=None, description="default: 16 (or the server's cap if lower)")
     echo: bool = False
@@ -442,7 +451,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "qwenkit"
-    root: str | None = None  # the model this name serves
+    parent: str | None = None  # for a LoRA adapter: the base model it applies to
+    root: str | None = None  # the model this name serves (for a LoRA adapter: its file)
 
 
 class ModelList(BaseModel):

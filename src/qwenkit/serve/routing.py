@@ -3,12 +3,14 @@
 Every name a client may send maps to a `Route`; `/v1/models` lists exactly those names, and an
 unknown one is a 404 `model_not_found`. A loaded model answers to its served name (by default
 its catalogue name or file stem), its file name, the reference it was started with, and
-`default`. Other targets (adapters over the base model) are one `add` each.
+`default`. Each `--lora` adapter is one more route: the base model with that adapter applied
+(`options["adapters"]`), listed with `parent` (the base) and `root` (its file). llama-server's
+per-request `lora: [{id, scale}]` picks adapters by position in that order instead (`with_lora`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,19 +27,33 @@ class Route:
     name: str
     model: Model
     options: Mapping[str, Any] = field(default_factory=dict)
+    parent: str | None = None  # an adapter's base model
+    root: str | None = None  # an adapter's file (None: the route's own name)
 
 
 class ModelRoutes:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        self._lora: list[str] = []  # adapter names in `--lora` order (llama-server's `lora` ids)
 
     @classmethod
-    def for_model(cls, model: Model, *, served_name: str | None = None, aliases: Iterable[str] = ()) -> ModelRoutes:
-        """The base model under its served name, `aliases` (file name, reference) and `default`."""
+    def for_model(
+        cls,
+        model: Model,
+        *,
+        served_name: str | None = None,
+        aliases: Iterable[str] = (),
+        lora: Sequence[tuple[str, str]] = (),
+    ) -> ModelRoutes:
+        """The base model under its served name, `aliases` (file name, reference) and `default`;
+        then each LoRA adapter (name, file) loaded on its engine, under its name."""
         routes = cls()
         base = Route(served_name or model.name, model)
         for name in (base.name, *aliases, DEFAULT):
             routes.add(name, base)
+        for name, path in lora:
+            routes.add(name, Route(name, model, {"adapters": ((name, 1.0),)}, parent=base.name, root=path))
+            routes._lora.append(name)
         return routes
 
     def add(self, name: str, route: Route) -> None:
@@ -56,6 +72,20 @@ class ModelRoutes:
                 param="model",
             )
         return route
+
+    def with_lora(self, route: Route, lora: Sequence[tuple[int, float]]) -> Route:
+        """`route` with llama-server's `lora` list instead of its own adapters: (id, scale) pairs,
+        ids counting the `--lora` adapters in order; an adapter not listed (or at scale 0) is off."""
+        for id_, _ in lora:
+            if not 0 <= id_ < len(self._lora):
+                loaded = f"ids 0..{len(self._lora) - 1}" if self._lora else "none are loaded"
+                raise ApiError(400, f"lora id {id_} is not loaded ({loaded})", param="lora")
+        adapters = tuple((self._lora[id_], scale) for id_, scale in lora if scale != 0)
+        return Route(route.name, route.model, {**route.options, "adapters": adapters}, route.parent, route.root)
+
+    def cards(self) -> dict[str, tuple[str, str | None]]:
+        """Every accepted name, with its `root` (what it serves; an adapter's file) and `parent`."""
+        return {name: (route.root or route.name, route.parent) for name, route in self._routes.items()}
 
     def names(self) -> dict[str, str]:
         """Every accepted name, with the id of what it serves."""

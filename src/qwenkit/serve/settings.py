@@ -28,6 +28,7 @@ class ServeSettings:
     model_aliases: tuple[str, ...] = ()  # more names the model answers to (file name, reference)
     max_n: int = 4  # the most choices (n, best_of) one request may ask for
     max_stored_responses: int = 256  # Responses API: kept in memory for previous_response_id
+    lora: tuple[tuple[str, str], ...] = ()  # (name, GGUF LoRA file) loaded over the model, in --lora order
 
 
 def read_api_keys(keys: list[str], key_file: Path | None) -> frozenset[str]:

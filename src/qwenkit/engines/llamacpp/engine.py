@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
 
@@ -74,11 +74,19 @@ class LlamaCppEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        adapters: Adapters = (),
         *,
         n: int = 1,
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.scheduler.submit(Request(list(prompt), params, emit, controller, n=n))
+        return self.scheduler.submit(Request(list(prompt), params, emit, controller, tuple(adapters), n=n))
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a GGUF LoRA for this model; requests name it in `adapters`."""
+        self.scheduler.add_adapter(name, self.model.load_adapter(path))
+
+    def adapter_names(self) -> list[str]:
+        return self.scheduler.adapter_names()
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats()
@@ -88,8 +96,9 @@ class LlamaCppEngine:
         prompt: Sequence[int],
         params: SamplingParams,
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller)
+        return iterate(self, prompt, params, controller, adapters)
 
     def close(self) -> None:
         if self.model.ptr:

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias, cast
 
 import llama_cpp as C
 
@@ -15,6 +16,9 @@ from qwenkit.errors import ModelLoadError, QwenkitError
 log = logging.getLogger("qwenkit.llamacpp")
 
 _GGML_LOG_LEVEL_ERROR = 4
+
+#: A loaded `llama_adapter_lora *` (what `llama_set_adapters_lora` takes an array of).
+AdapterHandle: TypeAlias = "ctypes._Pointer[ctypes.c_void_p]"
 
 
 def _route_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
@@ -124,6 +128,26 @@ class LlamaModel:
 
     def detokenize(self, ids: Sequence[int], *, special: bool = True) -> str:
         return b"".join(self.piece(t, special=special) for t in ids).decode("utf-8", errors="replace")
+
+    def load_adapter(self, path: str | Path) -> AdapterHandle:
+        """A GGUF LoRA for this model (freed with the model)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"LoRA adapter file not found: {path}")
+        self._vocab()
+        global _load_errors
+        _load_errors = []
+        try:
+            raw = C.llama_adapter_lora_init(self.ptr, str(path).encode())  # NULL (falsy) on failure
+        finally:
+            errors, _load_errors = _load_errors, None
+        if not raw:
+            reason = f" ({errors[-1]})" if errors else ""
+            raise ModelLoadError(
+                f"llama.cpp could not load the LoRA adapter {path}{reason}: it must be a GGUF LoRA "
+                "made for this model (qwenkit export lora)"
+            )
+        return cast(AdapterHandle, raw)
 
     def eog_ids(self) -> set[int]:
         return {t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t)}

@@ -6,10 +6,16 @@ samples each slot from its own row of logits with its own sampler chain. Request
 leave between steps. A finished slot keeps its KV cache, so a new request that shares a prefix
 with it (a system prompt, the earlier turns of a chat) skips recomputing that prefix; a prefix
 held by a busy slot is shared by copying its cache cells (`llama_memory_seq_cp`).
+
+LoRA adapters belong to the llama.cpp context, not to a sequence, so sequences on different
+adapter sets cannot share a `llama_decode`: each step decodes one batch per adapter set in use
+(every group advances every step, none starves), starting with the set already applied, so one
+adapter alone costs no switch. A slot's cache is reused only by a request on the same adapter set.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -18,8 +24,17 @@ from collections.abc import Sequence
 
 import llama_cpp as C
 
-from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, TokenLogprob, check_request
-from qwenkit.engines.llamacpp.model import LlamaModel
+from qwenkit.engines.base import (
+    Adapters,
+    Chunk,
+    EngineStats,
+    FinishReason,
+    QueueFull,
+    Request,
+    TokenLogprob,
+    check_request,
+)
+from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain, token_logprob
 from qwenkit.engines.output import RequestOutput
 from qwenkit.errors import QwenkitError
@@ -36,6 +51,7 @@ class _Slot:
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.cached: list[int] = []  # tokens whose KV is in the cache for this sequence
+        self.adapters: Adapters = ()  # the adapter set that cache was computed with
         self.request: Request | None = None
         self.feed: list[int] = []  # tokens to decode next (prompt rest, last sample, forced)
         self.out: RequestOutput | None = None
@@ -64,8 +80,13 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int]) -> _Slot:
-    """The free slot to run `prompt` in, given the sequence ids `running` already.
+def _shared(slot: _Slot, prompt: Sequence[int], adapters: Adapters) -> int:
+    """Prompt tokens `slot`'s cache holds for `prompt` on `adapters` (none across adapter sets)."""
+    return _common_prefix(slot.cached, prompt) if slot.adapters == adapters else 0
+
+
+def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int], adapters: Adapters = ()) -> _Slot:
+    """The free slot to run `prompt` in (on `adapters`), given the sequence ids `running` already.
 
     First, keep the running sequences contiguous: llama.cpp decodes sequences in separate KV
     streams together only when their ids are consecutive, so every gap costs one more pass
@@ -77,7 +98,7 @@ def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int]) -> _S
     """
 
     def cost(slot: _Slot) -> tuple[int, int, int, float]:
-        shared = _common_prefix(slot.cached, prompt)
+        shared = _shared(slot, prompt, adapters)
         return _runs(running | {slot.seq_id}), len(slot.cached) - shared, -shared, slot.last_used
 
     return min(free, key=cost)
@@ -138,13 +159,26 @@ class Scheduler:
         self._closed = False
         self._prefix_hit_tokens = 0
         self._prompt_tokens = 0
+        self._adapters: dict[str, AdapterHandle] = {}
+        self._applied: Adapters = ()
         self._thread = threading.Thread(target=self._loop, name="qwenkit-scheduler", daemon=True)
         self._thread.start()
 
     # ----- public, any thread -----------------------------------------------------------
 
+    def add_adapter(self, name: str, adapter: AdapterHandle) -> None:
+        """Make a loaded LoRA adapter available to requests under `name`."""
+        with self._cv:
+            if name in self._adapters:
+                raise QwenkitError(f"a LoRA adapter named {name!r} is already loaded")
+            self._adapters[name] = adapter
+
+    def adapter_names(self) -> list[str]:
+        with self._cv:
+            return list(self._adapters)
+
     def submit(self, request: Request) -> Request:
-        check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab)
+        check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab, adapters=self.adapter_names())
         if request.n > len(self.slots):
             raise QwenkitError(f"n={request.n} needs as many parallel slots; this engine has {len(self.slots)}")
         with self._cv:
@@ -220,7 +254,7 @@ class Scheduler:
                 for choice in (request, *followers):
                     choice.emit(Chunk("", finish_reason="abort"))
                 continue
-            slot = _slot_for(free, running, request.prompt)
+            slot = _slot_for(free, running, request.prompt, request.adapters)
             slot.followers = followers
             running.add(slot.seq_id)
             admitted.append((slot, request))
@@ -238,20 +272,21 @@ class Scheduler:
         # Scoring the prompt needs its logits at every position: nothing is reused then. Only the
         # first choice scores it; the others copy the cache it leaves.
         scored = request.params.prompt_logprobs is not None and request.index == 0
-        reuse = 0 if scored else min(_common_prefix(slot.cached, prompt), len(prompt) - 1)  # >= 1 to decode
+        reuse = 0 if scored else min(_shared(slot, prompt, request.adapters), len(prompt) - 1)  # >= 1 to decode
         donor = max(
             (s for s in self.slots if s is not slot),
-            key=lambda s: _common_prefix(s.cached, prompt),
+            key=lambda s: _shared(s, prompt, request.adapters),
             default=None,
         )
         if donor is not None and not scored:
-            shared = min(_common_prefix(donor.cached, prompt), len(prompt) - 1)
+            shared = min(_shared(donor, prompt, request.adapters), len(prompt) - 1)
             if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
                 C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
                 slot.cached = donor.cached[:shared]
                 reuse = shared
         C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
         del slot.cached[reuse:]
+        slot.adapters = request.adapters
         self._prefix_hit_tokens += reuse
         self._prompt_tokens += len(prompt)
         try:
@@ -278,9 +313,29 @@ class Scheduler:
         for slot in self.slots:
             if slot.request is not None and slot.request.cancelled:
                 self._finish(slot, "abort")
-        active = [s for s in self.slots if s.busy and s.feed]
-        if not active:
+        groups: dict[Adapters, list[_Slot]] = {}
+        for slot in self.slots:
+            if slot.request is not None and slot.feed:
+                groups.setdefault(slot.request.adapters, []).append(slot)
+        # the adapter set already applied first: one set alone never switches
+        for adapters in sorted(groups, key=lambda a: (a != self._applied, a)):
+            self._apply(adapters)
+            self._decode(groups[adapters])
+
+    def _apply(self, adapters: Adapters) -> None:
+        """Put `adapters` on the context (a no-op for the set already there)."""
+        if adapters == self._applied:
             return
+        n = len(adapters)
+        handles = (C.llama_adapter_lora_p_ctypes * n)(*[self._adapters[name] for name, _ in adapters]) if n else None
+        scales = (ctypes.c_float * n)(*(scale for _, scale in adapters)) if n else None
+        rc = C.llama_set_adapters_lora(self.ctx, handles, n, scales)
+        if rc != 0:
+            raise QwenkitError(f"llama_set_adapters_lora returned {rc}")
+        self._applied = adapters
+
+    def _decode(self, active: list[_Slot]) -> None:
+        """One `llama_decode` over `active` (all on the applied adapter set), then sampling."""
         # Decoding slots (one token) first so a long prompt never starves running streams.
         active.sort(key=lambda s: len(s.feed))
         batch, n, budget = self.batch, 0, self.n_batch

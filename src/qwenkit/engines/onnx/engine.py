@@ -38,6 +38,7 @@ import numpy as np
 import onnxruntime_genai as og
 
 from qwenkit.engines.base import (
+    Adapters,
     Chunk,
     EngineStats,
     QueueFull,
@@ -145,20 +146,31 @@ class OnnxEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        adapters: Adapters = (),
         *,
         n: int = 1,
     ) -> RequestHandle:
         """Queue a request whose chunks are passed to `emit` on the engine's thread; its `n`
-        choices are decoded one after the other."""
-        return self._worker.submit(Request(list(prompt), params, emit, controller, n=n))
+        choices are decoded one after the other. No LoRA adapters: naming one is a BadRequest."""
+        return self._worker.submit(Request(list(prompt), params, emit, controller, tuple(adapters), n=n))
 
     def generate(
         self,
         prompt: Sequence[int],
         params: SamplingParams,
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller)
+        return iterate(self, prompt, params, controller, adapters)
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Refused: this engine runs no LoRA adapters (merge one first: `qwenkit export merged`)."""
+        raise QwenkitError(
+            f"the ONNX engine cannot load the LoRA adapter {name!r}; use --engine llamacpp or transformers"
+        )
+
+    def adapter_names(self) -> list[str]:
+        return []
 
     def stats(self) -> EngineStats:
         return self._worker.stats()

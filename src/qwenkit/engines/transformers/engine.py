@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from qwenkit.engines.base import Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.transformers.convert import convert_gguf
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
@@ -101,19 +101,28 @@ class TransformersEngine:
         params: SamplingParams,
         emit: Callable[[Chunk], None],
         controller: StepController | None = None,
+        adapters: Adapters = (),
         *,
         n: int = 1,
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self._running().submit(Request(list(prompt), params, emit, controller, n=n))
+        return self._running().submit(Request(list(prompt), params, emit, controller, tuple(adapters), n=n))
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a peft LoRA adapter directory (before serving); requests name it in `adapters`."""
+        self._running().add_adapter(name, Path(path))
+
+    def adapter_names(self) -> list[str]:
+        return list(self._running().adapter_names)
 
     def generate(
         self,
         prompt: Sequence[int],
         params: SamplingParams,
         controller: StepController | None = None,
+        adapters: Adapters = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller)
+        return iterate(self, prompt, params, controller, adapters)
 
     def stats(self) -> EngineStats:
         return self._running().stats()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -32,9 +33,11 @@ from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Re
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params, logprob_of
-from qwenkit.errors import QwenkitError
+from qwenkit.errors import BadRequest, QwenkitError
 
 log = logging.getLogger("qwenkit.transformers")
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 class _Row:
@@ -47,6 +50,7 @@ class _Row:
         self.sampler = sampler
         self.source = source  # another choice of the same request, whose prefill this row repeats
         self.pos = 0  # real tokens in the cache for this row (its next position id)
+        self.adapter = request.adapters[0][0] if request.adapters else BASE  # peft adapter name
         self.feed: list[int] = [] if source else list(request.prompt)  # tokens to run next
         self.out = RequestOutput(
             request.emit,
@@ -99,13 +103,37 @@ class Worker:
         self._cv = threading.Condition()
         self._closed = False
         self._prompt_tokens = 0
+        self.adapter_names: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="qwenkit-transformers", daemon=True)
         self._thread.start()
 
     # ----- public, any thread -----------------------------------------------------------
 
+    def add_adapter(self, name: str, path: Path) -> None:
+        """Load a peft LoRA adapter directory; rows then run on their own adapter in one batch."""
+        from peft import PeftModel
+
+        if not (path / "adapter_config.json").is_file():
+            raise QwenkitError(f"{path} is not a peft adapter directory (the transformers engine takes those)")
+        with self._cv:
+            if self.rows or self._waiting:
+                raise QwenkitError("adapters are loaded before requests are served")
+            if name in self.adapter_names or name == BASE:
+                raise QwenkitError(f"a LoRA adapter named {name!r} is already loaded")
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(path), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                raise QwenkitError(f"cannot load the LoRA adapter {path}: {exc}") from None
+            self.model.eval()
+            self.adapter_names.append(name)
+
     def submit(self, request: Request) -> Request:
-        check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab)
+        check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab, adapters=self.adapter_names)
+        if len(request.adapters) > 1 or any(scale != 1.0 for _, scale in request.adapters):
+            raise BadRequest("the transformers engine applies one LoRA adapter per request, at scale 1")
         check_params(request.params)
         if request.n > self.max_batch:
             raise QwenkitError(f"n={request.n} needs as many batch rows; this engine runs {self.max_batch}")
@@ -216,6 +244,8 @@ class Worker:
             positions[i, :] = row.pos  # filler columns: any position, they are masked
             positions[i, width - n :] = torch.arange(row.pos, row.pos + n)
         mask = new_mask if mask is None else torch.cat([mask, new_mask.to(mask.device)], dim=1)
+        # with adapters loaded, each row runs on its own (peft's mixed-batch LoRA)
+        mixed = {"adapter_names": [row.adapter for row in rows]} if self.adapter_names else {}
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -223,6 +253,7 @@ class Worker:
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=0 if every else 1,
+            **mixed,
         )
         for row in rows:
             row.pos += len(row.feed)
