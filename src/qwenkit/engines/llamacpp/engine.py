@@ -9,6 +9,7 @@ from pathlib import Path
 from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
+from qwenkit.errors import QwenkitError
 
 DEFAULT_CTX = 8192
 
@@ -82,8 +83,11 @@ class LlamaCppEngine:
         return self.scheduler.submit(Request(list(prompt), params, emit, controller, tuple(adapters), n=n))
 
     def load_adapter(self, name: str, path: str | Path) -> None:
-        """Load a GGUF LoRA for this model; requests name it in `adapters`."""
-        self.scheduler.add_adapter(name, self.model.load_adapter(path))
+        """Load a GGUF LoRA for this model; requests name it in `adapters`. The file is read on the
+        scheduler's thread, between decode steps, so a load while serving never races a decode."""
+        if name in self.scheduler.adapter_names():
+            raise QwenkitError(f"a LoRA adapter named {name!r} is already loaded")
+        self.scheduler.add_adapter(name, self.scheduler.call(lambda: self.model.load_adapter(path)))
 
     def adapter_names(self) -> list[str]:
         return self.scheduler.adapter_names()

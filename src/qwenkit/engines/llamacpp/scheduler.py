@@ -20,7 +20,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import llama_cpp as C
 
@@ -38,6 +40,8 @@ from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain, token_logprob
 from qwenkit.engines.output import RequestOutput
 from qwenkit.errors import QwenkitError
+
+T = TypeVar("T")
 
 log = logging.getLogger("qwenkit.scheduler")
 
@@ -161,6 +165,7 @@ class Scheduler:
         self._prompt_tokens = 0
         self._adapters: dict[str, AdapterHandle] = {}
         self._applied: Adapters = ()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()  # run on the scheduler thread
         self._thread = threading.Thread(target=self._loop, name="qwenkit-scheduler", daemon=True)
         self._thread.start()
 
@@ -176,6 +181,17 @@ class Scheduler:
     def adapter_names(self) -> list[str]:
         with self._cv:
             return list(self._adapters)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """`fn()` run on the scheduler thread between decode steps (the thread that owns the
+        context: llama.cpp calls such as `llama_adapter_lora_init` then never race a decode)."""
+        future: Future[T] = Future()
+        with self._cv:
+            if self._closed:
+                raise QwenkitError("the engine is closed")
+            self._calls.append((fn, future))
+            self._cv.notify()
+        return future.result()
 
     def submit(self, request: Request) -> Request:
         check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab, adapters=self.adapter_names())
@@ -221,11 +237,19 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._closed and not self._waiting and not any(s.busy for s in self.slots):
+                while (
+                    not self._closed and not self._waiting and not self._calls and not any(s.busy for s in self.slots)
+                ):
                     self._cv.wait()
                 if self._closed:
                     break
+                calls, self._calls = self._calls, deque()
                 admitted = self._admit_locked()
+            for fn, future in calls:
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # the caller's error, raised in the caller's thread
+                    future.set_exception(exc)
             for slot, request in admitted:
                 self._start(slot, request)
             try:
@@ -241,6 +265,8 @@ class Scheduler:
                 self._finish(slot, "abort", error="the engine is shutting down")
         for request in self._waiting:
             request.emit(Chunk("", finish_reason="abort", error="the engine is shutting down"))
+        for _, future in self._calls:
+            future.set_exception(QwenkitError("the engine is closed"))
 
     def _admit_locked(self) -> list[tuple[_Slot, Request]]:
         admitted = []

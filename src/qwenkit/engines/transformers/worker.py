@@ -117,7 +117,9 @@ class Worker:
             raise QwenkitError(f"{path} is not a peft adapter directory (the transformers engine takes those)")
         with self._cv:
             if self.rows or self._waiting:
-                raise QwenkitError("adapters are loaded before requests are served")
+                raise QwenkitError(
+                    "the transformers engine loads a LoRA adapter only while idle (no request running or waiting)"
+                )
             if name in self.adapter_names or name == BASE:
                 raise QwenkitError(f"a LoRA adapter named {name!r} is already loaded")
             try:
