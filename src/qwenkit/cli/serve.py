@@ -56,6 +56,11 @@ def serve(
     lora: list[str] = typer.Option(
         [], "--lora", help="NAME=FILE.gguf: a GGUF LoRA requests select with model=NAME (repeatable)."
     ),
+    allow_runtime_lora: bool = typer.Option(
+        False,
+        "--allow-runtime-lora",
+        help="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --api-key).",
+    ),
     effort_budgets: str = typer.Option(
         "",
         "--reasoning-effort-budgets",
@@ -97,15 +102,18 @@ def serve(
     efforts = parse_effort_budgets(effort_budgets)
     adapters = parse_lora(lora)
     keys = read_api_keys(api_key, api_key_file)
+    if allow_runtime_lora and not keys:
+        raise QwenkitError("--allow-runtime-lora needs --api-key (anyone could load files from this machine otherwise)")
     if on_ray or ray_address is not None:
         from pydantic import ValidationError
 
-        from qwenkit.errors import QwenkitError
         from qwenkit.serve.cluster.launch import serve_on_ray
         from qwenkit.serve.cluster.options import ClusterOptions
 
         if adapters:
             raise QwenkitError("--lora is not supported with --ray yet (replicas load no adapters)")
+        if allow_runtime_lora:
+            raise QwenkitError("--allow-runtime-lora is not supported with --ray yet")
         try:
             options = ClusterOptions.model_validate(
                 {
@@ -169,6 +177,7 @@ def serve(
         # the reference typed, unless a path (the server's file system is nobody's business)
         model_aliases=(local.name, local.path.name, *([model] if local.source != "local" else [])),
         lora=tuple(adapters.items()),
+        allow_runtime_lora=allow_runtime_lora,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
@@ -19,7 +22,13 @@ from qwenkit.serve.metrics import Metrics
 from qwenkit.serve.middleware import AccessLog, BodyLimit
 from qwenkit.serve.openai_routes import router as openai_router
 from qwenkit.serve.openapi import ModelLimits, route_errors
-from qwenkit.serve.protocol import Health, ModelCard, ModelList
+from qwenkit.serve.protocol import (
+    Health,
+    LoadLoraAdapterRequest,
+    ModelCard,
+    ModelList,
+    UnloadLoraAdapterRequest,
+)
 from qwenkit.serve.responses_routes import ResponseStore
 from qwenkit.serve.responses_routes import router as responses_router
 from qwenkit.serve.routing import ModelRoutes
@@ -76,9 +85,60 @@ class _ModelHolder:
             self.model.close()
 
 
+def _runtime_lora(app: FastAPI, holder: _ModelHolder, authorize: Callable[..., Any]) -> None:
+    """vLLM's `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` (only with
+    `--allow-runtime-lora` and API keys; without the flag these routes do not exist: 404).
+
+    Unloading removes the name only: llama.cpp may free an adapter's tensors only once no context
+    applies it, so the engine keeps the adapter (its memory, and its name, which cannot be loaded
+    again) until the server restarts; requests already running on it finish on it."""
+    lock = asyncio.Lock()  # one load or unload at a time: the name check and the route agree
+
+    @app.post(
+        "/v1/load_lora_adapter",
+        dependencies=[Depends(authorize)],
+        responses=route_errors(400, 401, 429, 500, 503),
+    )
+    async def load_lora_adapter(body: LoadLoraAdapterRequest) -> ModelCard:
+        """Load a LoRA adapter over the base model; requests select it with `model` = `lora_name`."""
+        routes = holder.routes()
+        model = holder.ready()
+        name = body.lora_name
+        async with lock:
+            if name in routes.names():
+                raise ApiError(400, f"the name {name!r} is already taken on this server", param="lora_name")
+            if name in model.engine.adapter_names():
+                raise ApiError(
+                    400,
+                    f"a LoRA adapter named {name!r} was unloaded, but its name stays taken until the server "
+                    "restarts (the engine keeps unloaded adapters): choose another name",
+                    param="lora_name",
+                )
+            await run_in_threadpool(model.engine.load_adapter, name, body.lora_path)
+            route = routes.add_adapter(name, body.lora_path)
+        log.info("loaded the LoRA adapter %s from %s", name, body.lora_path)
+        return ModelCard(id=name, root=route.root, parent=route.parent)
+
+    @app.post(
+        "/v1/unload_lora_adapter",
+        dependencies=[Depends(authorize)],
+        responses=route_errors(400, 401, 404, 429, 500, 503),
+    )
+    async def unload_lora_adapter(body: UnloadLoraAdapterRequest) -> ModelCard:
+        """Stop serving an adapter: requests naming it are then a 404 (those running finish).
+        Its memory is kept until the server restarts, and its name cannot be loaded again."""
+        routes = holder.routes()
+        async with lock:
+            route = routes.remove_adapter(body.lora_name)
+        log.info("unloaded the LoRA adapter %s", body.lora_name)
+        return ModelCard(id=body.lora_name, root=route.root, parent=route.parent)
+
+
 def create_app(load: Callable[[], Model], settings: ServeSettings | None = None) -> FastAPI:
     """An app serving the model `load()` returns (called once, in the background, at start-up)."""
     settings = settings or ServeSettings()
+    if settings.allow_runtime_lora and not settings.api_keys:
+        raise ValueError("runtime LoRA loading needs API keys (anyone could load files otherwise)")
     holder = _ModelHolder(load, settings)
     keys = ApiKeys(settings.api_keys)
 
@@ -143,6 +203,9 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         `parent` is the base model and its `root` the adapter's file)."""
         cards = holder.routes().cards()
         return ModelList(data=[ModelCard(id=name, root=root, parent=parent) for name, (root, parent) in cards.items()])
+
+    if settings.allow_runtime_lora:
+        _runtime_lora(app, holder, authorize)
 
     @app.get(
         "/health",

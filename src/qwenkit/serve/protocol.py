@@ -455,6 +455,20 @@ class ModelCard(BaseModel):
     root: str | None = None  # the model this name serves (for a LoRA adapter: its file)
 
 
+class LoadLoraAdapterRequest(_Request):
+    """vLLM's runtime adapter load: requests then select it with `model` = `lora_name`."""
+
+    lora_name: str = Field(min_length=1, description="the name requests give in `model`; not one already taken")
+    lora_path: str = Field(
+        min_length=1,
+        description="on the server: a GGUF LoRA file (llama.cpp engine) or a peft adapter directory (transformers)",
+    )
+
+
+class UnloadLoraAdapterRequest(_Request):
+    lora_name: str = Field(min_length=1, description="an adapter's name (as `/v1/models` lists it with a `parent`)")
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]

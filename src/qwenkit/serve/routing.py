@@ -6,6 +6,8 @@ its catalogue name or file stem), its file name, the reference it was started wi
 `default`. Each `--lora` adapter is one more route: the base model with that adapter applied
 (`options["adapters"]`), listed with `parent` (the base) and `root` (its file). llama-server's
 per-request `lora: [{id, scale}]` picks adapters by position in that order instead (`with_lora`).
+With `--allow-runtime-lora`, adapters are added (`add_adapter`, by name only: no llama-server id)
+and removed (`remove_adapter`) while serving.
 """
 
 from __future__ import annotations
@@ -61,6 +63,26 @@ class ModelRoutes:
         if name and name not in self._routes:
             self._routes[name] = route
 
+    def add_adapter(self, name: str, path: str) -> Route:
+        """Route `name` to the base model with the adapter `name` (loaded on the engine) applied."""
+        if name in self._routes:
+            raise ApiError(400, f"the name {name!r} is already taken on this server", param="lora_name")
+        base = self._routes[DEFAULT]
+        route = Route(name, base.model, {"adapters": ((name, 1.0),)}, parent=base.name, root=path)
+        self._routes[name] = route
+        return route
+
+    def remove_adapter(self, name: str) -> Route:
+        """Stop routing `name` (an adapter): new requests for it are a 404; llama-server's id for a
+        `--lora` adapter removed so is refused too."""
+        route = self._routes.get(name)
+        if route is None:
+            raise ApiError(404, f"no LoRA adapter named {name!r} is loaded", code="model_not_found", param="lora_name")
+        if route.parent is None:
+            raise ApiError(400, f"{name!r} names the base model, not a LoRA adapter", param="lora_name")
+        del self._routes[name]
+        return route
+
     def resolve(self, name: str | None) -> Route:
         """The route for a request's `model` (none given: the default)."""
         route = self._routes.get(DEFAULT if name is None else name)
@@ -80,6 +102,8 @@ class ModelRoutes:
             if not 0 <= id_ < len(self._lora):
                 loaded = f"ids 0..{len(self._lora) - 1}" if self._lora else "none are loaded"
                 raise ApiError(400, f"lora id {id_} is not loaded ({loaded})", param="lora")
+            if self._lora[id_] not in self._routes:
+                raise ApiError(400, f"lora id {id_} ({self._lora[id_]!r}) was unloaded", param="lora")
         adapters = tuple((self._lora[id_], scale) for id_, scale in lora if scale != 0)
         return Route(route.name, route.model, {**route.options, "adapters": adapters}, route.parent, route.root)
 

@@ -29,6 +29,7 @@ class ServeSettings:
     max_n: int = 4  # the most choices (n, best_of) one request may ask for
     max_stored_responses: int = 256  # Responses API: kept in memory for previous_response_id
     lora: tuple[tuple[str, str], ...] = ()  # (name, GGUF LoRA file) loaded over the model, in --lora order
+    allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs api_keys)
 
 
 def read_api_keys(keys: list[str], key_file: Path | None) -> frozenset[str]:
