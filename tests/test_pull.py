@@ -136,7 +136,8 @@ def test_modelscope_without_its_package_says_how_to_get_it(monkeypatch, tmp_path
     from qwenkit.catalog.fetch import resolve
 
     monkeypatch.setenv("QWENKIT_HOME", str(tmp_path))
-    monkeypatch.setitem(sys.modules, "modelscope", None)  # as if not installed
+    for name in ("modelscope", "modelscope.hub.api", "modelscope.hub.snapshot_download"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed, even if imported before
     with pytest.raises(QwenkitError, match=r'pip install "qwenkit\[modelscope\]"'):
         resolve("qwen3-8b:q4_k_m", source="modelscope")
     with pytest.raises(QwenkitError, match="takes catalogue names"):

@@ -55,7 +55,13 @@ def ensure(model_id: str, file: str | None, *, progress: bool) -> Path:
     except QwenkitError:
         raise
     except Exception as e:  # the modelscope package's and requests' errors become one line
-        lines = str(e).strip().splitlines()
+        # a failed snapshot says only "1 of 1 file(s) failed"; the first file's error says why
+        # (a sha256 mismatch, say), so that one is reported instead
+        failed = getattr(e, "failed_files", None)
+        failures = list(failed.values()) if isinstance(failed, dict) else []
+        cause = failures[0] if failures else e
+        lines = str(cause).strip().splitlines()
+        more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
         raise FetchError(
-            f"cannot fetch modelscope:{model_id}: {lines[0][:200] if lines else type(e).__name__}"
+            f"cannot fetch modelscope:{model_id}: {lines[0][:200] if lines else type(cause).__name__}{more}"
         ) from None
