@@ -13,7 +13,7 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	@echo "installing qwenkit into $(VENV) (the first time compiles llama.cpp: 10-15 minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench,ray,tune]"
+	$(BIN)/python -m pip install --quiet -e ".[serve,dev,transformers,evals,onnx,bench,ray,tune,modelscope]"
 	touch $@
 
 setup: $(VENV)/.installed
