@@ -58,6 +58,10 @@ def _export():
     return export
 
 
+def _written(path: Path) -> None:
+    err.print(f"[green]ok[/] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
 @export_app.command("lora")
 def lora(
     adapter: Path = AdapterOpt,
@@ -66,8 +70,7 @@ def lora(
     outtype: str = typer.Option("f32", "--outtype", help="f32, f16, bf16 or q8_0."),
 ) -> None:
     """A GGUF LoRA for the base GGUF (serve it with `qwenkit serve --lora NAME=FILE`)."""
-    path = _export().export_lora(adapter, out, model=model, outtype=outtype)
-    err.print(f"[green]ok[/] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    _written(_export().export_lora(adapter, out, model=model, outtype=outtype))
 
 
 @export_app.command("merged")
@@ -78,8 +81,7 @@ def merged(
     quant: str = typer.Option("q4_k_m", "--quant", help="q4_k_m, q5_k_m, q6_k, q8_0, f16, bf16 or f32."),
 ) -> None:
     """The adapter merged into the base in full precision, then quantized by llama.cpp."""
-    path = _export().export_merged(adapter, out, model=model, quant=quant)
-    err.print(f"[green]ok[/] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    _written(_export().export_merged(adapter, out, model=model, quant=quant))
 
 
 @export_app.command("ollama")
