@@ -42,6 +42,18 @@ def test_grading_takes_the_worst_finding_and_advises_only_on_problems():
     assert evaluate(probe, Thresholds()).exit_code == 0
 
 
+def test_a_cluster_short_of_replicas_is_degraded_and_one_with_none_ready_unhealthy():
+    probe = Probe(target="t", health_status=200, generated_tokens=8, replicas_target=2, replicas_ready=1)
+    report = evaluate(probe, Thresholds())
+    replicas = by_check(report.to_dict())["replicas"]
+    assert report.status == DEGRADED and report.exit_code == 1
+    assert replicas["message"] == "1 of 2 replica(s) ready" and replicas["advice"]
+    probe.replicas_ready = 0
+    assert evaluate(probe, Thresholds()).exit_code == 2
+    probe.replicas_ready = 2
+    assert evaluate(probe, Thresholds()).exit_code == 0
+
+
 def test_dead_url_is_unhealthy():
     code, report = health("--url", f"http://127.0.0.1:{free_port()}")
     assert code == 2 and report["status"] == UNHEALTHY

@@ -110,7 +110,7 @@ def test_streaming_keys_and_cluster_metrics(endpoint: str) -> None:
     assert "qwenkit_replicas 2" in text
     generated = [line for line in text.splitlines() if line.startswith("qwenkit_generation_tokens_total ")]
     assert generated and float(generated[0].split()[1]) > 0
-    assert health["replicas"] == 2 and health["ready"] == 2
+    assert health == {"status": "ok", "replicas": {"target": 2, "up": 2, "ready": 2}}
 
 
 def _metric(base: str, name: str) -> float:
@@ -205,15 +205,36 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(endpoint: st
     assert _replicas("qwenkit-auto") == 1
 
 
-def test_the_cli_serves_on_a_local_ray_and_stops_it(tiny_qwen2) -> None:
+@pytest.fixture(scope="module")
+def adapter(tiny_qwen2, tmp_path_factory):
+    """A GGUF LoRA (random, so it changes the tiny model's answers)."""
+    pytest.importorskip("peft", reason="the tune extra is not installed (a LoRA is made with peft)")
+    from lora_helpers import random_adapter
+
+    from qwenkit.engines.transformers import convert_gguf
+    from qwenkit.tune.export import export_lora
+
+    tmp = tmp_path_factory.mktemp("cluster-lora")
+    peft_dir = random_adapter(convert_gguf(tiny_qwen2), tmp / "alpha", seed=0)
+    return export_lora(peft_dir, tmp / "alpha.gguf", model=str(tiny_qwen2))
+
+
+def test_the_cli_serves_on_a_local_ray_with_the_serve_options_and_stops_it(tiny_qwen2, adapter) -> None:
     from serve_helpers import start_server
 
-    with start_server(tiny_qwen2, "--ray", "--replicas", "1", env={"RAY_USAGE_STATS_ENABLED": "0"}) as server:
-        r = httpx.post(
-            f"http://127.0.0.1:{server.port}/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
-            timeout=WAIT_S,
-        )
-        assert r.status_code == 200 and r.headers[REPLICA_HEADER]
+    options = ["--max-n", "1", "--served-model-name", "coder", "--lora", f"alpha={adapter}"]
+    with start_server(tiny_qwen2, "--ray", "--replicas", "1", *options, env={"RAY_USAGE_STATS_ENABLED": "0"}) as server:
+        url = f"http://127.0.0.1:{server.port}/v1"
+        models = {m["id"]: m for m in httpx.get(f"{url}/models", timeout=WAIT_S).json()["data"]}
+        assert models["alpha"]["parent"] == "coder" and "coder" in models  # --served-model-name, --lora
+        prompt = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 8, "temperature": 0}
+        replies = {}
+        for model in ("coder", "alpha"):
+            r = httpx.post(f"{url}/chat/completions", json={**prompt, "model": model}, timeout=WAIT_S)
+            assert r.status_code == 200 and r.headers[REPLICA_HEADER] and r.json()["model"] == model
+            replies[model] = r.json()["choices"][0]["message"]["content"]
+        assert replies["alpha"] != replies["coder"]  # the adapter is applied on the replica
+        r = httpx.post(f"{url}/chat/completions", json={**prompt, "n": 2}, timeout=WAIT_S)
+        assert r.status_code == 400 and "--max-n" in r.json()["error"]["message"]
         server.stop()
         assert server.proc.returncode == 0, server.log()[-2000:]  # Ray shut down in order on SIGTERM

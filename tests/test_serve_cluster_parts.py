@@ -41,13 +41,12 @@ def test_metrics_are_summed_over_live_replicas() -> None:
         "# HELP qwenkit_kv_cache_usage_ratio Share\n# TYPE qwenkit_kv_cache_usage_ratio gauge\n"
         "qwenkit_kv_cache_usage_ratio {r}\n"
     )
-    state.report("a", True, text.format(n=3, r=0.2))
-    state.report("b", True, text.format(n=4, r=0.4))
+    state.report("a", text.format(n=3, r=0.2))
+    state.report("b", text.format(n=4, r=0.4))
     merged = state.metrics()
     assert "qwenkit_replicas 2" in merged
     assert "qwenkit_generation_tokens_total 7.0" in merged
     assert "qwenkit_kv_cache_usage_ratio 0.30000000000000004" in merged or "qwenkit_kv_cache_usage_ratio 0.3" in merged
-    assert state.replicas() == {"replicas": 2, "ready": 2}
 
 
 def test_the_cluster_rate_limit_is_shared() -> None:
@@ -72,3 +71,28 @@ def test_the_cli_refuses_conflicting_ray_options_in_one_line() -> None:
     result = CliRunner().invoke(app, ["serve", "--ray", "--replicas", "2", "--max-replicas", "3"])
     assert isinstance(result.exception, QwenkitError)  # `qwenkit` prints it as one line
     assert "give either replicas or min_replicas/max_replicas, not both" in str(result.exception)
+
+
+def test_replicas_run_the_single_server_settings_they_are_given() -> None:
+    options = ClusterOptions(parallel=2, max_n=8, served_model_name="coder", lora={"alpha": "/a.gguf"})
+    settings = options.settings(("qwen.gguf",))
+    assert settings.max_n == 2  # a request's choices run side by side, so at most --parallel
+    assert settings.served_name == "coder" and settings.model_aliases == ("qwen.gguf",)
+    assert settings.lora == (("alpha", "/a.gguf"),) and settings.max_stored_responses == 256
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        (["--allow-runtime-lora", "--api-key", "k"], "a runtime load would reach one replica only"),
+        (["--cors-origin", "http://a.example"], "--cors-origin is not supported with --ray"),
+    ],
+)
+def test_the_cli_says_why_an_option_does_not_work_with_ray(option: list[str], reason: str) -> None:
+    from typer.testing import CliRunner
+
+    from qwenkit.cli import app
+    from qwenkit.errors import QwenkitError
+
+    result = CliRunner().invoke(app, ["serve", "--ray", *option])
+    assert isinstance(result.exception, QwenkitError) and reason in str(result.exception)

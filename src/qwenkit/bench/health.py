@@ -7,6 +7,7 @@ change. The overall status is the worst check's. Checks and their default thresh
 | check | reading | degraded | unhealthy |
 |---|---|---|---|
 | reachable | the server answers, `/health` is 200 | - | no answer, or `/health` not 200 |
+| replicas | replicas ready of those wanted (`serve --ray`'s `/health`) | fewer than wanted | none ready |
 | generation | the probe request succeeds | refused with 429 (queue full) | any other failure |
 | ttft | seconds to the probe's first token | > 2 s | > 10 s |
 | decode | probe tokens/s over what memory bandwidth allows for these weights | < 50% | < 10% |
@@ -110,6 +111,8 @@ def evaluate(probe: Probe, t: Thresholds) -> HealthReport:
         status = HEALTHY if probe.health_status == 200 else UNHEALTHY
         advice = "the model is still loading or failed to load: wait, or read the server's log"
         add(_finding("reachable", status, f"/health answered {probe.health_status}", advice))
+    if probe.replicas_target is not None and probe.replicas_ready is not None:
+        add(_replicas_finding(probe.replicas_target, probe.replicas_ready))
     _grade_generation(probe, t, add)
     for check, ratio, what in (
         ("memory", probe.memory_available_ratio, "RAM"),
@@ -145,6 +148,17 @@ def evaluate(probe: Probe, t: Thresholds) -> HealthReport:
         message = f"{probe.error_rate:.1%} of {probe.completions_counted} completions were answered 5xx"
         add(_finding("errors", status, message, "read the server's log for the failing requests"))
     return HealthReport(probe, findings)
+
+
+def _replicas_finding(target: int, ready: int) -> Finding:
+    status = HEALTHY if ready >= target else DEGRADED if ready else UNHEALTHY
+    return _finding(
+        "replicas",
+        status,
+        f"{ready} of {target} replica(s) ready",
+        "Ray restarts lost replicas where capacity allows: if this lasts, add a node (or free its CPUs/resources) "
+        "or lower --replicas",
+    )
 
 
 def _grade_generation(probe: Probe, t: Thresholds, add: Callable[[Finding], None]) -> None:

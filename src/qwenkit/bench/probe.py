@@ -34,6 +34,8 @@ class Probe:
     quantization: str | None = None
     reachable: bool = True
     health_status: int | None = None  # HTTP status of /health (servers only)
+    replicas_target: int | None = None  # replicas wanted and ready, from /health (a `serve --ray` cluster)
+    replicas_ready: int | None = None
     generation_error: str | None = None  # e.g. "http_429", "connection_error"
     ttft_s: float | None = None
     decode_tokens_per_s: float | None = None
@@ -160,10 +162,12 @@ def probe_url(url: str, *, api_key: str | None = None, probe_tokens: int = 32, t
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(timeout=timeout_s, headers=headers) as http:
         try:
-            probe.health_status = http.get(f"{root}/health").status_code
+            health = http.get(f"{root}/health")
         except httpx.HTTPError:
             probe.reachable = False
             return probe
+        probe.health_status = health.status_code
+        _read_replicas(health, probe)
         _read_metrics(http, root, probe)  # before the probe adds itself to the queue
     client = openai.OpenAI(base_url=f"{root}/v1", api_key=api_key or "none", max_retries=0, timeout=timeout_s)
     with client:
@@ -177,6 +181,20 @@ def probe_url(url: str, *, api_key: str | None = None, probe_tokens: int = 32, t
         probe.expected_decode_tokens_per_s = probe.bandwidth_bytes_per_s / local.size
     probe.smaller_models = _smaller_models(probe.model_bytes)
     return probe
+
+
+def _read_replicas(health: httpx.Response, probe: Probe) -> None:
+    """Replica counts, where /health reports them (`{"replicas": {"target": 2, "ready": 1}}`)."""
+    try:
+        replicas = health.json().get("replicas")
+    except (ValueError, AttributeError):
+        return
+    if (
+        isinstance(replicas, dict)
+        and isinstance(replicas.get("target"), int)
+        and isinstance(replicas.get("ready"), int)
+    ):
+        probe.replicas_target, probe.replicas_ready = replicas["target"], replicas["ready"]
 
 
 def _local_model(served: str | None) -> store.LocalModel | None:

@@ -34,8 +34,9 @@ def health(
 ) -> None:
     """Probe a model or a server: a short real generation, /health and /metrics, graded against thresholds.
 
-    Exit status: 0 healthy, 1 degraded, 2 unhealthy (as a container health check that should only
-    fail when unhealthy: `qwenkit health --url URL; [ $? -lt 2 ]`).
+    Exit status: 0 healthy, 1 degraded (e.g. a `serve --ray` cluster with fewer replicas ready than
+    wanted), 2 unhealthy (as a container health check that should only fail when unhealthy:
+    `qwenkit health --url URL; [ $? -lt 2 ]`).
     """
     from qwenkit.bench.health import Thresholds, check
 

@@ -110,10 +110,13 @@ def serve(
         from qwenkit.serve.cluster.launch import serve_on_ray
         from qwenkit.serve.cluster.options import ClusterOptions
 
-        if adapters:
-            raise QwenkitError("--lora is not supported with --ray yet (replicas load no adapters)")
         if allow_runtime_lora:
-            raise QwenkitError("--allow-runtime-lora is not supported with --ray yet")
+            raise QwenkitError(
+                "--allow-runtime-lora is not supported with --ray: a runtime load would reach one replica only; "
+                "give the adapters with --lora (loaded on every replica)"
+            )
+        if cors:
+            raise QwenkitError("--cors-origin is not supported with --ray yet: set CORS on the proxy in front")
         try:
             options = ClusterOptions.model_validate(
                 {
@@ -141,6 +144,10 @@ def serve(
                     "max_body_bytes": max_body,
                     "max_tokens_cap": max_tokens_cap,
                     "log_prompts": log_prompts,
+                    "max_n": max_n,
+                    "max_stored_responses": stored_responses,
+                    "served_model_name": served_name,
+                    "lora": {name: str(Path(path).resolve()) for name, path in adapters.items()},  # for every node
                 }
             )
         except ValidationError as exc:

@@ -8,6 +8,7 @@ Ray Serve config files name `qwenkit.serve.cluster.app:build_app` as `import_pat
 # No `from __future__ import annotations`: Ray Serve hands FastAPI the ingress methods, whose
 # annotations (Request) must be real objects for FastAPI to see them.
 
+import asyncio
 import json
 import logging
 import threading
@@ -20,10 +21,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.actor import ActorHandle
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.types import Message
 
+from qwenkit.catalog.fetch import resolve
 from qwenkit.serve import create_app
 from qwenkit.serve.cluster.asgi import call_asgi
 from qwenkit.serve.cluster.options import ClusterOptions
@@ -34,15 +38,26 @@ from qwenkit.serve.security import ApiKeys, key_id
 
 log = logging.getLogger("qwenkit.serve.cluster")
 REPLICA_HEADER = "x-qwenkit-replica"
+ATTEMPTS_HEADER = "x-qwenkit-attempts"
 REPORT_EVERY_S = 1.0
 NAMESPACE = "qwenkit"
+ACCEPTED: Message = {"type": "qwenkit.accepted"}  # a replica's first message: it has taken the request
+# A replica (its process or its node) lost: the request may go to another one if nothing was sent yet.
+_GOING = {"STOPPING", "STOPPED"}  # Ray Serve replica states of a replica on its way out
+REPLICA_LOST = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
 
 
 def cluster_state(options: ClusterOptions) -> ActorHandle[ClusterState]:
     """The application's state actor, created by whichever part asks first."""
     actor: Any = ray.remote(num_cpus=0)(ClusterState)
     return actor.options(
-        name=f"{options.name}-state", namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+        name=f"{options.name}-state",
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime="detached",
+        resources=options.ingress_resources,
+        max_restarts=-1,  # restarted (limits and metrics start afresh) if its node is lost
+        max_task_retries=-1,
     ).remote(options.requests_per_minute, options.tokens_per_minute)
 
 
@@ -69,6 +84,7 @@ class ModelReplica:
 
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.state = cluster_state(options)
+        local = resolve(options.model, progress=False)
         model = load(
             options.model,
             engine=options.engine,
@@ -79,9 +95,12 @@ class ModelReplica:
             progress=False,
             dtype=options.dtype,
             quantization=options.quantization,
+            lora=options.lora,
         )
         model.effort_budgets = parse_effort_budgets(options.effort_budgets)
-        self.app = create_app(lambda: model, options.settings())
+        # the names the single server answers to: the store name, the file name, a catalogue reference
+        aliases = (local.name, local.path.name, *([options.model] if local.source != "local" else []))
+        self.app = create_app(lambda: model, options.settings(aliases))
         self.app.state.limiter = _SpendOnlyLimiter(self.state)
         self._lifespan: AbstractAsyncContextManager[Any] | None = None
         self._stop = threading.Event()
@@ -89,10 +108,11 @@ class ModelReplica:
 
     def _report(self) -> None:
         while not self._stop.wait(REPORT_EVERY_S):
-            self.state.report.remote(self.replica_id, True, self.app.state.metrics.render().decode())
+            self.state.report.remote(self.replica_id, self.app.state.metrics.render().decode())
 
     async def forward(self, request: dict[str, Any]) -> AsyncIterator[Message]:
-        """The app's response messages for one request (tagged with this replica's id)."""
+        """`ACCEPTED`, then the app's response messages for one request (tagged with this replica's id)."""
+        yield ACCEPTED
         if self._lifespan is None:
             self._lifespan = self.app.router.lifespan_context(self.app)
             await self._lifespan.__aenter__()
@@ -137,11 +157,56 @@ class Ingress:
         self.options = options
         self.keys = ApiKeys(options.api_keys)
         self.state = cluster_state(options)
+        self.controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)  # Serve's replica counts
 
     @ingress_app.get("/health")
     async def health(self) -> JSONResponse:
-        seen = await self.state.replicas.remote()
-        return JSONResponse({"status": "ok" if seen["ready"] else "loading", **seen}, 200 if seen["ready"] else 503)
+        """Replicas wanted and up/ready (as Ray Serve counts them): 200 while one is ready (`degraded`
+        when fewer than wanted), 503 when none is."""
+        replicas = await self._replica_counts()
+        target, ready = replicas["target"], replicas["ready"]
+        if ready:
+            status = "ok" if ready >= target else "degraded"
+        else:
+            status = "ok" if target == 0 else "loading" if replicas["up"] else "unavailable"  # 0: scaled to zero
+        return JSONResponse({"status": status, "replicas": replicas}, 200 if ready or not target else 503)
+
+    async def _replica_counts(self) -> dict[str, int]:
+        details = await self.controller.get_serve_instance_details.remote()
+        context = serve.get_replica_context()
+        app = details.get("applications", {}).get(context.app_name, {})
+        model = app.get("deployments", {}).get("model", {})
+        states = [getattr(r.get("state"), "value", r.get("state")) for r in model.get("replicas", [])]
+        return {
+            "target": int(model.get("target_num_replicas", 0)),
+            "up": sum(state not in _GOING for state in states),
+            "ready": states.count("RUNNING"),
+        }
+
+    async def _start(
+        self, forwarded: dict[str, Any]
+    ) -> tuple[DeploymentResponseGenerator[Message], Message, int] | Response:
+        """The response stream and its first message, from the first replica that answers; a request
+        whose replica is lost before it answered is sent again (up to `max_retries` times)."""
+        for attempt in range(1, self.options.max_retries + 2):
+            stream = cast(
+                DeploymentResponseGenerator[Message], self.model.options(stream=True).forward.remote(forwarded)
+            )
+            try:
+                first = await asyncio.wait_for(stream.__anext__(), self.options.replica_wait_s)
+                return stream, (await stream.__anext__() if first["type"] == ACCEPTED["type"] else first), attempt
+            except TimeoutError:
+                stream.cancel()
+                message = f"no model replica took the request within {self.options.replica_wait_s:g} s; retry"
+                return error_response(503, message, headers={"Retry-After": "2"})
+            except REPLICA_LOST as exc:
+                stream.cancel()
+                log.warning("attempt %d: the replica was lost before it answered: %s", attempt, exc)
+            except Exception as exc:  # e.g. the deployment is gone
+                stream.cancel()
+                log.warning("request failed before its response started: %s", exc)
+                break
+        return error_response(503, "no model replica could serve the request; retry", headers={"Retry-After": "2"})
 
     @ingress_app.get("/metrics")
     async def metrics(self) -> Response:
@@ -180,16 +245,14 @@ class Ingress:
             "client": [request.client.host, request.client.port] if request.client else None,
             "prefix_keys": prefix_keys(path, body) if request.method == "POST" else [],
         }
-        stream = cast(DeploymentResponseGenerator[Message], self.model.options(stream=True).forward.remote(forwarded))
-        try:
-            start = await stream.__anext__()
-        except Exception as exc:  # no replica could take it (all gone, or it died before answering)
-            log.warning("request failed before its response started: %s", exc)
-            stream.cancel()
-            return error_response(503, "no model replica could serve the request; retry", headers={"Retry-After": "2"})
+        started = await self._start(forwarded)
+        if isinstance(started, Response):
+            return started
+        stream, start, attempts = started
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
         sse = headers.get("content-type", "").startswith("text/event-stream")
         headers.pop("content-length", None)
+        headers[ATTEMPTS_HEADER] = str(attempts)
         return StreamingResponse(_body(stream, sse), status_code=start["status"], headers=headers)
 
 
@@ -198,7 +261,7 @@ def build_app(args: dict[str, Any]) -> Application:
     options = ClusterOptions.model_validate(args)
     autoscaling = options.autoscaling()
     replica_options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": options.cpus_per_replica},
+        "ray_actor_options": {"num_cpus": options.cpus_per_replica, "resources": options.replica_resources},
         "max_ongoing_requests": options.parallel + options.max_queue,
         "health_check_period_s": 2,
     }
@@ -212,5 +275,9 @@ def build_app(args: dict[str, Any]) -> Application:
             "request_router_kwargs": {"max_imbalance": options.max_imbalance},
         }
     model = serve.deployment(name="model", **replica_options)(ModelReplica).bind(options)
-    ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)(Ingress)
+    ingress = serve.deployment(
+        name="ingress",
+        ray_actor_options={"num_cpus": 0, "resources": options.ingress_resources},
+        max_ongoing_requests=1000,
+    )(Ingress)
     return ingress.bind(model, options)

@@ -32,8 +32,13 @@ class ClusterOptions(BaseModel):
     downscale_delay_s: float = Field(600.0, ge=0)
     look_back_period_s: float = Field(30.0, gt=0)  # load is averaged over this window
     cpus_per_replica: float = Field(1.0, gt=0)
+    replica_resources: dict[str, float] = {}  # custom Ray resources each replica needs (e.g. one per node)
+    ingress_resources: dict[str, float] = {}  # ... the ingress and the state actor need (e.g. the head node's)
     router: Literal["prefix", "default"] = "prefix"
     max_imbalance: int = Field(4, ge=0)
+    # faults: a request whose replica is lost before it answered is sent to another one
+    max_retries: int = Field(2, ge=0, le=10)
+    replica_wait_s: float = Field(30.0, gt=0)  # for a replica to take a request (else 503)
     # the HTTP side, as in `qwenkit serve`
     api_keys: frozenset[str] = frozenset()
     requests_per_minute: int | None = Field(None, ge=1)
@@ -41,6 +46,10 @@ class ClusterOptions(BaseModel):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_tokens_cap: int = Field(8192, ge=1)
     log_prompts: bool = False
+    max_n: int = Field(4, ge=1, le=128)
+    max_stored_responses: int = Field(256, ge=0)
+    served_model_name: str | None = None
+    lora: dict[str, str] = {}  # name -> adapter file, loaded on every replica (same path on every node)
     name: str = "qwenkit"
 
     @model_validator(mode="after")
@@ -66,11 +75,17 @@ class ClusterOptions(BaseModel):
             "metrics_interval_s": min(10.0, self.look_back_period_s / 2),
         }
 
-    def settings(self) -> ServeSettings:
-        """The single-server settings each replica's app runs with (limits are enforced per cluster)."""
+    def settings(self, aliases: tuple[str, ...] = ()) -> ServeSettings:
+        """The single-server settings each replica's app runs with (limits are enforced per cluster);
+        `aliases`: more names the model answers to."""
         return ServeSettings(
             api_keys=self.api_keys,
             max_body_bytes=self.max_body_bytes,
             max_tokens_cap=self.max_tokens_cap,
             log_prompts=self.log_prompts,
+            max_n=min(self.max_n, self.parallel),  # a request's choices run side by side
+            max_stored_responses=self.max_stored_responses,
+            served_name=self.served_model_name,
+            model_aliases=aliases,
+            lora=tuple(self.lora.items()),
         )

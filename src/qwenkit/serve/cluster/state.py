@@ -17,7 +17,7 @@ class ClusterState:
 
     def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
         self.limiter = RateLimiter(requests_per_minute, tokens_per_minute)
-        self.reports: dict[str, tuple[float, bool, str]] = {}  # replica id -> (when, ready, metrics text)
+        self.reports: dict[str, tuple[float, str]] = {}  # replica id -> (when, metrics text)
 
     def admit(self, bucket: str) -> float | None:
         return self.limiter.admit(bucket)
@@ -25,16 +25,11 @@ class ClusterState:
     def spend(self, bucket: str, tokens: int) -> None:
         self.limiter.spend(bucket, tokens)
 
-    def report(self, replica: str, ready: bool, metrics: str) -> None:
-        self.reports[replica] = (time.monotonic(), ready, metrics)
+    def report(self, replica: str, metrics: str) -> None:
+        self.reports[replica] = (time.monotonic(), metrics)
 
     def forget(self, replica: str) -> None:
         self.reports.pop(replica, None)
-
-    def replicas(self) -> dict[str, int]:
-        """Replicas seen recently, and how many of them have their model loaded."""
-        live = self._live()
-        return {"replicas": len(live), "ready": sum(ready for ready, _ in live.values())}
 
     def metrics(self) -> str:
         """The replicas' metrics summed sample by sample (ratios averaged), plus a replica count."""
@@ -42,7 +37,7 @@ class ClusterState:
         sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
         meta: dict[str, tuple[str, str]] = {}
         order: dict[str, list[tuple[str, tuple[tuple[str, str], ...]]]] = defaultdict(list)
-        for _, text in live.values():
+        for text in live.values():
             for family in text_string_to_metric_families(text):
                 meta.setdefault(family.name, (family.type, family.documentation))
                 for sample in family.samples:
@@ -65,6 +60,6 @@ class ClusterState:
                 lines.append(f"{sample_name}{{{label_text}}} {value}" if labels else f"{sample_name} {value}")
         return "\n".join(lines) + "\n"
 
-    def _live(self) -> dict[str, tuple[bool, str]]:
+    def _live(self) -> dict[str, str]:
         now = time.monotonic()
-        return {r: (ready, text) for r, (at, ready, text) in self.reports.items() if now - at < STALE_S}
+        return {r: text for r, (at, text) in self.reports.items() if now - at < STALE_S}

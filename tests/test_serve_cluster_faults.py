@@ -1,0 +1,213 @@
+"""A whole node of a `serve --ray` cluster killed under load: three nodes on 127.0.0.1 (the head with
+the ingress, two workers with one replica each), bounded concurrent load, one worker removed mid-load."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+# Read when ray is imported: nodes on 127.0.0.1 only (else Ray resolves 127.0.0.1 to the machine's address).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+import httpx  # noqa: E402
+from ray import serve  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from serve_helpers import free_port  # noqa: E402
+
+from qwenkit.serve.cluster.app import ATTEMPTS_HEADER, REPLICA_HEADER, build_app  # noqa: E402
+
+APP = "qwenkit-faults"
+SLOT = "qwenkit_replica"  # a custom resource: one per worker node, one per replica
+HEAD = "qwenkit_head"
+WAIT_S = 90.0  # every client call, and every wait for the cluster, is bounded by this
+
+
+def _node(**resources: float) -> dict[str, Any]:
+    """One node's arguments: on 127.0.0.1, small, with its own agent ports (the nodes share one machine)."""
+    return {
+        "num_cpus": 1,
+        "resources": resources,
+        "node_ip_address": "127.0.0.1",
+        "object_store_memory": 100 * 2**20,
+        "dashboard_agent_listen_port": free_port(),
+        "metrics_export_port": free_port(),
+        "metrics_agent_port": free_port(),
+        "runtime_env_agent_port": free_port(),
+    }
+
+
+@dataclass
+class ClusterUnderTest:
+    cluster: Cluster
+    workers: list[Any]
+    url: str
+    node_of_replica: dict[str, str] = field(default_factory=dict)
+
+
+def _health(url: str) -> tuple[int, dict[str, Any]]:
+    r = httpx.get(f"{url}/health", timeout=WAIT_S)
+    return r.status_code, r.json()
+
+
+def _wait_health(url: str, want: dict[str, int]) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT_S
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        _, body = _health(url)
+        if all(body["replicas"].get(k) == v for k, v in want.items()):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"/health never reported {want}: {body}")
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tiny_qwen2) -> Iterator[ClusterUnderTest]:
+    head = {**_node(**{HEAD: 1}), "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        workers = [cluster.add_node(**_node(**{SLOT: 1})) for _ in range(2)]
+        ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="warning")
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        options = {
+            "model": str(tiny_qwen2),
+            "replicas": 2,
+            "cpus_per_replica": 1,
+            "replica_resources": {SLOT: 1},
+            "ingress_resources": {HEAD: 0.01},
+            "threads": 1,
+            "parallel": 2,
+            "ctx": 2048,
+            "name": APP,
+        }
+        serve.run(build_app(options), name=APP, route_prefix="/")
+        yield ClusterUnderTest(cluster, workers, f"http://127.0.0.1:{port}")
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        cluster.shutdown()
+
+
+def _replica_nodes() -> dict[str, str]:
+    """Replica id -> id of the node it runs on."""
+    from ray.serve.context import _get_global_client
+
+    model = _get_global_client().get_serve_details()["applications"][APP]["deployments"]["model"]
+    return {r["replica_id"]: r["node_id"] for r in model["replicas"] if r["state"] == "RUNNING"}
+
+
+@dataclass
+class Outcome:
+    status: int
+    replica: str = ""
+    attempts: int = 0
+    events: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+LONG = {"role": "user", "content": "Tell me a long story."}
+
+
+def _post(url: str, messages: list[dict[str, str]], max_tokens: int) -> Outcome:
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    try:
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=WAIT_S)
+    except httpx.HTTPError as exc:
+        return Outcome(0, error=repr(exc))
+    return Outcome(r.status_code, r.headers.get(REPLICA_HEADER, ""), int(r.headers.get(ATTEMPTS_HEADER, 0)))
+
+
+def _stream(url: str, messages: list[dict[str, str]], flowing: list[str]) -> Outcome:
+    body = {"messages": messages, "max_tokens": 1500, "temperature": 0, "stream": True}
+    try:
+        with (
+            httpx.Client(base_url=url, timeout=WAIT_S) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as r,
+        ):
+            out = Outcome(r.status_code, r.headers.get(REPLICA_HEADER, ""), int(r.headers.get(ATTEMPTS_HEADER, 0)))
+            for line, _ in zip(r.iter_lines(), range(5000), strict=False):
+                if line.startswith("data:"):
+                    out.events.append(line)
+                    if len(out.events) == 1:
+                        flowing.append(out.replica)
+            return out
+    except httpx.HTTPError as exc:
+        return Outcome(0, error=repr(exc))
+
+
+def _conversations(url: str, replicas: list[str]) -> dict[str, list[list[dict[str, str]]]]:
+    """Two conversations begun on each replica (a follow-up goes to the replica holding its prefix)."""
+    held: dict[str, list[list[dict[str, str]]]] = {r: [] for r in replicas}
+    for i in range(12):
+        messages = [{"role": "system", "content": f"You are assistant number {i}."}, {"role": "user", "content": "hi"}]
+        first = _post(url, messages, 2)
+        assert first.status == 200, first
+        if len(held[first.replica]) < 2:
+            held[first.replica].append([*messages, {"role": "assistant", "content": "hello"}, LONG])
+        if all(len(c) == 2 for c in held.values()):
+            return held
+    raise AssertionError(f"conversations did not spread over both replicas: {held}")
+
+
+def test_a_node_killed_under_load_loses_no_request_that_had_not_started(three_nodes: ClusterUnderTest) -> None:
+    url = three_nodes.url
+    assert _health(url) == (200, {"status": "ok", "replicas": {"target": 2, "up": 2, "ready": 2}})
+    placement = _replica_nodes()
+    assert len(set(placement.values())) == 2  # one replica on each worker node
+    (victim_replica, victim_node_id), (survivor, _) = placement.items()
+    [victim] = [n for n in three_nodes.workers if n.node_id == victim_node_id]
+    held = _conversations(url, list(placement))
+
+    started = time.monotonic()
+    flowing: list[str] = []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        # on each replica: two streams, then two whole requests that wait behind them (2 slots per replica)
+        streams = {r: [pool.submit(_stream, url, c, flowing) for c in held[r]] for r in placement}
+        wholes = {r: [pool.submit(_post, url, c, 400) for c in held[r]] for r in placement}
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and flowing.count(victim_replica) < 2:
+            time.sleep(0.05)
+        assert flowing.count(victim_replica) == 2  # the victim's streams are flowing, its whole requests wait
+        three_nodes.cluster.remove_node(victim, allow_graceful=False)
+        whole = {r: [f.result(timeout=2 * WAIT_S) for f in fs] for r, fs in wholes.items()}
+        streamed = {r: [f.result(timeout=2 * WAIT_S) for f in fs] for r, fs in streams.items()}
+    assert time.monotonic() - started < 3 * WAIT_S  # no client hung
+
+    # whole requests waiting on the lost replica were answered by the survivor, on a second attempt
+    assert [(o.status, o.replica, o.attempts) for o in whole[victim_replica]] == [(200, survivor, 2)] * 2, whole
+    assert [(o.status, o.replica, o.attempts) for o in whole[survivor]] == [(200, survivor, 1)] * 2, whole
+    # streams cut mid-way end with an error event; the survivor's finish normally
+    for o in streamed[victim_replica]:
+        assert o.status == 200 and o.replica == victim_replica
+        assert json.loads(o.events[-1].removeprefix("data:"))["error"]["code"] == "replica_lost", o.events[-3:]
+    for o in streamed[survivor]:
+        assert o.status == 200 and o.replica == survivor and o.events[-1] == "data: [DONE]"
+
+    body = _wait_health(url, {"target": 2, "ready": 1})
+    assert body["status"] == "degraded" and _health(url)[0] == 200
+    from typer.testing import CliRunner
+
+    from qwenkit.cli import app
+
+    lenient = ["--max-ttft", "60", "--unhealthy-ttft", "120", "--min-memory", "0"]  # the machine is shared
+    result = CliRunner().invoke(app, ["health", "--url", url, "--probe-tokens", "4", *lenient, "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and report["status"] == "degraded", result.stdout
+    [replicas] = [f for f in report["findings"] if f["check"] == "replicas"]
+    assert replicas["status"] == "degraded" and replicas["message"] == "1 of 2 replica(s) ready"
+    assert _post(url, [LONG], 4).status == 200  # the server goes on answering
+
+    # a node with the capacity comes back: Ray starts the lost replica there
+    three_nodes.workers.append(three_nodes.cluster.add_node(**_node(**{SLOT: 1})))
+    body = _wait_health(url, {"target": 2, "ready": 2})
+    assert body["status"] == "ok"
