@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,8 +127,8 @@ def _post(url: str, messages: list[dict[str, str]], max_tokens: int) -> Outcome:
     return Outcome(r.status_code, r.headers.get(REPLICA_HEADER, ""), int(r.headers.get(ATTEMPTS_HEADER, 0)))
 
 
-def _stream(url: str, messages: list[dict[str, str]], flowing: list[str]) -> Outcome:
-    body = {"messages": messages, "max_tokens": 1500, "temperature": 0, "stream": True}
+def _stream(url: str, messages: list[dict[str, str]], max_tokens: int, flowing: list[str]) -> Outcome:
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     try:
         with (
             httpx.Client(base_url=url, timeout=WAIT_S) as client,
@@ -146,17 +146,29 @@ def _stream(url: str, messages: list[dict[str, str]], flowing: list[str]) -> Out
 
 
 def _conversations(url: str, replicas: list[str]) -> dict[str, list[list[dict[str, str]]]]:
-    """Two conversations begun on each replica (a follow-up goes to the replica holding its prefix)."""
+    """Four conversations begun on each replica (a follow-up goes to the replica holding its prefix)."""
     held: dict[str, list[list[dict[str, str]]]] = {r: [] for r in replicas}
-    for i in range(12):
+    for i in range(16):
         messages = [{"role": "system", "content": f"You are assistant number {i}."}, {"role": "user", "content": "hi"}]
         first = _post(url, messages, 2)
         assert first.status == 200, first
-        if len(held[first.replica]) < 2:
+        if len(held[first.replica]) < 4:
             held[first.replica].append([*messages, {"role": "assistant", "content": "hello"}, LONG])
-        if all(len(c) == 2 for c in held.values()):
+        if all(len(c) == 4 for c in held.values()):
             return held
     raise AssertionError(f"conversations did not spread over both replicas: {held}")
+
+
+def _waiting(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=WAIT_S).text
+    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith("qwenkit_requests_waiting "))
+
+
+def _until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.1)
+    return condition()
 
 
 def test_a_node_killed_under_load_loses_no_request_that_had_not_started(three_nodes: ClusterUnderTest) -> None:
@@ -170,22 +182,24 @@ def test_a_node_killed_under_load_loses_no_request_that_had_not_started(three_no
 
     started = time.monotonic()
     flowing: list[str] = []
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        # on each replica: two streams, then two whole requests that wait behind them (2 slots per replica)
-        streams = {r: [pool.submit(_stream, url, c, flowing) for c in held[r]] for r in placement}
-        wholes = {r: [pool.submit(_post, url, c, 400) for c in held[r]] for r in placement}
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and flowing.count(victim_replica) < 2:
-            time.sleep(0.05)
-        assert flowing.count(victim_replica) == 2  # the victim's streams are flowing, its whole requests wait
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        # on each replica: two streams in its two slots, then a stream and two whole requests waiting behind them
+        streams = {r: [pool.submit(_stream, url, c, 600, flowing) for c in held[r][:2]] for r in placement}
+        assert _until(lambda: len(flowing) == 4)
+        queued = {r: pool.submit(_stream, url, held[r][2], 200, flowing) for r in placement}
+        wholes = {r: [pool.submit(_post, url, c, 200) for c in (held[r][3], held[r][0])] for r in placement}
+        assert _until(lambda: _waiting(url) == 6)  # all in the replicas' queues (reported each second)
         three_nodes.cluster.remove_node(victim, allow_graceful=False)
         whole = {r: [f.result(timeout=2 * WAIT_S) for f in fs] for r, fs in wholes.items()}
+        waited = {r: f.result(timeout=2 * WAIT_S) for r, f in queued.items()}
         streamed = {r: [f.result(timeout=2 * WAIT_S) for f in fs] for r, fs in streams.items()}
     assert time.monotonic() - started < 3 * WAIT_S  # no client hung
 
-    # whole requests waiting on the lost replica were answered by the survivor, on a second attempt
+    # requests waiting on the lost replica were answered by the survivor, on their second attempt
     assert [(o.status, o.replica, o.attempts) for o in whole[victim_replica]] == [(200, survivor, 2)] * 2, whole
     assert [(o.status, o.replica, o.attempts) for o in whole[survivor]] == [(200, survivor, 1)] * 2, whole
+    assert (waited[victim_replica].replica, waited[victim_replica].attempts) == (survivor, 2), waited
+    assert all(o.status == 200 and o.events[-1] == "data: [DONE]" for o in waited.values()), waited
     # streams cut mid-way end with an error event; the survivor's finish normally
     for o in streamed[victim_replica]:
         assert o.status == 200 and o.replica == victim_replica

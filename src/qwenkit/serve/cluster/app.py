@@ -125,8 +125,28 @@ class ModelReplica:
         self._stop.set()
 
 
-async def _body(stream: DeploymentResponseGenerator[Message], sse: bool) -> AsyncIterator[bytes]:
-    """The response body; a replica lost mid-stream ends an event stream with an error event."""
+def _is_event_stream(start: Message) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in start.get("headers", []))
+
+
+def _committed(head: list[Message]) -> bool:
+    """Whether the messages a replica sent so far commit the request to it: a whole response once it
+    starts; an event stream once its second event arrives (the first may come before the request has
+    a decoding slot: a chat stream's role event) or it ends."""
+    if not head:
+        return False
+    bodies = [m for m in head if m["type"] == "http.response.body"]
+    if not _is_event_stream(head[0]) or any(not m.get("more_body", False) for m in bodies):
+        return True
+    return sum(bool(m.get("body")) for m in bodies) >= 2
+
+
+async def _body(head: list[Message], stream: DeploymentResponseGenerator[Message], sse: bool) -> AsyncIterator[bytes]:
+    """The response body (`head`: what was already received); a replica lost mid-stream ends an
+    event stream with an error event."""
+    for message in head:
+        if message["type"] == "http.response.body" and message.get("body"):
+            yield message["body"]
     try:
         async for message in stream:
             if message["type"] == "http.response.body" and message.get("body"):
@@ -185,16 +205,20 @@ class Ingress:
 
     async def _start(
         self, forwarded: dict[str, Any]
-    ) -> tuple[DeploymentResponseGenerator[Message], Message, int] | Response:
-        """The response stream and its first message, from the first replica that answers; a request
-        whose replica is lost before it answered is sent again (up to `max_retries` times)."""
+    ) -> tuple[DeploymentResponseGenerator[Message], list[Message], int] | Response:
+        """The response stream and its first messages (up to `_committed`), from the first replica
+        that answers; a request whose replica is lost before then is sent again (at most
+        `max_retries` times): the client has received nothing yet."""
         for attempt in range(1, self.options.max_retries + 2):
             stream = cast(
                 DeploymentResponseGenerator[Message], self.model.options(stream=True).forward.remote(forwarded)
             )
             try:
                 first = await asyncio.wait_for(stream.__anext__(), self.options.replica_wait_s)
-                return stream, (await stream.__anext__() if first["type"] == ACCEPTED["type"] else first), attempt
+                head = [] if first["type"] == ACCEPTED["type"] else [first]
+                while not _committed(head):
+                    head.append(await stream.__anext__())
+                return stream, head, attempt
             except TimeoutError:
                 stream.cancel()
                 message = f"no model replica took the request within {self.options.replica_wait_s:g} s; retry"
@@ -248,12 +272,13 @@ class Ingress:
         started = await self._start(forwarded)
         if isinstance(started, Response):
             return started
-        stream, start, attempts = started
+        stream, head, attempts = started
+        start = head[0]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
-        sse = headers.get("content-type", "").startswith("text/event-stream")
         headers.pop("content-length", None)
         headers[ATTEMPTS_HEADER] = str(attempts)
-        return StreamingResponse(_body(stream, sse), status_code=start["status"], headers=headers)
+        rest = _body(head[1:], stream, _is_event_stream(start))
+        return StreamingResponse(rest, status_code=start["status"], headers=headers)
 
 
 def build_app(args: dict[str, Any]) -> Application:
