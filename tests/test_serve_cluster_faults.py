@@ -1,5 +1,6 @@
-"""A whole node of a `serve --ray` cluster killed under load: three nodes on 127.0.0.1 (the head with
-the ingress, two workers with one replica each), bounded concurrent load, one worker removed mid-load."""
+"""A `serve --ray` cluster of three nodes on 127.0.0.1 (the head with the ingress, two workers with
+one replica each): Responses API follow-ups find the replica that stored their response, and a whole
+worker node killed under bounded concurrent load."""
 
 from __future__ import annotations
 
@@ -169,6 +170,39 @@ def _until(condition: Callable[[], bool]) -> bool:
     while time.monotonic() < deadline and not condition():
         time.sleep(0.1)
     return condition()
+
+
+def _open_stream(client: httpx.Client, content: str) -> tuple[Any, str]:
+    """A long chat stream, open and flowing: (its context manager, its replica)."""
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 1500, "stream": True}
+    cm = client.stream("POST", "/v1/chat/completions", json=body)
+    r = cm.__enter__()
+    assert r.status_code == 200 and any(line for line, _ in zip(r.iter_lines(), range(10), strict=False))
+    return cm, r.headers[REPLICA_HEADER]
+
+
+def test_a_responses_follow_up_goes_to_the_replica_that_stored_its_response(three_nodes: ClusterUnderTest) -> None:
+    with httpx.Client(base_url=three_nodes.url, timeout=WAIT_S) as client:
+        busy, first = _open_stream(client, "Tell me a long story.")
+        made = client.post("/v1/responses", json={"input": "hi", "max_output_tokens": 4})
+        assert made.status_code == 200
+        stored_on = made.headers[REPLICA_HEADER]
+        assert stored_on != first  # the idle replica made it
+        other, second = _open_stream(client, "Tell me another long story.")  # now the storing replica is busy
+        assert second == stored_on
+        busy.__exit__(None, None, None)  # and the other one idle: load alone would send a follow-up there
+        time.sleep(1.0)
+        try:
+            for _ in range(3):
+                follow = client.post(
+                    "/v1/responses",
+                    json={"input": "and then?", "max_output_tokens": 4, "previous_response_id": made.json()["id"]},
+                )
+                assert (follow.status_code, follow.headers[REPLICA_HEADER]) == (200, stored_on), follow.text
+            fetched = client.get(f"/v1/responses/{made.json()['id']}")
+            assert fetched.status_code == 200 and fetched.json()["id"] == made.json()["id"]
+        finally:
+            other.__exit__(None, None, None)
 
 
 def test_a_node_killed_under_load_loses_no_request_that_had_not_started(three_nodes: ClusterUnderTest) -> None:

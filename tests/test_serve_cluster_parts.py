@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from qwenkit.serve.cluster.options import ClusterOptions
 from qwenkit.serve.cluster.prefix import prefix_keys
+from qwenkit.serve.cluster.responses import ResponseOwners, made_response, named_response
 from qwenkit.serve.cluster.state import ClusterState
 
 
@@ -96,3 +97,16 @@ def test_the_cli_says_why_an_option_does_not_work_with_ray(option: list[str], re
 
     result = CliRunner().invoke(app, ["serve", "--ray", *option])
     assert isinstance(result.exception, QwenkitError) and reason in str(result.exception)
+
+
+def test_requests_naming_a_stored_response_find_the_replica_that_made_it() -> None:
+    owners = ResponseOwners(capacity=2)
+    owners.learn(made_response(b'{"id": "resp_1", "object": "response"}', sse=False) or "", "replica-a")
+    event = b'event: response.created\ndata: {"type": "response.created", "response": {"id": "resp_2"}}\n\n'
+    owners.learn(made_response(event, sse=True) or "", "replica-b")
+    assert owners.owner(named_response("POST", "/v1/responses", b'{"previous_response_id": "resp_1"}')) == "replica-a"
+    assert owners.owner(named_response("GET", "/v1/responses/resp_2", b"")) == "replica-b"
+    assert named_response("POST", "/v1/responses", b"not json") is None
+    assert named_response("POST", "/v1/chat/completions", b'{"previous_response_id": "resp_1"}') is None
+    owners.learn("resp_3", "replica-a")  # the oldest is forgotten beyond the capacity
+    assert owners.owner("resp_1") is None and owners.owner("resp_3") == "replica-a"

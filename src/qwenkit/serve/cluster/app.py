@@ -32,6 +32,7 @@ from qwenkit.serve import create_app
 from qwenkit.serve.cluster.asgi import call_asgi
 from qwenkit.serve.cluster.options import ClusterOptions
 from qwenkit.serve.cluster.prefix import prefix_keys
+from qwenkit.serve.cluster.responses import RESPONSES_PATH, ResponseOwners, made_response, named_response
 from qwenkit.serve.cluster.state import ClusterState
 from qwenkit.serve.http_errors import error_body, error_response
 from qwenkit.serve.security import ApiKeys, key_id
@@ -131,14 +132,14 @@ def _is_event_stream(start: Message) -> bool:
 
 def _committed(head: list[Message]) -> bool:
     """Whether the messages a replica sent so far commit the request to it: a whole response once it
-    starts; an event stream once its second event arrives (the first may come before the request has
-    a decoding slot: a chat stream's role event) or it ends."""
+    has all come (it comes at once); an event stream once its second event arrives (the first may
+    come before the request has a decoding slot: a chat stream's role event) or it ends."""
     if not head:
         return False
     bodies = [m for m in head if m["type"] == "http.response.body"]
-    if not _is_event_stream(head[0]) or any(not m.get("more_body", False) for m in bodies):
+    if any(not m.get("more_body", False) for m in bodies):
         return True
-    return sum(bool(m.get("body")) for m in bodies) >= 2
+    return _is_event_stream(head[0]) and sum(bool(m.get("body")) for m in bodies) >= 2
 
 
 async def _body(head: list[Message], stream: DeploymentResponseGenerator[Message], sse: bool) -> AsyncIterator[bytes]:
@@ -177,6 +178,7 @@ class Ingress:
         self.options = options
         self.keys = ApiKeys(options.api_keys)
         self.state = cluster_state(options)
+        self.response_owners = ResponseOwners()
         self.controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)  # Serve's replica counts
 
     @ingress_app.get("/health")
@@ -268,6 +270,7 @@ class Ingress:
             "body": body,
             "client": [request.client.host, request.client.port] if request.client else None,
             "prefix_keys": prefix_keys(path, body) if request.method == "POST" else [],
+            "replica": self.response_owners.owner(named_response(request.method, path, body)),
         }
         started = await self._start(forwarded)
         if isinstance(started, Response):
@@ -277,7 +280,12 @@ class Ingress:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start.get("headers", [])}
         headers.pop("content-length", None)
         headers[ATTEMPTS_HEADER] = str(attempts)
-        rest = _body(head[1:], stream, _is_event_stream(start))
+        sse = _is_event_stream(start)
+        if path == RESPONSES_PATH and request.method == "POST" and start["status"] == 200:
+            made = made_response(b"".join(m.get("body", b"") for m in head[1:]), sse)
+            if made is not None:  # a follow-up naming it goes to the replica that stored it
+                self.response_owners.learn(made, headers.get(REPLICA_HEADER, ""))
+        rest = _body(head[1:], stream, sse)
         return StreamingResponse(rest, status_code=start["status"], headers=headers)
 
 

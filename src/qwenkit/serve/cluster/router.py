@@ -16,10 +16,19 @@ def request_keys(pending: PendingRequest | None) -> list[str]:
     return keys if isinstance(keys, list) else []
 
 
+def request_replica(pending: PendingRequest | None) -> str | None:
+    """The replica a forwarded request must go to (the one that stored the response it names), if any."""
+    if pending is None or not pending.args or not isinstance(pending.args[0], dict):
+        return None
+    replica = pending.args[0].get("replica")
+    return replica if isinstance(replica, str) else None
+
+
 class PrefixAwareRouter(FIFOMixin, RequestRouter):
-    """Longest matching prefix first; else the least loaded replica (then the one holding the fewest
-    prefixes, so new conversations spread), also whenever the prefix holder is more than
-    `max_imbalance` requests busier than the least loaded one.
+    """The replica holding the stored response a request names (if alive); else the longest
+    matching prefix; else the least loaded replica (then the one holding the fewest prefixes, so
+    new conversations spread), also whenever the prefix holder is more than `max_imbalance`
+    requests busier than the least loaded one.
 
     The prefix table lives in this router (one per handle, i.e. per ingress replica): it learns
     where it sent each key, forgets the oldest beyond `max_keys`, and drops a dead replica's keys.
@@ -45,6 +54,11 @@ class PrefixAwareRouter(FIFOMixin, RequestRouter):
             key=lambda r: (load[r.replica_id.unique_id], self.held.get(r.replica_id.unique_id, 0)),
         )
         least = load[by_load[0].replica_id.unique_id]
+        needed = next(
+            (r for r in candidate_replicas if r.replica_id.unique_id == request_replica(pending_request)), None
+        )
+        if needed is not None:
+            return [[needed], [r for r in by_load if r is not needed]]
         holder = self._holder(request_keys(pending_request), candidate_replicas)
         if holder is not None and load[holder.replica_id.unique_id] - least <= self.max_imbalance:
             return [[holder], [r for r in by_load if r is not holder]]
