@@ -43,8 +43,8 @@ ATTEMPTS_HEADER = "x-qwenkit-attempts"
 REPORT_EVERY_S = 1.0
 NAMESPACE = "qwenkit"
 ACCEPTED: Message = {"type": "qwenkit.accepted"}  # a replica's first message: it has taken the request
-# A replica (its process or its node) lost: the request may go to another one if nothing was sent yet.
 _GOING = {"STOPPING", "STOPPED"}  # Ray Serve replica states of a replica on its way out
+# A replica (its process or its node) lost: the request may go to another one if nothing was sent yet.
 REPLICA_LOST = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
 
 
@@ -225,6 +225,9 @@ class Ingress:
                 stream.cancel()
                 message = f"no model replica took the request within {self.options.replica_wait_s:g} s; retry"
                 return error_response(503, message, headers={"Retry-After": "2"})
+            except asyncio.CancelledError:  # the client left
+                stream.cancel()
+                raise
             except REPLICA_LOST as exc:
                 stream.cancel()
                 log.warning("attempt %d: the replica was lost before it answered: %s", attempt, exc)
