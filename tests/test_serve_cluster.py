@@ -223,6 +223,7 @@ def test_the_cli_serves_on_a_local_ray_with_the_serve_options_and_stops_it(tiny_
     from serve_helpers import start_server
 
     options = ["--max-n", "1", "--served-model-name", "coder", "--lora", f"alpha={adapter}"]
+    options += ["--max-stored-responses", "0"]
     with start_server(tiny_qwen2, "--ray", "--replicas", "1", *options, env={"RAY_USAGE_STATS_ENABLED": "0"}) as server:
         url = f"http://127.0.0.1:{server.port}/v1"
         models = {m["id"]: m for m in httpx.get(f"{url}/models", timeout=WAIT_S).json()["data"]}
@@ -236,5 +237,8 @@ def test_the_cli_serves_on_a_local_ray_with_the_serve_options_and_stops_it(tiny_
         assert replies["alpha"] != replies["coder"]  # the adapter is applied on the replica
         r = httpx.post(f"{url}/chat/completions", json={**prompt, "n": 2}, timeout=WAIT_S)
         assert r.status_code == 400 and "--max-n" in r.json()["error"]["message"]
+        made = httpx.post(f"{url}/responses", json={"input": "hi", "max_output_tokens": 2}, timeout=WAIT_S)
+        assert made.status_code == 200  # but not stored: --max-stored-responses 0
+        assert httpx.get(f"{url}/responses/{made.json()['id']}", timeout=WAIT_S).status_code == 404
         server.stop()
         assert server.proc.returncode == 0, server.log()[-2000:]  # Ray shut down in order on SIGTERM

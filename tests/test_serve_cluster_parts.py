@@ -75,11 +75,13 @@ def test_the_cli_refuses_conflicting_ray_options_in_one_line() -> None:
 
 
 def test_replicas_run_the_single_server_settings_they_are_given() -> None:
-    options = ClusterOptions(parallel=2, max_n=8, served_model_name="coder", lora={"alpha": "/a.gguf"})
+    options = ClusterOptions(
+        parallel=2, max_n=8, served_model_name="coder", lora={"alpha": "/a.gguf"}, max_stored_responses=7
+    )
     settings = options.settings(("qwen.gguf",))
     assert settings.max_n == 2  # a request's choices run side by side, so at most --parallel
     assert settings.served_name == "coder" and settings.model_aliases == ("qwen.gguf",)
-    assert settings.lora == (("alpha", "/a.gguf"),) and settings.max_stored_responses == 256
+    assert settings.lora == (("alpha", "/a.gguf"),) and settings.max_stored_responses == 7
 
 
 @pytest.mark.parametrize(
