@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,6 @@ class ClusterUnderTest:
     cluster: Cluster
     workers: list[Any]
     url: str
-    node_of_replica: dict[str, str] = field(default_factory=dict)
 
 
 def _health(url: str) -> tuple[int, dict[str, Any]]:
@@ -182,37 +182,32 @@ def _until(condition: Callable[[], bool]) -> bool:
     return condition()
 
 
-def _open_stream(client: httpx.Client, content: str) -> tuple[Any, str]:
-    """A long chat stream, open and flowing: (its context manager, its replica)."""
+def _open_stream(stack: ExitStack, client: httpx.Client, content: str) -> tuple[ExitStack, str]:
+    """A long chat stream, open and flowing until its own stack closes: (that stack, its replica)."""
     body = {"messages": [{"role": "user", "content": content}], "max_tokens": 4000, "stream": True}
-    cm = client.stream("POST", "/v1/chat/completions", json=body)
-    r = cm.__enter__()
+    own = stack.enter_context(ExitStack())
+    r = own.enter_context(client.stream("POST", "/v1/chat/completions", json=body))
     assert r.status_code == 200 and any(line for line, _ in zip(r.iter_lines(), range(10), strict=False))
-    return cm, r.headers[REPLICA_HEADER]
+    return own, r.headers[REPLICA_HEADER]
 
 
 def test_a_responses_follow_up_goes_to_the_replica_that_stored_its_response(three_nodes: ClusterUnderTest) -> None:
-    with httpx.Client(base_url=three_nodes.url, timeout=WAIT_S) as client:
-        busy, first = _open_stream(client, "Tell me a long story.")
+    with httpx.Client(base_url=three_nodes.url, timeout=WAIT_S) as client, ExitStack() as streams:
+        busy, first = _open_stream(streams, client, "Tell me a long story.")
         made = client.post("/v1/responses", json={"input": "hi", "max_output_tokens": 4})
         assert made.status_code == 200
-        stored_on = made.headers[REPLICA_HEADER]
+        stored_on, rid = made.headers[REPLICA_HEADER], made.json()["id"]
         assert stored_on != first  # the idle replica made it
-        other, second = _open_stream(client, "Tell me another long story.")  # now the storing replica is busy
+        _, second = _open_stream(streams, client, "Tell me another long story.")  # now the storing replica is busy
         assert second == stored_on
-        busy.__exit__(None, None, None)  # and the other one idle: load alone would send a follow-up there
+        busy.close()  # and the other one idle: load alone would send a follow-up there
         time.sleep(1.0)
-        try:
-            for _ in range(3):
-                follow = client.post(
-                    "/v1/responses",
-                    json={"input": "and then?", "max_output_tokens": 4, "previous_response_id": made.json()["id"]},
-                )
-                assert (follow.status_code, follow.headers[REPLICA_HEADER]) == (200, stored_on), follow.text
-            fetched = client.get(f"/v1/responses/{made.json()['id']}")
-            assert fetched.status_code == 200 and fetched.json()["id"] == made.json()["id"]
-        finally:
-            other.__exit__(None, None, None)
+        for _ in range(3):
+            body = {"input": "and then?", "max_output_tokens": 4, "previous_response_id": rid}
+            follow = client.post("/v1/responses", json=body)
+            assert (follow.status_code, follow.headers[REPLICA_HEADER]) == (200, stored_on), follow.text
+        fetched = client.get(f"/v1/responses/{rid}")
+        assert fetched.status_code == 200 and fetched.json()["id"] == rid
 
 
 def test_a_node_killed_under_load_loses_no_request_that_had_not_started(three_nodes: ClusterUnderTest) -> None:
