@@ -13,9 +13,9 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from qwenkit.chat.messages import normalize_messages, normalize_tools
+from qwenkit.chat.messages import image_sources, normalize_messages, normalize_tools
 from qwenkit.chat.vision import IMAGE_SLOT
-from qwenkit.errors import QwenkitError, TemplateError
+from qwenkit.errors import BadRequest, QwenkitError, TemplateError
 
 # Official templates shipped as package data, by the name `official_template` takes.
 OFFICIAL = {
@@ -93,13 +93,14 @@ class ChatTemplate:
         """
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
+        normalized = normalize_messages(messages)
+        if image_sources(normalized) and not self.takes_images:
+            raise BadRequest(f"chat template {self.name!r} takes text only; it does not render images")
         compiled = self._compiled
         if media_marker is not None:
             compiled = self._marked
             kwargs["media_marker"] = media_marker
-        text = self._render(
-            normalize_messages(messages), normalize_tools(tools), add_generation_prompt, kwargs, compiled
-        )
+        text = self._render(normalized, normalize_tools(tools), add_generation_prompt, kwargs, compiled)
         if enable_thinking is False and add_generation_prompt and (self.supports_thinking or self.opens_thinking):
             text = close_thinking(text)
         return text
