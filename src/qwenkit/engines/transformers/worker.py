@@ -103,7 +103,9 @@ class Worker:
         inner = getattr(model, "model", None)
         self._rope_index = getattr(inner, "get_rope_index", None)
         encode = getattr(inner, "get_image_features", None)
-        self.encoder = EncoderCache(encode) if vision is not None and encode is not None else None
+        if vision is not None and (encode is None or self._rope_index is None):
+            raise QwenkitError(f"{type(model).__name__} has no get_image_features/get_rope_index: not a Qwen-VL model")
+        self.encoder = EncoderCache(encode) if vision is not None else None
         self._inputs: dict[int, VisionInputs] = {}  # by id() of a submitted request with images
         self.vocab = vocab
         self.n_ctx = n_ctx
@@ -309,8 +311,8 @@ class Worker:
             parts = [part for v in images for part in v.split()]
             embeddings = self.encoder.embeddings(parts, self.device)
             mixed["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(embeddings))}
-            for row in rows:
-                row.vision = None
+        for row in rows:
+            row.vision = None
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
