@@ -105,7 +105,7 @@ class Worker:
         encode = getattr(inner, "get_image_features", None)
         if vision is not None and (encode is None or self._rope_index is None):
             raise QwenkitError(f"{type(model).__name__} has no get_image_features/get_rope_index: not a Qwen-VL model")
-        self.encoder = EncoderCache(encode) if vision is not None else None
+        self.encoder = EncoderCache(encode) if vision is not None and encode is not None else None
         self._inputs: dict[int, VisionInputs] = {}  # by id() of a submitted request with images
         self.vocab = vocab
         self.n_ctx = n_ctx
