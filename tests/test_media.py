@@ -57,6 +57,13 @@ def test_other_formats_are_reencoded_as_png() -> None:
     assert gif.data.startswith(b"\x89PNG") and (gif.width, gif.height) == (5, 5)
 
 
+def test_unusual_modes_are_reencoded() -> None:
+    out = io.BytesIO()
+    Image.new("CMYK", (6, 6), (0, 255, 0, 0)).save(out, format="JPEG")
+    cmyk = load_image(out.getvalue(), MediaPolicy())
+    assert cmyk.data.startswith(b"\x89PNG") and Image.open(io.BytesIO(cmyk.data)).mode == "RGB"
+
+
 def test_pil_images_bytes_and_paths(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     path.write_bytes(png())

@@ -31,6 +31,7 @@ from qwenkit.errors import BadRequest
 #: encodings kept as given; anything else (WebP, GIF's first frame, BMP...) is re-encoded as PNG,
 #: which every engine decodes (libmtmd's stb_image reads no WebP)
 _KEPT_FORMATS = ("PNG", "JPEG")
+_KEPT_MODES = ("RGB", "RGBA", "L", "LA", "P")  # not CMYK, YCbCr or 16-bit integer, which decoders differ on
 _MAX_REDIRECTS = 5
 
 
@@ -96,7 +97,7 @@ def validate_image(data: bytes, policy: MediaPolicy) -> ImageInput:
         raise BadRequest("the data is not an image (or not a format this server reads)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadRequest(f"the image is truncated or corrupt: {exc}") from None
-    if image.format not in _KEPT_FORMATS:
+    if image.format not in _KEPT_FORMATS or image.mode not in _KEPT_MODES:
         return _from_pil(image, policy)
     return ImageInput(data=data, sha256=hashlib.sha256(data).hexdigest(), width=image.width, height=image.height)
 
@@ -110,10 +111,10 @@ def _check_pixels(width: int, height: int, policy: MediaPolicy) -> None:
 
 def _from_pil(image: Image.Image, policy: MediaPolicy) -> ImageInput:
     _check_pixels(image.width, image.height, policy)
-    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
     out = io.BytesIO()
     try:
+        if image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
         image.save(out, format="PNG")
     except (OSError, ValueError) as exc:
         raise BadRequest(f"the image cannot be encoded: {exc}") from None
