@@ -222,3 +222,30 @@ def test_an_image_sent_again_is_not_encoded_again(vl_model: Model) -> None:
     again = vl_model.chat(ask(image), **GREEDY)
     assert (encoder.encoded, encoder.hits) == (encoded + 1, hits + 2)  # the tower ran once for three turns
     assert again.content == first.content
+
+
+def test_an_image_request_joins_a_running_batch(vl_model: Model) -> None:
+    """The image row is prefilled on its own and merged into a text row already decoding."""
+    engine: Any = vl_model.engine
+    long = {"max_tokens": 160, "temperature": 0}
+    text_turn = vl_model.prepare("Count slowly", **long)
+    image_turn = vl_model.prepare(ask(picture((0, 160, 160))), **GREEDY)
+    alone = [
+        vl_model.chat("Count slowly", **long).content,
+        vl_model.chat(ask(picture((0, 160, 160))), **GREEDY).content,
+    ]
+    text_out: queue.Queue[Chunk] = queue.Queue()
+    image_out: queue.Queue[Chunk] = queue.Queue()
+    engine.submit(text_turn.prompt, text_turn.params, text_out.put)
+    first = text_out.get(timeout=120)  # the text row is decoding
+    engine.submit(image_turn.prompt, image_turn.params, image_out.put, images=image_turn.images)
+    running = []
+    texts = []
+    for out, head in ((text_out, [first]), (image_out, [])):
+        chunks = list(head)
+        while not chunks or chunks[-1].finish_reason is None:
+            chunks.append(out.get(timeout=120))
+            running.append(engine.stats().running)
+        texts.append("".join(c.text for c in chunks))
+    assert texts == alone
+    assert max(running) == 2  # the image row decoded beside the text row
