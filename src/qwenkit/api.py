@@ -46,6 +46,7 @@ def load(
     quantization: str | None = None,
     attn_implementation: str = "sdpa",
     lora: Mapping[str, str | Path] | None = None,
+    image_max_tokens: int | None = None,
 ) -> Model:
     """Fetch (if needed) and load a model.
 
@@ -59,6 +60,8 @@ def load(
     `quantization` (None, "8bit", "4bit": bitsandbytes, CUDA only), `attn_implementation`.
     `lora`: GGUF LoRA adapters to load, by name (llama.cpp); a turn applies them with
     `adapters=[(name, scale)]`.
+    `image_max_tokens`: vision models (Qwen2.5-VL): the most tokens one image may take (its pixels
+    are scaled to at most that many 28x28 cells); None: the model's own limit.
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -80,6 +83,7 @@ def load(
             n_parallel=n_parallel or 8,
             max_waiting=max_waiting,
             n_threads=n_threads,
+            image_max_tokens=image_max_tokens,
         )
         eng = TransformersEngine(local.path, settings)
     elif chosen == "onnx":

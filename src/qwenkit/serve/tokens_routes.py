@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 
 from qwenkit.serve.http_errors import ApiError
@@ -27,7 +29,8 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
         if body.add_generation_prompt:  # exactly the prompt a chat turn would send
-            ids = model.prepare(messages, tools=tools, **route.options).prompt
+            # on a worker thread: images in the messages are fetched and decoded
+            ids = (await asyncio.to_thread(model.prepare, messages, tools=tools, **route.options)).prompt
         else:
             ids = model.engine.tokenize(model.template.render(messages, tools=tools, add_generation_prompt=False))
     else:
