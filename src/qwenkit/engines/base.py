@@ -132,6 +132,17 @@ class EngineStats:
     prompt_tokens: int = 0  # prompt tokens submitted, since start
 
 
+@dataclass(frozen=True)
+class ImageInput:
+    """An image for a vision model: validated encoded bytes (PNG, JPEG, WebP, GIF's first frame...)
+    and the hex sha256 of those bytes (the key engines cache encoder output under)."""
+
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+
+
 class RequestHandle(Protocol):
     def cancel(self) -> None: ...
 
@@ -150,6 +161,7 @@ class Request:
     emit: Callable[[Chunk], None]  # called on the engine's thread; must not block
     controller: StepController | None = None
     adapters: Adapters = ()  # LoRA adapters (name, scale) loaded on the engine; () is the base model
+    images: tuple[ImageInput, ...] = ()  # one per image_pad token of `prompt`, in order
     n: int = 1
     index: int = 0
     parent: Request | None = None
@@ -173,6 +185,7 @@ class Request:
                 _indexed(self.emit, i),
                 copy.deepcopy(self.controller),
                 self.adapters,
+                self.images,
                 index=i,
                 parent=self,
             )
@@ -188,8 +201,13 @@ def _indexed(emit: Callable[[Chunk], None], index: int) -> Callable[[Chunk], Non
     return send
 
 
-def check_request(request: Request, *, n_ctx: int, n_vocab: int, adapters: Collection[str] = ()) -> None:
-    """Refuse, before queueing, what would otherwise fail (or abort) on the engine's thread."""
+def check_request(
+    request: Request, *, n_ctx: int, n_vocab: int, adapters: Collection[str] = (), image_pad: int | None = None
+) -> None:
+    """Refuse, before queueing, what would otherwise fail (or abort) on the engine's thread.
+
+    `image_pad`: the engine's `<|image_pad|>` token id when it takes images (`vision()`), else None;
+    a vision engine needs exactly one image_pad token in the prompt per image."""
     for name, scale in request.adapters:
         if name not in adapters:
             known = ", ".join(sorted(adapters)) or "none loaded"
@@ -204,6 +222,12 @@ def check_request(request: Request, *, n_ctx: int, n_vocab: int, adapters: Colle
     bad = [t for t in prompt if not 0 <= t < n_vocab]
     if bad:
         raise BadRequest(f"the prompt holds token {bad[0]}, outside the vocabulary (0..{n_vocab - 1})")
+    if request.images and image_pad is None:
+        raise BadRequest("this model takes text only; it does not accept images")
+    if image_pad is not None:
+        slots = prompt.count(image_pad)
+        if slots != len(request.images):
+            raise BadRequest(f"the prompt has {slots} image slots for {len(request.images)} images")
     if request.n < 1:
         raise BadRequest("n must be at least 1")
     for token, _bias in request.params.logit_bias:
@@ -245,12 +269,18 @@ class Engine(Protocol):
         """Token ids that end a generation by themselves."""
         ...
 
+    def vision(self) -> bool:
+        """Whether this engine takes images."""
+        ...
+
     def generate(
         self,
         prompt: Sequence[int],
         params: SamplingParams,
         controller: StepController | None = None,
         adapters: Adapters = (),
+        *,
+        images: Sequence[ImageInput] = (),
     ) -> Iterator[Chunk]:
         """Stream the continuation of `prompt`; closing the iterator cancels the request."""
         ...
@@ -264,12 +294,14 @@ class Engine(Protocol):
         adapters: Adapters = (),
         *,
         n: int = 1,
+        images: Sequence[ImageInput] = (),
     ) -> RequestHandle:
         """Queue a request; its chunks go to `emit` (from the engine's thread, must not block).
 
         `adapters`: LoRA adapters (name, scale) loaded with `load_adapter`; () is the base model.
         `n > 1` samples that many choices sharing one prefill (chunks carry their `index`; each
-        choice runs on its own copy of `controller`); `cancel` stops them all."""
+        choice runs on its own copy of `controller`); `cancel` stops them all.
+        `images`: one per `<|image_pad|>` token of `prompt`, in order (only where `vision()`)."""
         ...
 
     def load_adapter(self, name: str, path: str | Path) -> None:
@@ -291,10 +323,12 @@ def iterate(
     params: SamplingParams,
     controller: StepController | None = None,
     adapters: Adapters = (),
+    *,
+    images: Sequence[ImageInput] = (),
 ) -> Iterator[Chunk]:
     """`Engine.generate` for any engine with `submit`: chunks as an iterator; closing it cancels."""
     chunks: queue.Queue[Chunk] = queue.Queue()
-    handle = engine.submit(prompt, params, chunks.put, controller, adapters)
+    handle = engine.submit(prompt, params, chunks.put, controller, adapters, images=images)
     try:
         while True:
             chunk = chunks.get()

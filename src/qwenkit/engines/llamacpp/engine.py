@@ -6,7 +6,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.base import (
+    Adapters,
+    Chunk,
+    EngineStats,
+    ImageInput,
+    Request,
+    SamplingParams,
+    StepController,
+    iterate,
+)
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
 from qwenkit.errors import QwenkitError
@@ -69,6 +78,9 @@ class LlamaCppEngine:
     def eos_token_ids(self) -> set[int]:
         return set(self.scheduler.eog_ids)
 
+    def vision(self) -> bool:
+        return False
+
     def submit(
         self,
         prompt: Sequence[int],
@@ -78,9 +90,12 @@ class LlamaCppEngine:
         adapters: Adapters = (),
         *,
         n: int = 1,
+        images: Sequence[ImageInput] = (),
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.scheduler.submit(Request(list(prompt), params, emit, controller, tuple(adapters), n=n))
+        return self.scheduler.submit(
+            Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n)
+        )
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a GGUF LoRA for this model; requests name it in `adapters`. The file is read on the
@@ -101,8 +116,10 @@ class LlamaCppEngine:
         params: SamplingParams,
         controller: StepController | None = None,
         adapters: Adapters = (),
+        *,
+        images: Sequence[ImageInput] = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters)
+        return iterate(self, prompt, params, controller, adapters, images=images)
 
     def close(self) -> None:
         if self.model.ptr:

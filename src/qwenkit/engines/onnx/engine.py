@@ -41,6 +41,7 @@ from qwenkit.engines.base import (
     Adapters,
     Chunk,
     EngineStats,
+    ImageInput,
     QueueFull,
     Request,
     RequestHandle,
@@ -140,6 +141,9 @@ class OnnxEngine:
     def eos_token_ids(self) -> set[int]:
         return set(self._eos)
 
+    def vision(self) -> bool:
+        return False
+
     def submit(
         self,
         prompt: Sequence[int],
@@ -149,10 +153,11 @@ class OnnxEngine:
         adapters: Adapters = (),
         *,
         n: int = 1,
+        images: Sequence[ImageInput] = (),
     ) -> RequestHandle:
         """Queue a request whose chunks are passed to `emit` on the engine's thread; its `n`
         choices are decoded one after the other. No LoRA adapters: naming one is a BadRequest."""
-        return self._worker.submit(Request(list(prompt), params, emit, controller, tuple(adapters), n=n))
+        return self._worker.submit(Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n))
 
     def generate(
         self,
@@ -160,8 +165,10 @@ class OnnxEngine:
         params: SamplingParams,
         controller: StepController | None = None,
         adapters: Adapters = (),
+        *,
+        images: Sequence[ImageInput] = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters)
+        return iterate(self, prompt, params, controller, adapters, images=images)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Refused: this engine runs no LoRA adapters (merge one first: `qwenkit export merged`)."""

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import torch
 
-from qwenkit.engines.base import Adapters, Chunk, EngineStats, Request, SamplingParams, StepController, iterate
+from qwenkit.engines.base import (
+    Adapters,
+    Chunk,
+    EngineStats,
+    ImageInput,
+    Request,
+    SamplingParams,
+    StepController,
+    iterate,
+)
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.transformers.convert import convert_gguf
 from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
@@ -95,6 +104,9 @@ class TransformersEngine:
     def eos_token_ids(self) -> set[int]:
         return set(self._eos)
 
+    def vision(self) -> bool:
+        return False
+
     def submit(
         self,
         prompt: Sequence[int],
@@ -104,9 +116,12 @@ class TransformersEngine:
         adapters: Adapters = (),
         *,
         n: int = 1,
+        images: Sequence[ImageInput] = (),
     ) -> Request:
         """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self._running().submit(Request(list(prompt), params, emit, controller, tuple(adapters), n=n))
+        return self._running().submit(
+            Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n)
+        )
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a peft LoRA adapter directory (before serving); requests name it in `adapters`."""
@@ -121,8 +136,10 @@ class TransformersEngine:
         params: SamplingParams,
         controller: StepController | None = None,
         adapters: Adapters = (),
+        *,
+        images: Sequence[ImageInput] = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters)
+        return iterate(self, prompt, params, controller, adapters, images=images)
 
     def stats(self) -> EngineStats:
         return self._running().stats()
