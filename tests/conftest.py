@@ -106,3 +106,24 @@ def tiny_onnx_qwen2(tiny_hf_qwen2, tiny_cache):
 def tiny_onnx_qwen3(tiny_hf_qwen3, tiny_cache):
     """The tiny Qwen3 checkpoint as an fp32 ONNX model directory."""
     return _tiny_onnx(tiny_hf_qwen3, tiny_cache)
+
+
+# ----- tiny Qwen2.5-VL models (vision; the transformers checkpoint needs torch/transformers) ----
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_qwen2_vl(source_gguf, tiny_cache):
+    """A tiny random Qwen2.5-VL checkpoint directory (real tokenizer, small pixel limits)."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_vl import tiny_hf_vl
+
+    return tiny_hf_vl(tiny_cache, source_gguf=source_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_gguf(source_gguf, tiny_cache):
+    """(model.gguf, mmproj.gguf) converted from `tiny_hf_qwen2_vl` with llama.cpp's converter."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_vl import tiny_vl_gguf
+
+    return tiny_vl_gguf(tiny_cache, source_gguf=source_gguf)
