@@ -229,3 +229,17 @@ def test_greedy_tokens_match_transformers(vl_engine, tiny_hf_qwen2_vl):
     ]:
         ours = ids_of(generate(vl_engine, text, images, max_tokens=6))
         assert ours == _transformers_greedy(tiny_hf_qwen2_vl, text, images, max_tokens=6)
+
+
+def test_load_takes_an_mmproj_for_llamacpp_only(tiny_vl_gguf):
+    import qwenkit
+    from qwenkit.errors import QwenkitError
+
+    model, mmproj = tiny_vl_gguf
+    m = qwenkit.load(str(model), mmproj=mmproj, n_ctx=256, n_threads=THREADS, progress=False)
+    try:
+        assert m.engine.vision()
+    finally:
+        m.close()
+    with pytest.raises(QwenkitError, match=r"llama\.cpp engine"):
+        qwenkit.load(str(model), engine="transformers", mmproj=mmproj, progress=False)

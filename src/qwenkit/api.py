@@ -46,6 +46,8 @@ def load(
     quantization: str | None = None,
     attn_implementation: str = "sdpa",
     lora: Mapping[str, str | Path] | None = None,
+    mmproj: str | Path | None = None,
+    image_max_tokens: int | None = None,
 ) -> Model:
     """Fetch (if needed) and load a model.
 
@@ -59,6 +61,8 @@ def load(
     `quantization` (None, "8bit", "4bit": bitsandbytes, CUDA only), `attn_implementation`.
     `lora`: GGUF LoRA adapters to load, by name (llama.cpp); a turn applies them with
     `adapters=[(name, scale)]`.
+    `mmproj`: a Qwen-VL GGUF's vision projector (llama.cpp); a catalogue name brings its own.
+    `image_max_tokens`: LLM tokens per image at most (llama.cpp; None: the projector's default).
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -67,6 +71,8 @@ def load(
         raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
     local = resolve(ref, progress=progress)  # a catalogue name, or any store reference
     chosen = pick_engine(engine, local.format)
+    if mmproj is not None and chosen != "llamacpp":
+        raise QwenkitError("an mmproj (vision projector GGUF) goes with a GGUF on the llama.cpp engine")
     eng: Engine
     if chosen == "transformers":
         from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
@@ -102,7 +108,14 @@ def load(
 
         eng = LlamaCppEngine(
             local.path,
-            LlamaCppSettings(n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel or 1, max_waiting=max_waiting),
+            LlamaCppSettings(
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_parallel=n_parallel or 1,
+                max_waiting=max_waiting,
+                mmproj=Path(mmproj) if mmproj is not None else local.mmproj,
+                image_max_tokens=image_max_tokens,
+            ),
         )
     try:
         for name, adapter_path in (lora or {}).items():
