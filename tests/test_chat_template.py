@@ -326,8 +326,10 @@ def test_tool_response_user_turn_is_not_a_query() -> None:
         ([{"role": "robot", "content": "x"}], "unknown role 'robot'"),
         (
             [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
-            "'image_url' is not supported",
+            "takes text only",
         ),
+        ([{"role": "user", "content": [{"type": "video", "video": "x"}]}], "'video' are not supported"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "needs image_url.url"),
         ([{"role": "user", "content": 3}], "content must be"),
         ([{"role": "user", "content": None}], "needs content"),
         ([{"role": "user", "content": "x", "tool_calls": [call("f", {})]}], "only assistant"),
@@ -406,6 +408,9 @@ def test_load_template_prefers_model_file() -> None:
         ("qwen2", "Qwen2.5-Coder-1.5B-Instruct", "qwen2.5"),
         ("qwen2", None, "qwen2.5"),
         (None, None, "qwen2.5"),
+        ("qwen2_5_vl", "tiny-vl", "qwen2.5-vl"),
+        ("qwen2vl", None, "qwen2.5-vl"),
+        (None, "Qwen2.5-VL-3B-Instruct", "qwen2.5-vl"),
     ],
 )
 def test_fallback_choice(architecture, hint, name) -> None:
@@ -419,6 +424,7 @@ def test_thinking_capabilities_of_official_templates() -> None:
         "qwen3": (True, False),
         "qwen3-coder": (False, False),
         "qwq": (False, True),
+        "qwen2.5-vl": (False, False),
     }
 
 

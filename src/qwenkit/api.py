@@ -61,8 +61,9 @@ def load(
     `quantization` (None, "8bit", "4bit": bitsandbytes, CUDA only), `attn_implementation`.
     `lora`: GGUF LoRA adapters to load, by name (llama.cpp); a turn applies them with
     `adapters=[(name, scale)]`.
+    `image_max_tokens`: vision models (Qwen2.5-VL): the most tokens one image may take (its pixels
+    are scaled to at most that many 28x28 cells); None: the model's own limit.
     `mmproj`: a Qwen-VL GGUF's vision projector (llama.cpp); a catalogue name brings its own.
-    `image_max_tokens`: LLM tokens per image at most (llama.cpp; None: the projector's default).
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -86,6 +87,7 @@ def load(
             n_parallel=n_parallel or 8,
             max_waiting=max_waiting,
             n_threads=n_threads,
+            image_max_tokens=image_max_tokens,
         )
         eng = TransformersEngine(local.path, settings)
     elif chosen == "onnx":

@@ -13,7 +13,10 @@ from typing import Any
 
 from qwenkit.chat import ChatTemplate, build_prompt, sampling_defaults, tool_format
 from qwenkit.chat.budget import EFFORT_BUDGETS, ThinkingBudget, closing_text, resolve_budget, room_to_think
-from qwenkit.engines.base import Adapters, Engine, SamplingParams
+from qwenkit.chat.media import LOCAL_POLICY, MediaPolicy, load_image
+from qwenkit.chat.messages import image_sources, normalize_messages
+from qwenkit.chat.vision import new_marker, tokenize_with_images
+from qwenkit.engines.base import Adapters, Engine, ImageInput, SamplingParams
 from qwenkit.errors import BadRequest
 from qwenkit.generation import merge_options
 from qwenkit.results import ChatDelta, ChatResult
@@ -35,6 +38,7 @@ class Model:
         self._think_ids = (ids[0], ids[1]) if len(ids) == 2 else None  # single tokens in Qwen3 only
         self._closing = engine.tokenize(closing_text(), special=True)
         self.effort_budgets: dict[str, int | None] = dict(EFFORT_BUDGETS)
+        self.media = LOCAL_POLICY  # where images may come from (the server sets its own per request)
 
     def prepare(
         self,
@@ -46,6 +50,8 @@ class Model:
         thinking_budget: int | None = None,
         reasoning_effort: str | None = None,
         adapters: Adapters = (),
+        media: MediaPolicy | None = None,
+        add_vision_id: bool = False,
         **sampling: Any,
     ) -> PreparedTurn:
         """Render, tokenize and pick sampling settings (Qwen's defaults for what is unset).
@@ -53,6 +59,8 @@ class Model:
         `thinking_budget` caps reasoning tokens; `reasoning_effort` ("none", "low", "medium",
         "high") maps to thinking off or to a budget (see `chat.budget.EFFORT_BUDGETS`).
         `adapters`: LoRA adapters loaded on the engine, as (name, scale) pairs.
+        Images (content parts; see `chat.messages`) are loaded under `media` (default
+        `self.media`); `add_vision_id` writes "Picture N: " before each (Qwen-VL templates).
         """
         effort_think, thinking_budget = resolve_budget(thinking_budget, reasoning_effort, self.effort_budgets)
         if effort_think is not None and think is not False:
@@ -61,12 +69,20 @@ class Model:
             messages = [{"role": "user", "content": messages}]
         if not messages:
             raise BadRequest("the conversation has no messages")
-        chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=think)
+        messages = normalize_messages(messages)
+        images = self._images(messages, media or self.media)
+        marker = new_marker() if self.engine.vision() else None
+        extra: dict[str, Any] = {"media_marker": marker, "add_vision_id": add_vision_id} if marker else {}
+        chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=think, **extra)
         if chat.thinking and self._think_ids and not room_to_think(max_tokens, len(self._closing)):
             # too few tokens to think, close thinking and still answer: answer directly
-            chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=False)
+            chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=False, **extra)
+        if marker is None:
+            prompt = self.engine.tokenize(chat.text, special=True)
+        else:
+            prompt = tokenize_with_images(chat.text, marker, len(images), self.engine.tokenize)
         return PreparedTurn(
-            prompt=self.engine.tokenize(chat.text, special=True),
+            prompt=prompt,
             params=self._params(max_tokens, sampling, thinking=chat.thinking),
             thinking=chat.thinking,
             starts_in_thinking=chat.starts_in_thinking,
@@ -74,7 +90,22 @@ class Model:
             tools=tools or None,
             thinking_budget=thinking_budget,
             adapters=tuple((str(name), float(scale)) for name, scale in adapters),
+            images=images,
         )
+
+    def _images(self, messages: list[dict[str, Any]], policy: MediaPolicy) -> tuple[ImageInput, ...]:
+        """The conversation's images, loaded and validated; their parts keep no source."""
+        sources = image_sources(messages)
+        if not sources:
+            return ()
+        if not self.engine.vision():
+            raise BadRequest(f"model {self.name} takes text only; it does not accept images")
+        policy.check_count(len(sources))
+        images = tuple(load_image(source, policy) for source in sources)
+        for message in messages:
+            if isinstance(message["content"], list):
+                message["content"] = [{"type": "image"} if p["type"] == "image" else p for p in message["content"]]
+        return images
 
     def prepare_completion(
         self, text: str | Sequence[int], *, max_tokens: int = 16, adapters: Adapters = (), **sampling: Any
@@ -137,7 +168,9 @@ class Model:
 
     def _stream(self, turn: PreparedTurn) -> Iterator[ChatDelta]:
         decoder = self.decoder(turn)
-        for chunk in self.engine.generate(turn.prompt, turn.params, self.controller(turn), turn.adapters):
+        for chunk in self.engine.generate(
+            turn.prompt, turn.params, self.controller(turn), turn.adapters, images=turn.images
+        ):
             yield decoder.feed(chunk)
 
     def close(self) -> None:

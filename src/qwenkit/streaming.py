@@ -74,7 +74,9 @@ class AsyncTurn:
 
         model, turn = self._model, self._turn
         decoder = model.decoder(turn)
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn), turn.adapters)
+        self._handle = model.engine.submit(
+            turn.prompt, turn.params, emit, model.controller(turn), turn.adapters, images=turn.images
+        )
         return q, decoder
 
     def cancel(self) -> None:
@@ -114,7 +116,11 @@ def run_batch(model: TurnRunner, turns: Sequence[PreparedTurn]) -> list[ChatResu
     try:
         for i, turn in enumerate(turns):
             emit = lambda chunk, i=i: chunks.put((i, chunk))  # noqa: E731
-            handles.append(model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn), turn.adapters))
+            handles.append(
+                model.engine.submit(
+                    turn.prompt, turn.params, emit, model.controller(turn), turn.adapters, images=turn.images
+                )
+            )
         remaining = len(turns)
         while remaining:
             i, chunk = chunks.get()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenkit.chat import Delta, OutputParser
-from qwenkit.engines.base import Adapters, Chunk, FinishReason, SamplingParams, TokenLogprob
+from qwenkit.engines.base import Adapters, Chunk, FinishReason, ImageInput, SamplingParams, TokenLogprob
 from qwenkit.results import ChatDelta, ChatResult, Timings, Usage
 
 
@@ -30,6 +30,7 @@ class PreparedTurn:
     raw: bool = False  # plain completion: the output is all content, nothing is parsed
     thinking_budget: int | None = None  # reasoning tokens before thinking is closed
     adapters: Adapters = ()  # LoRA adapters (name, scale) loaded on the engine; () is the base model
+    images: tuple[ImageInput, ...] = ()  # one per image slot of `prompt`, in order
 
 
 class TurnDecoder:
@@ -72,6 +73,8 @@ class TurnDecoder:
             self.prompt_logprobs = delta.prompt_logprobs = chunk.prompt_logprobs
         if chunk.finish_reason is not None:
             self.usage.cached_prompt_tokens = chunk.cached_prompt_tokens
+            if chunk.prompt_tokens:  # the engine's count, each image's slot expanded to its embeddings
+                self.usage.prompt_tokens = chunk.prompt_tokens
             delta.finish_reason = self._finish_reason(chunk.finish_reason, chunk.error)
             delta.result = self.result(delta.finish_reason)
         return delta

@@ -14,7 +14,10 @@ ROLES = ("system", "user", "assistant", "tool")
 def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Checked copies of `messages`: text content, tool-call arguments as objects.
 
-    Content given as a list of `{"type": "text", "text": ...}` parts is joined with newlines;
+    Content given as a list of `{"type": "text", "text": ...}` parts is joined with newlines,
+    unless it holds images (OpenAI `image_url` parts, Responses `input_image` parts, or
+    `{"type": "image", "image": source}`): then it stays a list of text and
+    `{"type": "image", "image": source}` parts, as Qwen-VL templates read it;
     `null` assistant content becomes `""`; a `developer` message is a system message;
     `reasoning` is accepted as a name for `reasoning_content`. Unknown keys are dropped.
     """
@@ -67,7 +70,7 @@ def _message(i: int, message: Any) -> dict[str, Any]:
     return out
 
 
-def _content(where: str, role: str, content: Any) -> str:
+def _content(where: str, role: str, content: Any) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
     if content is None:
@@ -75,14 +78,48 @@ def _content(where: str, role: str, content: Any) -> str:
             return ""
         raise BadRequest(f"{where}: a {role} message needs content")
     if isinstance(content, Sequence) and not isinstance(content, bytes):
-        texts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, Mapping) else None
-            if kind != "text" or not isinstance(part.get("text"), str):
-                raise BadRequest(f"{where}: content part of type {kind!r} is not supported (text only)")
-            texts.append(part["text"])
-        return "\n".join(texts)
-    raise BadRequest(f"{where}: content must be a string or a list of text parts")
+        parts = [_part(f"{where}.content[{j}]", part) for j, part in enumerate(content)]
+        if any(part["type"] == "image" for part in parts):
+            return parts
+        return "\n".join(part["text"] for part in parts)
+    raise BadRequest(f"{where}: content must be a string or a list of text and image parts")
+
+
+def _part(where: str, part: Any) -> dict[str, Any]:
+    """A text part, or an image part as `{"type": "image", "image": source}` (source: a URL or path
+    string, bytes or a PIL image; loaded by `chat.media`)."""
+    kind = part.get("type") if isinstance(part, Mapping) else None
+    if kind == "text" and isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    if kind in ("image_url", "input_image"):
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, Mapping) else url
+        if not isinstance(url, str):
+            raise BadRequest(f"{where}: an {kind} part needs image_url.url (a data URI, an http(s) URL or a path)")
+        return {"type": "image", "image": url}
+    if kind == "image" or (kind is None and isinstance(part, Mapping) and "image" in part):
+        return {"type": "image", "image": part.get("image", part.get("url", part.get("path")))}
+    if kind in ("video", "video_url", "input_audio", "audio", "file", "input_file"):
+        raise BadRequest(f"{where}: content parts of type {kind!r} are not supported (text and images only)")
+    raise BadRequest(f"{where}: content part of type {kind!r} is not supported (text and image parts only)")
+
+
+def image_sources(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The image sources of normalized `messages`, in the order the template renders them."""
+    return [
+        part["image"]
+        for message in messages
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part["type"] == "image"
+    ]
+
+
+def message_text(content: str | Sequence[Mapping[str, Any]]) -> str:
+    """A normalized message's text (its text parts joined, images left out)."""
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] for part in content if part["type"] == "text")
 
 
 def _tool_calls(where: str, calls: Any) -> list[dict[str, Any]]:

@@ -13,8 +13,9 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from qwenkit.chat.messages import normalize_messages, normalize_tools
-from qwenkit.errors import QwenkitError, TemplateError
+from qwenkit.chat.messages import image_sources, normalize_messages, normalize_tools
+from qwenkit.chat.vision import IMAGE_SLOT
+from qwenkit.errors import BadRequest, QwenkitError, TemplateError
 
 # Official templates shipped as package data, by the name `official_template` takes.
 OFFICIAL = {
@@ -22,6 +23,7 @@ OFFICIAL = {
     "qwen3": "Qwen-Qwen3-0.6B.jinja",
     "qwen3-coder": "Qwen3-Coder.jinja",
     "qwq": "Qwen-QwQ-32B.jinja",
+    "qwen2.5-vl": "Qwen-Qwen2.5-VL-7B-Instruct.jinja",
 }
 
 _PROBE = "qwenkit-probe-reasoning"
@@ -75,9 +77,14 @@ class ChatTemplate:
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
         enable_thinking: bool | None = None,
+        media_marker: str | None = None,
         **kwargs: Any,
     ) -> str:
         """The prompt text for `messages`.
+
+        With `media_marker`, the template writes that marker where it would write an image slot
+        (`<|vision_start|><|image_pad|><|vision_end|>`; see `chat.vision`). Qwen-VL templates also
+        take `add_vision_id=True` ("Picture 1: " before each image).
 
         `enable_thinking` is passed to the template when not None. `False` on a thinking
         template guarantees the prompt ends with the empty block `<think>\\n\\n</think>\\n\\n`,
@@ -86,10 +93,29 @@ class ChatTemplate:
         """
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
-        text = self._render(normalize_messages(messages), normalize_tools(tools), add_generation_prompt, kwargs)
+        normalized = normalize_messages(messages)
+        if image_sources(normalized) and not self.takes_images:
+            raise BadRequest(f"chat template {self.name!r} takes text only; it does not render images")
+        compiled = self._compiled
+        if media_marker is not None:
+            compiled = self._marked
+            kwargs["media_marker"] = media_marker
+        text = self._render(normalized, normalize_tools(tools), add_generation_prompt, kwargs, compiled)
         if enable_thinking is False and add_generation_prompt and (self.supports_thinking or self.opens_thinking):
             text = close_thinking(text)
         return text
+
+    @property
+    def takes_images(self) -> bool:
+        """The template renders Qwen-VL image slots."""
+        return IMAGE_SLOT in self.source
+
+    @functools.cached_property
+    def _marked(self) -> jinja2.Template:
+        """This template with each image slot written as the `media_marker` variable."""
+        if not self.takes_images:
+            raise TemplateError(f"chat template {self.name!r} does not render images")
+        return _ENV.from_string(self.source.replace(IMAGE_SLOT, "{{ media_marker }}"))
 
     @functools.cached_property
     def supports_thinking(self) -> bool:
@@ -109,7 +135,7 @@ class ChatTemplate:
 
     def _probe(self, messages: list[dict[str, Any]], add_generation_prompt: bool, **kwargs: Any) -> str:
         try:
-            return self._render(messages, None, add_generation_prompt, kwargs)
+            return self._render(messages, None, add_generation_prompt, kwargs, self._compiled)
         except QwenkitError:
             return ""
 
@@ -119,9 +145,10 @@ class ChatTemplate:
         tools: list[dict[str, Any]] | None,
         add_generation_prompt: bool,
         kwargs: dict[str, Any],
+        compiled: jinja2.Template,
     ) -> str:
         try:
-            return self._compiled.render(
+            return compiled.render(
                 messages=messages, tools=tools, add_generation_prompt=add_generation_prompt, **kwargs
             )
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError, LookupError) as e:
@@ -140,7 +167,7 @@ def close_thinking(prompt: str) -> str:
 
 
 def official_template(name: str) -> ChatTemplate:
-    """One of the official Qwen templates: 'qwen2.5', 'qwen3', 'qwen3-coder' or 'qwq'."""
+    """One of the official Qwen templates: 'qwen2.5', 'qwen3', 'qwen3-coder', 'qwq' or 'qwen2.5-vl'."""
     key = name.lower()
     if key not in OFFICIAL:
         raise TemplateError(f"no official Qwen template named {name!r} (known: {', '.join(OFFICIAL)})")
@@ -167,6 +194,8 @@ def fallback_name(architecture: str | None, name_hint: str | None) -> str:
     arch, hint = (architecture or "").lower(), (name_hint or "").lower()
     if "qwq" in arch or "qwq" in hint:
         return "qwq"
+    if "vl" in arch.replace("_", "") or "-vl" in hint:
+        return "qwen2.5-vl"
     qwen3 = arch.startswith("qwen3") or "qwen3" in hint
     if qwen3 and ("coder" in arch or "coder" in hint):
         return "qwen3-coder"

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qwenkit.chat.messages import normalize_messages
+from qwenkit.chat.messages import message_text, normalize_messages
 from qwenkit.chat.template import ChatTemplate
 
 _SOFT_SWITCH = re.compile(r"(?<!\S)/(no_think|think)(?![\w/])")
@@ -32,8 +32,8 @@ class ChatPrompt:
 def soft_switch(messages: Sequence[Mapping[str, Any]]) -> bool | None:
     """The most recent `/think` (True) or `/no_think` (False) in a user or system message."""
     for message in reversed(messages):
-        if message.get("role") in ("user", "system") and isinstance(message.get("content"), str):
-            found: list[str] = _SOFT_SWITCH.findall(message["content"])
+        if message.get("role") in ("user", "system") and isinstance(message.get("content"), (str, list)):
+            found: list[str] = _SOFT_SWITCH.findall(message_text(message["content"]))
             if found:
                 return found[-1] == "think"
     return None

@@ -115,6 +115,7 @@ class Chunk:
     stop_sequence: str | None = None  # the stop string that ended generation
     error: str | None = None  # set with finish_reason "abort" when the engine failed the request
     cached_prompt_tokens: int = 0  # on the last chunk: prompt tokens reused from a cache
+    prompt_tokens: int = 0  # on the last chunk: prompt positions the model attended, images expanded (0: unknown)
     index: int = 0  # which of a request's `n` choices this chunk belongs to
     logprobs: list[TokenLogprob] | None = None  # one per sampled token in `token_ids` (forced ones have none)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # on a choice's first chunk; None for token 0

@@ -51,7 +51,9 @@ class TurnStream:
                 loop.call_soon_threadsafe(chunks.put_nowait, batch)
 
         self._model, self._turn, self._metrics, self._n = model, turn, metrics, n
-        self._handle = model.engine.submit(turn.prompt, turn.params, emit, model.controller(turn), turn.adapters, n=n)
+        self._handle = model.engine.submit(
+            turn.prompt, turn.params, emit, model.controller(turn), turn.adapters, n=n, images=turn.images
+        )
         self._started = time.perf_counter()
         self._done = False
 

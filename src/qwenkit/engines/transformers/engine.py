@@ -19,7 +19,13 @@ from qwenkit.engines.base import (
 )
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.transformers.convert import convert_gguf
-from qwenkit.engines.transformers.loading import TransformersSettings, load_checkpoint
+from qwenkit.engines.transformers.loading import (
+    TransformersSettings,
+    is_vision,
+    load_checkpoint,
+    load_image_processor,
+)
+from qwenkit.engines.transformers.vision import ImagePreprocessor
 from qwenkit.engines.transformers.worker import Worker
 from qwenkit.errors import ModelLoadError, QwenkitError
 
@@ -49,6 +55,11 @@ class TransformersEngine:
         self.n_ctx = min(s.n_ctx or DEFAULT_CTX, trained)
         self.vocab = Vocab(self.tokenizer, int(config.vocab_size), path / "tokenizer.json")
         self._eos = self._end_of_generation_ids()
+        self.images: ImagePreprocessor | None = None
+        if is_vision(path):
+            self.images = ImagePreprocessor(
+                load_image_processor(path), self._single_token("<|image_pad|>"), s.image_max_tokens
+            )
         self.worker: Worker | None = Worker(
             self.model,
             self.vocab,
@@ -57,6 +68,7 @@ class TransformersEngine:
             max_waiting=s.max_waiting,
             eos_ids=self._eos,
             n_threads=s.n_threads,
+            vision=self.images,
         )
         self._n_vocab = self.worker.n_vocab  # kept past close(), like the other metadata
 
@@ -72,6 +84,12 @@ class TransformersEngine:
             elif isinstance(value, (list, tuple)):
                 ids.update(int(v) for v in value)
         return ids
+
+    def _single_token(self, text: str) -> int:
+        ids = self.vocab.tokenize(text, special=True)
+        if len(ids) != 1:
+            raise ModelLoadError(f"{self.path}: a vision model whose vocabulary has no {text} token")
+        return ids[0]
 
     def _running(self) -> Worker:
         if self.worker is None:
@@ -105,7 +123,8 @@ class TransformersEngine:
         return set(self._eos)
 
     def vision(self) -> bool:
-        return False
+        """True for a Qwen2.5-VL checkpoint (images through its processor and vision tower)."""
+        return self.images is not None
 
     def submit(
         self,

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+)
 
 from qwenkit.errors import ModelLoadError, QwenkitError
 
@@ -36,6 +44,8 @@ class TransformersSettings:
     quantization: None, "8bit" or "4bit" (bitsandbytes; CUDA only).
     attn_implementation: "sdpa" (default), "eager", or any other transformers knows.
     n_parallel: most sequences decoded together; more wait (up to `max_waiting`, then QueueFull).
+    image_max_tokens: Qwen2.5-VL only: the most LLM tokens one image may take (its pixels are
+        scaled down to at most this many 28x28 cells); None: the checkpoint's `max_pixels`.
     """
 
     dtype: str = "auto"
@@ -46,6 +56,7 @@ class TransformersSettings:
     n_parallel: int = 8
     max_waiting: int = 64
     n_threads: int | None = None
+    image_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if str(self.dtype).lower() not in DTYPES:
@@ -54,6 +65,8 @@ class TransformersSettings:
             raise QwenkitError(f"unknown quantization {self.quantization!r} (use 8bit or 4bit, or none)")
         if self.n_parallel < 1:
             raise QwenkitError("n_parallel must be at least 1")
+        if self.image_max_tokens is not None and self.image_max_tokens < 4:
+            raise QwenkitError("image_max_tokens must be at least 4")
 
 
 def cuda_available() -> bool:
@@ -113,11 +126,28 @@ def load_checkpoint(path: Path, settings: TransformersSettings) -> tuple[PreTrai
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"no usable tokenizer in {path}: {exc}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        auto = AutoModelForImageTextToText if is_vision(path) else AutoModelForCausalLM
+        model = auto.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         raise ModelLoadError(f"transformers could not load {path}: {_first_line(exc)}") from None
     model.eval()
     return model, tokenizer
+
+
+def is_vision(path: Path) -> bool:
+    """A checkpoint with a vision tower (Qwen2.5-VL)."""
+    try:
+        return getattr(AutoConfig.from_pretrained(str(path)), "vision_config", None) is not None
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"transformers cannot read {path / 'config.json'}: {_first_line(exc)}") from None
+
+
+def load_image_processor(path: Path) -> Any:
+    """The checkpoint's image processor (preprocessor_config.json), for a vision model."""
+    try:
+        return AutoImageProcessor.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise ModelLoadError(f"no usable image processor in {path}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,6 +12,12 @@ All running sequences share one `DynamicCache` of shape [batch, heads, columns, 
 - Finished and cancelled sequences leave between steps (`batch_select_indices`), and columns
   that no remaining sequence uses are trimmed from the left.
 
+Qwen2.5-VL: a request's images are preprocessed at `submit` (each image slot expanded to its
+patch grid's token count), encoded by the vision tower in the prefill forward (with whatever other
+prompts are prefilled together) and placed with M-RoPE positions from the model's own
+`get_rope_index`; every row carries `delta`, the offset of its next rope position from its token
+count, so image and text-only rows decode in one batch.
+
 Sampling, stop strings, end-of-generation ids, `max_tokens` and forced tokens follow the
 llama.cpp engine's scheduler exactly. Prefill is not chunked: a long prompt holds up the
 running streams for the duration of its forward pass. Caches with sliding-window layers cannot
@@ -33,6 +39,7 @@ from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Re
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params, logprob_of
+from qwenkit.engines.transformers.vision import ImagePreprocessor, VisionInputs, mrope_positions
 from qwenkit.errors import BadRequest, QwenkitError
 
 log = logging.getLogger("qwenkit.transformers")
@@ -49,7 +56,9 @@ class _Row:
         self.prompt = request.prompt
         self.sampler = sampler
         self.source = source  # another choice of the same request, whose prefill this row repeats
-        self.pos = 0  # real tokens in the cache for this row (its next position id)
+        self.pos = 0  # real tokens in the cache for this row
+        self.delta = 0  # its next (M-)RoPE position minus `pos` (negative after images)
+        self.vision: VisionInputs | None = None  # images still to encode (in the prefill)
         self.adapter = request.adapters[0][0] if request.adapters else BASE  # peft adapter name
         self.feed: list[int] = [] if source else list(request.prompt)  # tokens to run next
         self.out = RequestOutput(
@@ -85,8 +94,13 @@ class Worker:
         max_waiting: int,
         eos_ids: set[int],
         n_threads: int | None = None,
+        vision: ImagePreprocessor | None = None,
     ) -> None:
         self.model = model
+        self.vision = vision
+        # M-RoPE models (Qwen2.5-VL) take [3, rows, columns] positions; kept before any peft wrapping
+        self._rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
+        self._inputs: dict[int, VisionInputs] = {}  # by id() of a submitted request with images
         self.vocab = vocab
         self.n_ctx = n_ctx
         self.max_batch = max(1, max_batch)
@@ -133,7 +147,9 @@ class Worker:
             self.adapter_names.append(name)
 
     def submit(self, request: Request) -> Request:
-        check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab, adapters=self.adapter_names)
+        image_pad = self.vision.image_pad if self.vision else None
+        check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab, adapters=self.adapter_names, image_pad=image_pad)
+        inputs = self._prepare_images(request) if request.images and self.vision else None
         if len(request.adapters) > 1 or any(scale != 1.0 for _, scale in request.adapters):
             raise BadRequest("the transformers engine applies one LoRA adapter per request, at scale 1")
         check_params(request.params)
@@ -144,9 +160,34 @@ class Worker:
                 raise QwenkitError("the engine is closed")
             if len(self._waiting) >= self.max_waiting and len(self.rows) >= self.max_batch:
                 raise QueueFull(f"server busy: {len(self._waiting)} requests already waiting")
+            if inputs is not None:
+                self._inputs[id(request)] = inputs
             self._waiting.append(request)
             self._cv.notify()
         return request
+
+    def _prepare_images(self, request: Request) -> VisionInputs:
+        """Preprocess the images (on the caller's thread) and expand the prompt's image slots; the
+        last chunk then reports the expanded prompt length as `prompt_tokens`."""
+        if self.vision is None:
+            raise RuntimeError("no vision")  # submit only calls this for a vision model
+        if request.params.prompt_logprobs is not None:
+            raise BadRequest("prompt_logprobs are not available for prompts with images")
+        inputs = self.vision.prepare(request.prompt, request.images)
+        if len(inputs.prompt) >= self.n_ctx:
+            raise BadRequest(
+                f"the prompt has {len(inputs.prompt)} tokens with its images expanded; this model was loaded "
+                f"with a context of {self.n_ctx} tokens"
+            )
+        emit, length = request.emit, len(inputs.prompt)
+
+        def counted(chunk: Chunk) -> None:
+            if chunk.finish_reason is not None:
+                chunk.prompt_tokens = length
+            emit(chunk)
+
+        request.emit = counted
+        return inputs
 
     def stats(self) -> EngineStats:
         with self._cv:
@@ -198,6 +239,7 @@ class Worker:
         for request in self._waiting:
             request.emit(Chunk("", finish_reason="abort", error="the engine is shutting down"))
         self._waiting.clear()
+        self._inputs.clear()
         self._reset()
 
     def _admit_locked(self) -> list[_Row]:
@@ -205,7 +247,9 @@ class Worker:
             return []  # this cache cannot take new rows while others run
         admitted: list[_Row] = []
         while self._waiting and len(self.rows) + len(admitted) + self._waiting[0].n <= self.max_batch:
-            choices = self._waiting.popleft().choices()
+            request = self._waiting.popleft()
+            inputs = self._inputs.pop(id(request), None)
+            choices = request.choices()
             if choices[0].cancelled:
                 for choice in choices:
                     choice.emit(Chunk("", finish_reason="abort"))
@@ -217,6 +261,8 @@ class Worker:
                     choice.emit(Chunk("", finish_reason="abort", error=str(exc)))
                 continue
             leader = _Row(choices[0], samplers[0], self)
+            if inputs is not None:
+                leader.vision, leader.feed = inputs, list(inputs.prompt)
             admitted.append(leader)
             admitted += [_Row(c, s, self, source=leader) for c, s in zip(choices[1:], samplers[1:], strict=True)]
         return admitted
@@ -239,19 +285,31 @@ class Worker:
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         new_mask = torch.zeros((len(rows), width), dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
+        mrope = torch.zeros((3, len(rows), width), dtype=torch.long) if self._mrope else None
+        images = [row.vision for row in rows if row.vision is not None]
         for i, row in enumerate(rows):
             n = len(row.feed)
             ids[i, width - n :] = torch.tensor(row.feed, dtype=torch.long)
             new_mask[i, width - n :] = 1
-            positions[i, :] = row.pos  # filler columns: any position, they are masked
-            positions[i, width - n :] = torch.arange(row.pos, row.pos + n)
+            start = row.pos + row.delta
+            positions[i, :] = start  # filler columns: any position, they are masked
+            positions[i, width - n :] = torch.arange(start, start + n)
+            if mrope is not None:
+                mrope[:, i, :] = positions[i]
+                if row.vision is not None:  # a prefill from position 0 with images
+                    mrope[:, i, width - n :], row.delta = self._image_positions(row)
         mask = new_mask if mask is None else torch.cat([mask, new_mask.to(mask.device)], dim=1)
         # with adapters loaded, each row runs on its own (peft's mixed-batch LoRA)
-        mixed = {"adapter_names": [row.adapter for row in rows]} if self.adapter_names else {}
+        mixed: dict[str, object] = {"adapter_names": [row.adapter for row in rows]} if self.adapter_names else {}
+        if images:  # encoded together; the model fills the image slots row by row, in order
+            mixed["pixel_values"] = torch.cat([v.pixel_values for v in images]).to(self.device)
+            mixed["image_grid_thw"] = torch.cat([v.grid_thw for v in images]).to(self.device)
+            for row in rows:
+                row.vision = None
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
+            position_ids=(positions if mrope is None else mrope).to(self.device),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=0 if every else 1,
@@ -279,7 +337,7 @@ class Worker:
             cache.batch_select_indices(torch.tensor(index, dtype=torch.long))
             mask, logits = mask[index], logits[index]
             for row in rows:
-                row.pos = (row.source or row).pos
+                row.pos, row.delta = (row.source or row).pos, (row.source or row).delta
         if self._mergeable is None:
             self._mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
         if not self.rows:
@@ -289,6 +347,15 @@ class Worker:
         for i, row in enumerate(rows):
             self._on_token(row, logits[i])
         self._compact()
+
+    @property
+    def _mrope(self) -> bool:
+        return self.vision is not None and self._rope_index is not None
+
+    def _image_positions(self, row: _Row) -> tuple[torch.Tensor, int]:
+        if row.vision is None or self._rope_index is None or self.vision is None:
+            raise RuntimeError("not an image row")  # _forward asks only for rows with images
+        return mrope_positions(self._rope_index, row.feed, self.vision.image_pad, row.vision.grid_thw)
 
     @staticmethod
     def _prompt_logprobs(prompt: list[int], top: int, logits: torch.Tensor) -> list[TokenLogprob | None]:

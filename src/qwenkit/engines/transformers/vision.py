@@ -1,0 +1,83 @@
+"""Qwen2.5-VL on the transformers engine: images to pixel patches, image slots to embedding positions.
+
+A prompt holds one `<|image_pad|>` per image (the engine protocol's convention); `VisionInputs`
+expands each into as many as the image's merged patch grid yields (t*h*w / merge^2), and
+`mrope_positions` computes the M-RoPE (temporal, height, width) positions with the model's own
+`get_rope_index`: after an image, text positions advance by its grid size, not its token count.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from qwenkit.engines.base import ImageInput
+from qwenkit.errors import BadRequest
+
+#: Qwen2.5-VL's image limits as LLM tokens: one token per (patch * merge)^2 = 28x28 pixels
+MIN_IMAGE_TOKENS = 4
+
+
+@dataclass
+class VisionInputs:
+    """One request's images, preprocessed: patches, grid per image and the expanded prompt."""
+
+    pixel_values: torch.Tensor  # [patches, channels * temporal * patch^2]
+    grid_thw: torch.Tensor  # [images, 3]
+    prompt: list[int]  # the prompt with each image_pad repeated to the image's token count
+
+
+class ImagePreprocessor:
+    """Turns a request's `ImageInput`s into model inputs, each bounded by `max_tokens` tokens."""
+
+    def __init__(self, processor: Any, image_pad: int, max_tokens: int | None = None) -> None:
+        self.processor = processor
+        self.image_pad = image_pad
+        self.merge = int(processor.merge_size)
+        unit = (int(processor.patch_size) * self.merge) ** 2  # pixels per LLM token (28*28 for Qwen)
+        size = processor.size
+        longest = int(size["longest_edge"]) if max_tokens is None else max(max_tokens, MIN_IMAGE_TOKENS) * unit
+        shortest = min(int(size["shortest_edge"]), longest)
+        self.size = {"shortest_edge": shortest, "longest_edge": longest}
+        self.max_tokens = longest // unit
+
+    def prepare(self, prompt: Sequence[int], images: Sequence[ImageInput]) -> VisionInputs:
+        pictures = [_decode(image) for image in images]
+        try:
+            out = self.processor(images=pictures, return_tensors="pt", size=self.size)
+        except (ValueError, OSError) as exc:
+            raise BadRequest(f"the image processor refused an image: {exc}") from None
+        grid = out["image_grid_thw"]
+        counts = (grid.prod(-1) // self.merge**2).tolist()
+        expanded: list[int] = []
+        slot = 0
+        for token in prompt:
+            if token == self.image_pad:
+                expanded += [token] * int(counts[slot])
+                slot += 1
+            else:
+                expanded.append(token)
+        return VisionInputs(pixel_values=out["pixel_values"], grid_thw=grid, prompt=expanded)
+
+
+def mrope_positions(
+    rope_index: Callable[..., tuple[torch.Tensor, torch.Tensor]], ids: Sequence[int], image_pad: int, grid: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """(positions [3, len(ids)], delta) for a prompt that starts at position 0: `delta` is what
+    the next text position exceeds the token count by (negative after images)."""
+    tensor = torch.tensor([list(ids)], dtype=torch.long)
+    positions, delta = rope_index(tensor, mm_token_type_ids=(tensor == image_pad).int(), image_grid_thw=grid)
+    return positions[:, 0, :], int(delta.reshape(-1)[0])
+
+
+def _decode(image: ImageInput) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(image.data)) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError) as exc:  # validated by the chat layer: only hand-built inputs get here
+        raise BadRequest(f"the image cannot be decoded: {exc}") from None
