@@ -137,6 +137,7 @@ def test_follow_up_turn_reuses_the_image_from_the_cache(vl_engine):
     )
     second = generate(vl_engine, follow, [image(7)])
     image_tokens = (SIDE // 28) ** 2
+    assert second[-1].prompt_tokens == len(follow) - 1 + image_tokens  # usage counts the expanded prompt
     assert second[-1].cached_prompt_tokens > image_tokens + len(vl_engine.tokenize(first_text)) - 1
     assert vl_engine.vision_tower.encoded == encoded  # not re-encoded
 
@@ -243,3 +244,54 @@ def test_load_takes_an_mmproj_for_llamacpp_only(tiny_vl_gguf):
         m.close()
     with pytest.raises(QwenkitError, match=r"llama\.cpp engine"):
         qwenkit.load(str(model), engine="transformers", mmproj=mmproj, progress=False)
+
+
+# ----- through the chat layer (qwenkit.Model), against the transformers engine ------------------
+
+
+@pytest.fixture(scope="module")
+def vl_models(tiny_vl_gguf, tiny_hf_qwen2_vl):
+    """The tiny VL model twice: GGUF + mmproj on llama.cpp, the checkpoint on transformers."""
+    import qwenkit
+    from qwenkit.chat import load_template
+    from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
+    from qwenkit.model import Model
+
+    model, mmproj = tiny_vl_gguf
+    llama = qwenkit.load(str(model), mmproj=mmproj, n_ctx=512, n_threads=THREADS, n_parallel=2, progress=False)
+    engine = TransformersEngine(tiny_hf_qwen2_vl, TransformersSettings(n_threads=THREADS, n_parallel=2))
+    arch = engine.architecture()
+    tf = Model(engine, load_template(engine.chat_template(), architecture=arch), name="tiny-vl", architecture=arch)
+    yield llama, tf
+    llama.close()
+    tf.close()
+
+
+def ask(picture: ImageInput, text: str = "What is this?") -> list[dict]:
+    pil = Image.open(io.BytesIO(picture.data))
+    return [{"role": "user", "content": [{"type": "image", "image": pil}, {"type": "text", "text": text}]}]
+
+
+def test_chat_parity_with_the_transformers_engine(vl_models):
+    """Same rendering, same image, same greedy tokens, same usage on both engines."""
+    llama, tf = vl_models
+    for messages in [ask(image(20)), ask(image(21, side=112), "Describe it in detail.")]:
+        a = llama.chat(messages, max_tokens=8, temperature=0)
+        b = tf.chat(messages, max_tokens=8, temperature=0)
+        assert a.content == b.content
+        assert a.usage.prompt_tokens == b.usage.prompt_tokens > len(llama.prepare(messages).prompt)
+
+
+def test_chat_follow_up_reuses_the_image_and_marker_text_is_no_image(vl_models):
+    llama, _ = vl_models
+    first = ask(image(22))
+    answer = llama.chat(first, max_tokens=6, temperature=0)
+    encoded = llama.engine.vision_tower.encoded
+    follow = [*first, answer.as_message(), {"role": "user", "content": "And the colours?"}]
+    again = llama.chat(follow, max_tokens=6, temperature=0)
+    assert again.usage.cached_prompt_tokens > (SIDE // 28) ** 2
+    assert llama.engine.vision_tower.encoded == encoded
+    # llama.cpp's default media marker in user text is plain text here: no image slot, no error
+    plain = llama.prepare([{"role": "user", "content": "look: <__media__> <__image__>"}])
+    assert not plain.images and llama.engine.scheduler.image_pad not in plain.prompt
+    assert llama.chat([{"role": "user", "content": "look: <__media__>"}], max_tokens=4).finish_reason == "length"

@@ -412,6 +412,7 @@ class Scheduler:
             on_finish=lambda: self._release(slot),
         )
         slot.out.cached_prompt_tokens = reuse
+        slot.out.prompt_tokens = len(keys)
         slot.prompt_logprobs = [None] if scored else None
         slot.top_logprobs = request.params.logprobs
 
