@@ -295,3 +295,31 @@ def test_chat_follow_up_reuses_the_image_and_marker_text_is_no_image(vl_models):
     plain = llama.prepare([{"role": "user", "content": "look: <__media__> <__image__>"}])
     assert not plain.images and llama.engine.scheduler.image_pad not in plain.prompt
     assert llama.chat([{"role": "user", "content": "look: <__media__>"}], max_tokens=4).finish_reason == "length"
+
+
+@pytest.mark.parametrize("cap", [4, 16])
+def test_image_max_tokens_bounds_an_image(tiny_vl_gguf, cap):
+    model, mmproj = tiny_vl_gguf
+    engine = LlamaCppEngine(model, LlamaCppSettings(n_ctx=512, n_threads=THREADS, mmproj=mmproj, image_max_tokens=cap))
+    try:
+        text = prompt_text("Describe.")
+        last = generate(engine, text, [image(23, side=224)], max_tokens=2)[-1]  # 64 tokens uncapped
+        assert last.prompt_tokens - (len(engine.tokenize(text)) - 1) == cap
+    finally:
+        engine.close()
+
+
+def test_n_choices_share_the_image_prefill(vl_engine):
+    fresh(vl_engine)
+    encoded = vl_engine.vision_tower.encoded
+    inbox: queue.Queue[Chunk] = queue.Queue()
+    text = prompt_text("Describe.")
+    params = SamplingParams(temperature=0.0, max_tokens=6)
+    vl_engine.submit(vl_engine.tokenize(text), params, inbox.put, n=2, images=[image(24)])
+    outs: dict[int, list[Chunk]] = {0: [], 1: []}
+    while sum(c.finish_reason is not None for o in outs.values() for c in o) < 2:
+        chunk = inbox.get(timeout=120)
+        outs[chunk.index].append(chunk)
+    assert ids_of(outs[0]) == ids_of(outs[1])
+    assert outs[1][-1].cached_prompt_tokens >= (SIDE // 28) ** 2  # the follower copied the leader's cache
+    assert vl_engine.vision_tower.encoded == encoded + 1

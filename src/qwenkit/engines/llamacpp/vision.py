@@ -35,6 +35,7 @@ from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 log = logging.getLogger("qwenkit.llamacpp")
 
 _CHUNK_IMAGE = 1  # MTMD_INPUT_CHUNK_TYPE_IMAGE
+_QWEN_VL_MIN_TOKENS = 8  # llama.cpp's default lower bound of LLM tokens per image for Qwen-VL
 
 
 @dataclass(eq=False)
@@ -80,6 +81,8 @@ class VisionTower:
             if image_max_tokens < 1:
                 raise QwenkitError(f"image_max_tokens must be positive, not {image_max_tokens}")
             params.image_max_tokens = image_max_tokens
+            # libmtmd refuses a maximum below the projector's minimum (8 tokens for Qwen-VL)
+            params.image_min_tokens = min(image_max_tokens, _QWEN_VL_MIN_TOKENS)
         with collect_errors() as errors:
             self.ptr = M.mtmd_init_from_file(str(mmproj).encode(), model.ptr, params)
         if not self.ptr:
