@@ -140,6 +140,7 @@ def test_follow_up_turn_reuses_the_image_from_the_cache(vl_engine):
     assert second[-1].prompt_tokens == len(follow) - 1 + image_tokens  # usage counts the expanded prompt
     assert second[-1].cached_prompt_tokens > image_tokens + len(vl_engine.tokenize(first_text)) - 1
     assert vl_engine.vision_tower.encoded == encoded  # not re-encoded
+    assert sum(bool(s.cached) for s in vl_engine.scheduler.slots) == 1  # it went to its own slot, no copy
 
 
 def test_different_images_at_the_same_place_share_no_cache(vl_engine):

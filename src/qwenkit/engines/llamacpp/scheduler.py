@@ -347,7 +347,7 @@ class Scheduler:
                 for choice in (request, *followers):
                     choice.emit(Chunk("", finish_reason="abort"))
                 continue
-            slot = _slot_for(free, running, request.prompt, request.adapters)
+            slot = _slot_for(free, running, self._known_keys(request), request.adapters)
             slot.followers = followers
             running.add(slot.seq_id)
             admitted.append((slot, request))
@@ -415,6 +415,18 @@ class Scheduler:
         slot.out.prompt_tokens = len(keys)
         slot.prompt_logprobs = [None] if scored else None
         slot.top_logprobs = request.params.logprobs
+
+    def _known_keys(self, request: Request) -> Sequence[Key]:
+        """The request's cache keys as far as they are known before its images are prepared
+        (to pick its slot): up to the first image not prepared yet."""
+        if not request.images or self.vision is None:
+            return request.prompt
+        known = [self.vision.known(image.sha256) for image in request.images]
+        n = next((i for i, image in enumerate(known) if image is None), len(known))
+        cut = len(request.prompt)
+        if n < len(known):  # stop at the first image slot whose size is unknown
+            cut = [i for i, token in enumerate(request.prompt) if token == self.image_pad][n]
+        return self._keys(request.prompt[:cut], [image for image in known[:n] if image is not None])
 
     def _keys(self, prompt: list[int], images: list[PreparedImage]) -> list[Key]:
         """`prompt` with each image_pad expanded into its image's keys (the prompt as the model sees it)."""

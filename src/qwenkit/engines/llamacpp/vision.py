@@ -113,6 +113,10 @@ class VisionTower:
             self._cache.popitem(last=False)
         return prepared
 
+    def known(self, sha256: str) -> PreparedImage | None:
+        """The cached preparation of an image, if any (the cache's order is left as it is)."""
+        return self._cache.get(sha256)
+
     def _tokenize(self, image: ImageInput) -> PreparedImage:
         rgb, width, height = _rgb(image.data)
         pixels = (ctypes.c_uint8 * len(rgb)).from_buffer_copy(rgb)
