@@ -67,6 +67,21 @@ def serve(
         "--allow-runtime-lora",
         help="Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs --api-key).",
     ),
+    allow_remote_media: bool = typer.Option(
+        False,
+        "--allow-remote-media",
+        help="Let image_url parts name http(s) URLs (fetched with size and time limits; public addresses only).",
+    ),
+    media_dir: Path | None = typer.Option(
+        None, "--media-dir", help="Let image_url parts name files (paths, file:// URLs) under this directory."
+    ),
+    media_hosts: list[str] = typer.Option(
+        [], "--media-host", help="A remote image host exempt from the private-address refusal (repeatable)."
+    ),
+    max_images: int = typer.Option(8, "--max-images", min=0, max=256, help="Most images per request."),
+    image_max_tokens: int | None = typer.Option(
+        None, "--image-max-tokens", min=4, help="Most tokens one image may take (vision models; 28x28 px each)."
+    ),
     effort_budgets: str = typer.Option(
         "",
         "--reasoning-effort-budgets",
@@ -188,7 +203,13 @@ def serve(
         model_aliases=(local.name, local.path.name, *([model] if local.source != "local" else [])),
         lora=tuple(adapters.items()),
         allow_runtime_lora=allow_runtime_lora,
+        allow_remote_media=allow_remote_media,
+        media_dir=media_dir,
+        max_images=max_images,
+        media_hosts=frozenset(media_hosts),
     )
+    if media_dir is not None and not media_dir.is_dir():
+        raise QwenkitError(f"--media-dir {media_dir} is not a directory")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def load_model():
@@ -204,6 +225,7 @@ def serve(
             quantization=quantization,
             lora=adapters,
             mmproj=mmproj,
+            image_max_tokens=image_max_tokens,
         )
         m.effort_budgets = efforts
         return m

@@ -56,6 +56,7 @@ class _ModelHolder:
     def _run(self) -> None:
         try:
             model = self._load()
+            model.media = self._settings.media()  # for every route that loads images (chat, responses, tokenize)
             self._routes = ModelRoutes.for_model(
                 model,
                 served_name=self._settings.served_name,
@@ -237,7 +238,8 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
         if model is None:
             return None
         n_ctx = model.engine.n_ctx
-        return ModelLimits(model.engine.n_vocab, min(settings.max_prompt_tokens or n_ctx - 1, n_ctx - 1))
+        cap = min(settings.max_prompt_tokens or n_ctx - 1, n_ctx - 1)
+        return ModelLimits(model.engine.n_vocab, cap, vision=model.engine.vision())
 
     openapi.install(app, settings, limits)
 

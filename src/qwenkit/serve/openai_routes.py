@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -38,6 +39,7 @@ from qwenkit.serve.protocol import (
     TextChoice,
     ToolCallOut,
     UsageInfo,
+    UserMessage,
     new_id,
 )
 from qwenkit.serve.routing import Route
@@ -83,11 +85,12 @@ def _tool_out(call: Any, index: int) -> ToolCallOut:
     )
 
 
-def prepare_chat(
+async def prepare_chat(
     model: Model, body: ChatCompletionRequest, request: Request, options: Mapping[str, Any]
 ) -> PreparedTurn:
     """A chat request checked against the server's limits and rendered to a turn (`options`: the
-    route's extras for `Model.prepare`). The Responses API runs through here too."""
+    route's extras for `Model.prepare`). The Responses API runs through here too. A request with
+    images is prepared on a worker thread: fetching and decoding them must not stall the event loop."""
     settings = request.app.state.settings
     if len(body.messages) > settings.max_messages:
         raise ApiError(
@@ -117,8 +120,11 @@ def prepare_chat(
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     _log_prompt(request, messages)
     effort = "low" if body.reasoning_effort == "minimal" else body.reasoning_effort
-    turn = model.prepare(
+    has_images = any(isinstance(m, UserMessage) and not isinstance(m.content, str) for m in body.messages)
+    prepare = functools.partial(
+        model.prepare,
         messages,
+        media=settings.media(),
         tools=tools,
         think=think,
         max_tokens=limit,
@@ -129,6 +135,7 @@ def prepare_chat(
         **options,
         **body.sampling(),
     )
+    turn = await asyncio.to_thread(prepare) if has_images else prepare()
     _check_prompt(turn, settings, model)
     return turn
 
@@ -215,7 +222,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     route = resolve_route(request, body.model, body.lora)
     model = route.model
     n = _choices(body.n, request.app.state.settings)
-    turn = prepare_chat(model, body, request, route.options)
+    turn = await prepare_chat(model, body, request, route.options)
     rid = new_id("chatcmpl")
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -5,7 +5,7 @@ FastAPI derives the request and response schemas from `protocol.py`; this module
 cannot know: the errors (from authorization, the body limit, the rate limits, the model's
 loading), streaming (`text/event-stream`), `/metrics`' Prometheus text, the bearer scheme when
 keys are configured, and the limits that depend on settings or on the loaded model
-(`max_tokens`, `n`, message count, vocabulary size, context length).
+(`max_tokens`, `n`, message count, vocabulary size, context length, whether images are taken).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class ModelLimits:
 
     n_vocab: int
     max_prompt_tokens: int
+    vision: bool = False  # the model takes images (else image parts are not in the document)
 
 
 def route_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -116,6 +117,8 @@ def _settings_limits(doc: dict[str, Any], s: ServeSettings) -> None:
 
 def _model_limits(doc: dict[str, Any], limits: ModelLimits) -> None:
     schemas = doc.get("components", {}).get("schemas", {})
+    if not limits.vision:
+        _text_only(schemas)
     bias = _range_pattern(limits.n_vocab - 1)
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         props = schemas.get(name, {}).get("properties", {})
@@ -131,6 +134,36 @@ def _model_limits(doc: dict[str, Any], limits: ModelLimits) -> None:
         if ids.get("type") == "array" and ids.get("items", {}).get("type") == "integer":
             ids["items"]["maximum"] = limits.n_vocab - 1
             ids["maxItems"] = limits.max_prompt_tokens
+
+
+_IMAGE_PARTS = ("ImagePart", "InputImage")
+
+
+def _text_only(schemas: dict[str, Any]) -> None:
+    """Drop the image content parts from every union (the loaded model takes text only)."""
+    refs = {f"#/components/schemas/{name}" for name in _IMAGE_PARTS}
+
+    def prune(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("anyOf", "oneOf"):
+                if isinstance(node.get(key), list):
+                    node[key] = [b for b in node[key] if not (isinstance(b, dict) and b.get("$ref") in refs)]
+            mapping = (
+                node.get("discriminator", {}).get("mapping") if isinstance(node.get("discriminator"), dict) else None
+            )
+            if isinstance(mapping, dict):
+                for tag in [t for t, ref in mapping.items() if ref in refs]:
+                    del mapping[tag]
+            for value in node.values():
+                prune(value)
+        elif isinstance(node, list):
+            for value in node:
+                prune(value)
+
+    for name in _IMAGE_PARTS:
+        schemas.pop(name, None)
+    schemas.pop("ImageUrl", None)
+    prune(schemas)
 
 
 def _branches(schema: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -45,11 +45,30 @@ class _Request(BaseModel):
 
 
 class ContentPart(_Request):
-    type: Literal["text"] = Field(description="text only (this server takes no images or audio)")
+    type: Literal["text"] = Field(description="a text part (images go in user messages)")
     text: str
 
 
 Content = str | list[ContentPart]
+
+
+class ImageUrl(_Request):
+    url: str = Field(
+        min_length=1,
+        description="a data: URI (base64 PNG, JPEG, WebP, GIF...); an http(s) URL when the server runs with "
+        "--allow-remote-media; a path or file:// URL under the server's --media-dir",
+    )
+    detail: Literal["auto", "low", "high"] | None = Field(
+        default=None, description="accepted; the size bound is the server's --image-max-tokens"
+    )
+
+
+class ImagePart(_Request):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+UserContent = str | list[Annotated[ContentPart | ImagePart, Field(discriminator="type")]]
 
 
 JsonObjectText = Annotated[
@@ -81,7 +100,7 @@ class SystemMessage(_Message):
 
 class UserMessage(_Message):
     role: Literal["user"]
-    content: Content
+    content: UserContent = Field(description="text, or text and image parts (vision models only)")
 
 
 class AssistantMessageIn(_Message):

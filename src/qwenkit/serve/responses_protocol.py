@@ -30,10 +30,21 @@ class InputText(_Request):
     text: str
 
 
+class InputImage(_Request):
+    type: Literal["input_image"]
+    image_url: str = Field(
+        min_length=1,
+        description="a data: URI; an http(s) URL with --allow-remote-media; a path under --media-dir",
+    )
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class MessageItem(_Request):
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
-    content: str | list[InputText]
+    content: str | list[Annotated[InputText | InputImage, Field(discriminator="type")]] = Field(
+        description="text, or input_text and input_image parts (images in user messages, vision models only)"
+    )
 
 
 class FunctionCallItem(_Request):

@@ -31,7 +31,9 @@ from qwenkit.serve.responses_protocol import (
     FunctionCallOut,
     FunctionCallOutputItem,
     IncompleteDetails,
+    InputImage,
     InputItem,
+    InputText,
     MessageItem,
     NamedFunction,
     OutputItem,
@@ -97,8 +99,7 @@ def input_messages(items: str | Sequence[InputItem]) -> list[dict[str, Any]]:
     reasoning: str | None = None
     for item in items:
         if isinstance(item, MessageItem):
-            text = item.content if isinstance(item.content, str) else "".join(p.text for p in item.content)
-            message: dict[str, Any] = {"role": item.role, "content": text}
+            message: dict[str, Any] = {"role": item.role, "content": _content(item.content)}
             if item.role == "assistant" and reasoning is not None:
                 message["reasoning_content"], reasoning = reasoning, None
             out.append(message)
@@ -121,6 +122,20 @@ def input_messages(items: str | Sequence[InputItem]) -> list[dict[str, Any]]:
     if reasoning is not None:  # reasoning with no answer after it: an assistant turn of its own
         out.append({"role": "assistant", "content": "", "reasoning_content": reasoning})
     return out
+
+
+def _content(content: str | Sequence[InputText | InputImage]) -> str | list[dict[str, Any]]:
+    """A message item's content as chat content: text, or text and image_url parts."""
+    if isinstance(content, str):
+        return content
+    if not any(isinstance(p, InputImage) for p in content):
+        return "".join(p.text for p in content if isinstance(p, InputText))
+    return [
+        {"type": "image_url", "image_url": {"url": p.image_url}}
+        if isinstance(p, InputImage)
+        else {"type": "text", "text": p.text}
+        for p in content
+    ]
 
 
 def chat_request(body: ResponsesRequest, messages: list[dict[str, Any]]) -> ChatCompletionRequest:
@@ -310,7 +325,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     store: ResponseStore = request.app.state.responses
     history = store.get(body.previous_response_id, "previous_response_id").messages if body.previous_response_id else []
     messages = history + input_messages(body.input)
-    turn = prepare_chat(route.model, chat_request(body, messages), request, route.options)
+    turn = await prepare_chat(route.model, chat_request(body, messages), request, route.options)
     rid = new_id("resp")
     if body.stream:
         deltas = run_turn(route.model, turn, request.app.state.metrics)  # submit now: a full queue is a 429

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from qwenkit.chat.media import MediaPolicy
 from qwenkit.errors import QwenkitError
 
 
@@ -30,6 +31,19 @@ class ServeSettings:
     max_stored_responses: int = 256  # Responses API: kept in memory for previous_response_id
     lora: tuple[tuple[str, str], ...] = ()  # (name, GGUF LoRA file) loaded over the model, in --lora order
     allow_runtime_lora: bool = False  # POST /v1/load_lora_adapter and /v1/unload_lora_adapter (needs api_keys)
+    allow_remote_media: bool = False  # image_url parts may name http(s) URLs (public addresses only)
+    media_dir: Path | None = None  # image_url parts may name files (paths or file:// URLs) under this directory
+    max_images: int = 8  # per request
+    media_hosts: frozenset[str] = frozenset()  # remote image hosts exempt from the private-address refusal
+
+    def media(self) -> MediaPolicy:
+        """Where a request's images may come from."""
+        return MediaPolicy(
+            allow_remote=self.allow_remote_media,
+            media_dir=self.media_dir,
+            max_images=self.max_images,
+            trusted_hosts=self.media_hosts,
+        )
 
 
 def read_api_keys(keys: list[str], key_file: Path | None) -> frozenset[str]:
