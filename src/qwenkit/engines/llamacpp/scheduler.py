@@ -387,7 +387,8 @@ class Scheduler:
             shared = _reusable(keys, _shared(donor, keys, request.adapters))
             if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
                 C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
-                slot.cached, slot.positions, slot.end_pos = donor.cached[:], donor.positions[:], donor.end_pos
+                slot.cached, slot.positions = donor.cached[:shared], donor.positions[:shared]
+                slot.end_pos = donor.position(shared)
                 reuse = shared
         C.llama_memory_seq_rm(self.mem, slot.seq_id, slot.position(reuse), -1)
         slot.keep(reuse)

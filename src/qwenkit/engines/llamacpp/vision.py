@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import io
-import logging
 import secrets
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import numpy.typing as npt
 from llama_cpp import mtmd_cpp as M
@@ -31,8 +31,6 @@ from PIL import Image, UnidentifiedImageError
 from qwenkit.engines.base import ImageInput
 from qwenkit.engines.llamacpp.model import LlamaModel, collect_errors, route_mtmd_log
 from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
-
-log = logging.getLogger("qwenkit.llamacpp")
 
 _CHUNK_IMAGE = 1  # MTMD_INPUT_CHUNK_TYPE_IMAGE
 _QWEN_VL_MIN_TOKENS = 8  # llama.cpp's default lower bound of LLM tokens per image for Qwen-VL
@@ -165,7 +163,7 @@ class VisionTower:
             self.encoded += 1
         return image.embedding
 
-    def decode(self, ctx: object, image: PreparedImage, pos: int, seq_id: int, n_batch: int) -> int:
+    def decode(self, ctx: llama_cpp.llama_context_p, image: PreparedImage, pos: int, seq_id: int, n_batch: int) -> int:
         """Decode `image` into sequence `seq_id` of `ctx` from position `pos` (encoding it first
         on a cache miss); returns the position that follows it (pos + n_pos)."""
         embedding = self.encode(image)
