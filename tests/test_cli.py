@@ -228,3 +228,40 @@ def test_help_works():
     proc = cli("--help")
     check_ok(proc)
     assert "run" in proc.stdout and "chat" in proc.stdout
+
+
+# ----- images (Qwen2.5-VL): run --image and /image in chat -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("pictures")
+    for name, color in (("red.png", (220, 0, 0)), ("blue.png", (0, 0, 220))):
+        Image.new("RGB", (64, 48), color).save(root / name)
+    return root
+
+
+def test_run_with_images(tiny_hf_qwen2_vl, pictures):
+    args = ("-m", str(tiny_hf_qwen2_vl), "--engine", "transformers", "-n", "5", "--temperature", "0", "--json")
+    both = cli(
+        "run", "Compare", "-i", str(pictures / "red.png"), "-i", str(pictures / "blue.png"), *args, "-t", THREADS
+    )
+    check_ok(both)
+    result = json.loads(both.stdout)
+    assert result["text"] and result["usage"]["prompt_tokens"] > 2 * 4  # two images of 4 tokens each
+    missing = cli("run", "What?", "--image", str(pictures / "none.png"), *args, "-t", THREADS)
+    check_one_line_error(missing, "cannot read image")
+
+
+def test_chat_attaches_an_image_to_the_next_message(tiny_hf_qwen2_vl, pictures):
+    stdin = f"/image {pictures / 'red.png'}\nWhat is this?\n/image {pictures / 'nope.png'}\n/exit\n"
+    proc = cli("chat", "-m", str(tiny_hf_qwen2_vl), "--engine", "transformers", "-n", "4", "-t", THREADS, stdin=stdin)
+    check_ok(proc)
+    assert "red.png attached" in proc.stderr and "4 tokens" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_a_text_only_model_refuses_run_image(tiny2, pictures):
+    proc = cli("run", "What is this?", "--image", str(pictures / "red.png"), "-m", tiny2, "-n", "3", "-t", THREADS)
+    check_one_line_error(proc, "takes text only")

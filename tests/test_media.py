@@ -181,3 +181,26 @@ def test_remote_size_and_status_limits(image_server: str) -> None:
         load_image(f"{image_server}/big", policy)
     with pytest.raises(BadRequest, match="HTTP 404"):
         load_image(f"{image_server}/nothing", policy)
+
+
+def test_the_checked_address_is_the_one_connected_to(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second DNS lookup after the check: the request goes to the address the check approved,
+    with the name in Host (and TLS SNI)."""
+    from qwenkit.chat import media
+
+    assert media._pinned("https://example.com:8443/a.png?x=1", "93.184.216.34") == (
+        "https://93.184.216.34:8443/a.png?x=1",
+        {"Host": "example.com:8443"},
+        {"sni_hostname": "example.com"},
+    )
+    assert media._pinned("http://v6.example/a", "2606:2800::1")[0] == "http://[2606:2800::1]/a"
+    checked: list[str] = []
+
+    def approve(host: str, port: int) -> str:  # as if images.invalid resolved to a public address
+        checked.append(host)
+        return "127.0.0.1"
+
+    monkeypatch.setattr(media, "_public_address", approve)
+    port = image_server.rsplit(":", 1)[1]
+    image = load_image(f"http://images.invalid:{port}/a.png", MediaPolicy(allow_remote=True))
+    assert image.data == png() and checked == ["images.invalid"]

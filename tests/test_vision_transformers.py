@@ -187,3 +187,24 @@ def test_a_text_only_model_refuses_images(tiny_qwen2: Path) -> None:
         pytest.raises(BadRequest, match="takes text only"),
     ):
         model.prepare(ask(picture((1, 2, 3))))
+
+
+def test_python_api_takes_paths_bytes_pil_and_data_uris(vl_model: Model, tmp_path: Path) -> None:
+    import base64
+    import io
+
+    image = picture((30, 60, 90))
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    data = encoded.getvalue()
+    (tmp_path / "p.png").write_bytes(data)
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    sources: list[Any] = [image, data, tmp_path / "p.png", str(tmp_path / "p.png")]
+    answers = {vl_model.chat(ask(source), **GREEDY).content for source in sources}
+    openai_part = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "What is this?"}]
+    answers.add(vl_model.chat([{"role": "user", "content": openai_part}], **GREEDY).content)
+    assert len(answers) == 1  # one picture, however it is given
+    # a follow-up turn repeating the image: this engine keeps no prefix cache, so nothing is reported cached
+    first = vl_model.chat(ask(image), **GREEDY)
+    follow = [*ask(image), first.as_message(), {"role": "user", "content": "And now?"}]
+    assert vl_model.chat(follow, **GREEDY).usage.cached_prompt_tokens == 0

@@ -158,16 +158,28 @@ def _read_local(path: Path, policy: MediaPolicy) -> bytes:
         raise BadRequest(f"cannot read image {str(path)!r}: {exc.strerror}") from None
 
 
-def _public_address(host: str, port: int, resolve: Callable[..., Any] = socket.getaddrinfo) -> None:
-    """Refuse a host that resolves to any private, loopback, link-local or otherwise non-public address."""
+def _public_address(host: str, port: int, resolve: Callable[..., Any] = socket.getaddrinfo) -> str:
+    """The address to connect to for `host`, refused when any of its addresses is private,
+    loopback, link-local or otherwise not public."""
     try:
         infos = resolve(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise BadRequest(f"cannot resolve the image host {host!r}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise BadRequest(f"the image URL's host {host!r} is a private or local address; refused")
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not addresses or any(not a.is_global or a.is_multicast for a in addresses):
+        raise BadRequest(f"the image URL's host {host!r} is a private or local address; refused")
+    return str(addresses[0])
+
+
+def _pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(url, headers, extensions) that connect to the checked `address` (no second DNS lookup
+    that could answer differently) while the host name still goes in `Host` and TLS's SNI."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    ip = f"[{address}]" if ":" in address else address
+    netloc = ip + (f":{parts.port}" if parts.port else "")
+    headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
+    return parts._replace(netloc=netloc).geturl(), headers, {"sni_hostname": host}
 
 
 def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
@@ -179,10 +191,14 @@ def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
             parts = urlsplit(url)
             if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
                 raise BadRequest(f"unsupported image URL {url[:100]!r} (http or https only)")
+            target, headers, extensions = url, dict[str, str](), dict[str, Any]()
             if parts.hostname not in policy.trusted_hosts:
-                _public_address(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+                port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+                target, headers, extensions = _pinned(url, _public_address(parts.hostname, port))
             try:
-                with client.stream("GET", url, headers={"Accept": "image/*"}) as response:
+                with client.stream(
+                    "GET", target, headers={"Accept": "image/*", **headers}, extensions=extensions
+                ) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue

@@ -67,6 +67,7 @@ def load_model(
     dtype: str = "auto",
     quantization: str | None = None,
     lora: dict[str, str] | None = None,
+    image_max_tokens: int | None = None,
 ):
     from qwenkit.api import load
 
@@ -76,7 +77,16 @@ def load_model(
         local = store.resolve(model)
         if local.format != "onnx":
             export_onnx_with_progress(local.path, "int4")
-    return load(model, n_ctx=ctx, n_threads=threads, engine=engine, dtype=dtype, quantization=quantization, lora=lora)
+    return load(
+        model,
+        n_ctx=ctx,
+        n_threads=threads,
+        engine=engine,
+        dtype=dtype,
+        quantization=quantization,
+        lora=lora,
+        image_max_tokens=image_max_tokens,
+    )
 
 
 def export_onnx_with_progress(source: Path, precision: str, out: Path | None = None) -> Path:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
+from qwenkit.chat.media import LOCAL_POLICY, load_image
 from qwenkit.cli.common import (
     CtxOpt,
     DtypeOpt,
@@ -23,6 +26,17 @@ from qwenkit.cli.common import (
 from qwenkit.errors import QwenkitError
 
 LoraOpt = typer.Option(None, "--lora", help="A GGUF LoRA (qwenkit export lora) applied over the model.")
+ImageMaxTokensOpt = typer.Option(
+    None, "--image-max-tokens", min=4, help="Most tokens one image may take (vision models; 28x28 px each)."
+)
+
+
+def user_message(text: str, images: list[Path]) -> dict[str, Any]:
+    """A user message: the text, after its images (as Qwen-VL examples put them)."""
+    if not images:
+        return {"role": "user", "content": text}
+    parts: list[dict[str, Any]] = [{"type": "image", "image": path} for path in images]
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
 
 @app.command()
@@ -42,12 +56,16 @@ def run(
     dtype: str = DtypeOpt,
     quantization: str | None = QuantOpt,
     lora: str | None = LoraOpt,
+    image: list[Path] = typer.Option([], "--image", "-i", help="An image file for a vision model (repeatable)."),
+    image_max_tokens: int | None = ImageMaxTokensOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
     if not text.strip():
         raise QwenkitError("the prompt is empty")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    for path in image:  # a bad file fails now, before the model loads
+        load_image(path, LOCAL_POLICY)
+    messages = ([{"role": "system", "content": system}] if system else []) + [user_message(text, image)]
     adapters = parse_lora([f"lora={lora}"] if lora else [])
     options = dict(
         max_tokens=max_tokens,
@@ -58,7 +76,7 @@ def run(
         adapters=tuple((name, 1.0) for name in adapters),
     )
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters
+        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens
     ) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)
@@ -105,10 +123,13 @@ def chat(
     dtype: str = DtypeOpt,
     quantization: str | None = QuantOpt,
     lora: str | None = LoraOpt,
+    image_max_tokens: int | None = ImageMaxTokensOpt,
 ) -> None:
-    """An interactive chat keeping history. Commands: /think /no_think /reset /exit."""
+    """An interactive chat keeping history. Commands: /image FILE /think /no_think /reset /exit."""
     adapters = parse_lora([f"lora={lora}"] if lora else [])
-    with load_model(model, ctx, threads, engine, dtype, quantization, adapters) as m:  # closed: threads end cleanly
+    with load_model(
+        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens
+    ) as m:  # closed: threads end cleanly
         _chat_loop(m, system, think, max_tokens, thinking_budget, tuple((name, 1.0) for name in adapters))
 
 
@@ -123,7 +144,8 @@ def _chat_loop(
     """Read lines until /exit or end of input, answering each with the conversation so far."""
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
-    err.print(f"[bold]{m.name}[/] ready. /think, /no_think, /reset, /exit; Ctrl-D quits.")
+    err.print(f"[bold]{m.name}[/] ready. /image FILE, /think, /no_think, /reset, /exit; Ctrl-D quits.")
+    images: list[Path] = []  # attached to the next message
     while True:
         try:
             line = input(">>> ")
@@ -146,12 +168,25 @@ def _chat_loop(
             think = command == "/think"
             err.print(f"[dim]thinking {'on' if think else 'off'}[/]")
             continue
-        history.append({"role": "user", "content": line})
+        if command.startswith("/image"):
+            path = Path(command.removeprefix("/image").strip()).expanduser()
+            if not path.is_file():
+                err.print(f"[red]no such file: {path}[/]")
+                continue
+            images.append(path)
+            err.print(f"[dim]{path.name} attached to your next message ({len(images)} image(s))[/]")
+            continue
+        history.append(user_message(line, images))
+        images = []
         try:
             options = dict(max_tokens=max_tokens, think=think, thinking_budget=thinking_budget, adapters=adapters)
             result = _stream_reply(m, history, options)
         except KeyboardInterrupt:
             err.print("[yellow](interrupted)[/]")
+            history.pop()
+            continue
+        except QwenkitError as exc:  # a bad image, a text-only model...: say so and keep chatting
+            err.print(f"[red]error:[/] {exc}")
             history.pop()
             continue
         history.append(result.as_message())
