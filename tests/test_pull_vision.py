@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 from fake_hub import FakeHub
+from serve_helpers import start_server
+from test_serve_vision import data_uri, image_message, png
 
 REPO = "ggml-org/Qwen2.5-VL-3B-Instruct-GGUF"  # what qwen2.5-vl-3b-instruct names (q4_k_m, mmproj f16)
 MODEL, MMPROJ = "Qwen2.5-VL-3B-Instruct-Q4_K_M.gguf", "mmproj-Qwen2.5-VL-3B-Instruct-f16.gguf"
@@ -20,7 +22,7 @@ m.close()
 """
 
 
-def run(hub: FakeHub, home, *args: str) -> subprocess.CompletedProcess[str]:
+def hub_env(hub: FakeHub, home) -> dict[str, str]:
     env = dict(
         os.environ,
         HF_ENDPOINT=hub.url,
@@ -30,7 +32,11 @@ def run(hub: FakeHub, home, *args: str) -> subprocess.CompletedProcess[str]:
         HF_HOME=str(home / "hf-home"),
     )
     env.pop("HF_HUB_OFFLINE", None)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    return env
+
+
+def run(hub: FakeHub, home, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=hub_env(hub, home), timeout=300)
 
 
 def test_pull_fetches_the_mmproj_and_the_name_loads_the_pair(tiny_vl_gguf, tmp_path):
@@ -45,3 +51,9 @@ def test_pull_fetches_the_mmproj_and_the_name_loads_the_pair(tiny_vl_gguf, tmp_p
         res = run(hub, tmp_path, "-c", LOAD)
         assert res.returncode == 0, res.stderr
         assert res.stdout.split() == ["True", MMPROJ]
+        # the server loads the pair by the catalogue name alone
+        with start_server("qwen2.5-vl-3b-instruct", "--served-model-name", "m", env=hub_env(hub, tmp_path)) as server:
+            reply = server.client().chat.completions.create(
+                model="m", messages=image_message(data_uri(png((5, 90, 200), (84, 84)))), max_tokens=3
+            )
+            assert reply.usage is not None and reply.usage.prompt_tokens > 9
