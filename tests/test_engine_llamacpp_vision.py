@@ -175,10 +175,13 @@ def test_image_slot_count_must_match_images(vl_engine):
         generate(vl_engine, prompt_text("None?", 0), [image(0)])
 
 
-def test_undecodable_image_ends_only_its_request(vl_engine):
+def test_undecodable_or_too_large_images_are_bad_requests(vl_engine):
     bad = ImageInput(b"not an image", hashlib.sha256(b"not an image").hexdigest(), 1, 1)
-    chunks = list(vl_engine.generate(vl_engine.tokenize(prompt_text("?")), SamplingParams(max_tokens=4), images=[bad]))
-    assert chunks[-1].finish_reason == "abort" and "could not be decoded" in (chunks[-1].error or "")
+    with pytest.raises(BadRequest, match="could not be decoded"):
+        generate(vl_engine, prompt_text("?"), [bad])
+    # 448x448 is 256 tokens a piece: two of them overflow the 512-token context
+    with pytest.raises(BadRequest, match=r"with its images is \d+ tokens"):
+        generate(vl_engine, prompt_text("?", 2), [image(30, side=448), image(31, side=448)])
     assert len(ids_of(generate(vl_engine, prompt_text("Describe."), [image(0)]))) == 8
 
 

@@ -63,6 +63,8 @@ def test_bad_input_is_400_while_an_image_request_streams(vl_server: Any) -> None
         (image_message(data_uri(bomb())), "pixels"),
         (image_message(*[data_uri(png((i, 0, 0), SIZE)) for i in range(3)]), "too many images"),
         ([{"role": "user", "content": "see <|vision_start|><|image_pad|><|vision_end|>"}], "vision tokens"),
+        # two 1008x1008 images are 1296 tokens each: more than the 2048-token context
+        (image_message(*[data_uri(png((i, 9, 9), (1008, 1008))) for i in range(2)]), "with its images is"),
     ]
     stream = client.chat.completions.create(
         model="m", messages=image_message(data_uri(png((9, 9, 9), SIZE))), max_tokens=48, temperature=0, stream=True

@@ -262,6 +262,14 @@ class Scheduler:
                 raise BadRequest("the prompt must not end with an image")
             if request.params.prompt_logprobs is not None:
                 raise BadRequest("prompt logprobs are not available for prompts with images")
+            assert self.vision is not None  # check_request refused images otherwise
+            images = [self.vision.prepare(image) for image in request.images]  # BadRequest if undecodable
+            expanded = len(request.prompt) + sum(image.n_tokens - 1 for image in images)
+            if expanded >= self.n_ctx:
+                raise BadRequest(
+                    f"the prompt with its images is {expanded} tokens; "
+                    f"this model was loaded with a context of {self.n_ctx} tokens"
+                )
         if request.n > len(self.slots):
             raise QwenkitError(f"n={request.n} needs as many parallel slots; this engine has {len(self.slots)}")
         with self._cv:
@@ -361,19 +369,14 @@ class Scheduler:
             slot.followers = []
 
     def _start(self, slot: _Slot, request: Request) -> None:
-        try:
+        try:  # prepared at submit: cached unless evicted since
             images = [self.vision.prepare(image) for image in request.images] if self.vision else []
-            keys = self._keys(request.prompt, images)
-            if len(keys) >= self.n_ctx:
-                raise BadRequest(
-                    f"the prompt with its images is {len(keys)} tokens; "
-                    f"this model was loaded with a context of {self.n_ctx} tokens"
-                )
         except QwenkitError as exc:
             for choice in (request, *slot.followers):
                 choice.emit(Chunk("", finish_reason="abort", error=str(exc)))
             slot.followers = []
             return
+        keys = self._keys(request.prompt, images)
         # Scoring the prompt needs its logits at every position: nothing is reused then. Only the
         # first choice scores it; the others copy the cache it leaves.
         scored = request.params.prompt_logprobs is not None and request.index == 0

@@ -6,7 +6,10 @@ decoded into a sequence of the scheduler's context at the position the scheduler
 chunk and the embeddings are kept per image sha256 (a bounded LRU), so a follow-up turn that
 repeats an image is not re-encoded even when its KV cells were evicted.
 
-Nothing here is thread-safe: libmtmd calls run on the scheduler's thread only.
+`prepare` and `known` may run on any thread (one lock): the scheduler prepares a request's images
+when it is submitted, so an undecodable image or one too large for the context is a BadRequest
+at once; libmtmd's preprocessing then runs beside encoding, as llama-server runs it in its HTTP
+threads. `encode` and `decode` (the vision tower, the decoder) run on the scheduler's thread only.
 
 User text never reaches libmtmd (chunks come from a bitmap-only `mtmd_input_part`, no marker
 parsing), and the context's media marker is random anyway, so no text can claim an image slot.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import io
 import secrets
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -97,23 +101,26 @@ class VisionTower:
         self.n_embd = model.n_embd_inp
         self.max_cached = max_cached
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
+        self._lock = threading.Lock()
         self.encoded = 0  # vision-tower passes run, since start (cache misses)
 
     def prepare(self, image: ImageInput) -> PreparedImage:
         """The image's chunk (from the cache, or preprocessed now). BadRequest if it does not decode."""
-        hit = self._cache.get(image.sha256)
-        if hit is not None:
-            self._cache.move_to_end(image.sha256)
-            return hit
-        prepared = self._tokenize(image)
-        self._cache[image.sha256] = prepared
-        while len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
-        return prepared
+        with self._lock:
+            hit = self._cache.get(image.sha256)
+            if hit is not None:
+                self._cache.move_to_end(image.sha256)
+                return hit
+            prepared = self._tokenize(image)
+            self._cache[image.sha256] = prepared
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+            return prepared
 
     def known(self, sha256: str) -> PreparedImage | None:
         """The cached preparation of an image, if any (the cache's order is left as it is)."""
-        return self._cache.get(sha256)
+        with self._lock:
+            return self._cache.get(sha256)
 
     def _tokenize(self, image: ImageInput) -> PreparedImage:
         rgb, width, height = _rgb(image.data)
@@ -186,7 +193,8 @@ class VisionTower:
         return int(new_pos.value)
 
     def close(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
         if self.ptr:
             M.mtmd_free(self.ptr)
             self.ptr = None
