@@ -174,3 +174,12 @@ def test_a_text_only_model_answers_400(tiny_qwen2: Path) -> None:
                 model="m", messages=image_message(data_uri(png((1, 1, 1)))), **GREEDY
             )  # type: ignore[arg-type]
         assert server.healthy()
+
+
+def test_tokenize_keeps_to_the_servers_media_policy(vl_server: Any, media_dir: Path) -> None:
+    with vl_server.http() as http:
+        ok = http.post("/tokenize", json={"messages": image_message("blue.png")})
+        assert ok.status_code == 200 and 151655 in ok.json()["tokens"]  # one image slot
+        for path in (str(media_dir.parent / "outside.png"), "../outside.png"):
+            refused = http.post("/tokenize", json={"messages": image_message(path)})
+            assert refused.status_code == 400 and "outside the media directory" in refused.json()["error"]["message"]

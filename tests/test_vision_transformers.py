@@ -204,7 +204,21 @@ def test_python_api_takes_paths_bytes_pil_and_data_uris(vl_model: Model, tmp_pat
     openai_part = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "What is this?"}]
     answers.add(vl_model.chat([{"role": "user", "content": openai_part}], **GREEDY).content)
     assert len(answers) == 1  # one picture, however it is given
-    # a follow-up turn repeating the image: this engine keeps no prefix cache, so nothing is reported cached
+    # a follow-up turn repeating the image: no prompt-prefix cache on this engine, nothing is reported cached
+    # (the image itself is not encoded again: see the next test)
     first = vl_model.chat(ask(image), **GREEDY)
     follow = [*ask(image), first.as_message(), {"role": "user", "content": "And now?"}]
     assert vl_model.chat(follow, **GREEDY).usage.cached_prompt_tokens == 0
+
+
+def test_an_image_sent_again_is_not_encoded_again(vl_model: Model) -> None:
+    encoder = vl_model.engine.worker.encoder  # type: ignore[attr-defined]
+    image = picture((77, 11, 200), (70, 50))
+    encoded, hits = encoder.encoded, encoder.hits
+    first = vl_model.chat(ask(image), **GREEDY)
+    assert (encoder.encoded, encoder.hits) == (encoded + 1, hits)
+    follow = [*ask(image), first.as_message(), {"role": "user", "content": "And now?"}]
+    vl_model.chat(follow, **GREEDY)
+    again = vl_model.chat(ask(image), **GREEDY)
+    assert (encoder.encoded, encoder.hits) == (encoded + 1, hits + 2)  # the tower ran once for three turns
+    assert again.content == first.content

@@ -71,7 +71,8 @@ class Model:
             raise BadRequest("the conversation has no messages")
         messages = normalize_messages(messages)
         images = self._images(messages, media or self.media)
-        marker = new_marker() if self.engine.vision() else None
+        # the randomized media marker, where this model takes images and its template renders them
+        marker = new_marker() if self.engine.vision() and self.template.takes_images else None
         extra: dict[str, Any] = {"media_marker": marker, "add_vision_id": add_vision_id} if marker else {}
         chat = build_prompt(self.template, messages, tools=tools or None, enable_thinking=think, **extra)
         if chat.thinking and self._think_ids and not room_to_think(max_tokens, len(self._closing)):

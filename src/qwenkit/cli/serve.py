@@ -137,6 +137,11 @@ def serve(
             raise QwenkitError("--mmproj is not supported with --ray yet")
         if allow_runtime_lora:
             raise QwenkitError("--allow-runtime-lora is not supported with --ray yet")
+        if allow_remote_media or media_dir is not None or media_hosts or image_max_tokens is not None:
+            raise QwenkitError(
+                "--allow-remote-media, --media-dir, --media-host and --image-max-tokens are not supported with --ray "
+                "yet (replicas take data-URI images only)"
+            )
         try:
             options = ClusterOptions.model_validate(
                 {

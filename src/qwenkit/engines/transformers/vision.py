@@ -9,6 +9,7 @@ expands each into as many as the image's merged patch grid yields (t*h*w / merge
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,13 @@ class VisionInputs:
     pixel_values: torch.Tensor  # [patches, channels * temporal * patch^2]
     grid_thw: torch.Tensor  # [images, 3]
     prompt: list[int]  # the prompt with each image_pad repeated to the image's token count
+    keys: list[str]  # per image: its sha256 (the preprocessing is fixed per engine)
+
+    def split(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(key, pixel patches, grid [1, 3]) per image."""
+        sizes = self.grid_thw.prod(-1).tolist()
+        pixels = torch.split(self.pixel_values, [int(n) for n in sizes])
+        return [(k, p, g[None]) for k, p, g in zip(self.keys, pixels, self.grid_thw, strict=True)]
 
 
 class ImagePreprocessor:
@@ -62,7 +70,41 @@ class ImagePreprocessor:
                 slot += 1
             else:
                 expanded.append(token)
-        return VisionInputs(pixel_values=out["pixel_values"], grid_thw=grid, prompt=expanded)
+        keys = [image.sha256 for image in images]
+        return VisionInputs(pixel_values=out["pixel_values"], grid_thw=grid, prompt=expanded, keys=keys)
+
+
+class EncoderCache:
+    """The vision tower's output per image hash, least recently used first out: an image sent
+    again (a follow-up turn, the same picture in another request) is not encoded again."""
+
+    def __init__(self, encode: Callable[..., Any], capacity: int = 16) -> None:
+        self.encode = encode  # the model's get_image_features(pixel_values, image_grid_thw)
+        self.capacity = capacity
+        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.encoded = 0
+
+    def embeddings(
+        self, images: Sequence[tuple[str, torch.Tensor, torch.Tensor]], device: torch.device
+    ) -> list[torch.Tensor]:
+        """The embeddings of `images` in order; the missing ones encoded together in one call."""
+        missing = {key: (pixels, grid) for key, pixels, grid in images if key not in self.entries}
+        if missing:
+            pixels = torch.cat([p for p, _ in missing.values()]).to(device)
+            grids = torch.cat([g for _, g in missing.values()]).to(device)
+            out = self.encode(pixels, grids, return_dict=True).pooler_output
+            for key, embedding in zip(missing, out, strict=True):
+                self.entries[key] = embedding
+            self.encoded += len(missing)
+        self.hits += len(images) - len(missing)
+        found = []
+        for key, _, _ in images:
+            self.entries.move_to_end(key)
+            found.append(self.entries[key])
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        return found
 
 
 def mrope_positions(

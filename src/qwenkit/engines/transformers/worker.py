@@ -13,8 +13,8 @@ All running sequences share one `DynamicCache` of shape [batch, heads, columns, 
   that no remaining sequence uses are trimmed from the left.
 
 Qwen2.5-VL: a request's images are preprocessed at `submit` (each image slot expanded to its
-patch grid's token count), encoded by the vision tower in the prefill forward (with whatever other
-prompts are prefilled together) and placed with M-RoPE positions from the model's own
+patch grid's token count), encoded by the vision tower at prefill (those not already in the
+`EncoderCache`, by image hash) and placed with M-RoPE positions from the model's own
 `get_rope_index`; every row carries `delta`, the offset of its next rope position from its token
 count, so image and text-only rows decode in one batch.
 
@@ -34,12 +34,13 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, TokenLogprob, check_request
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.sampling import RowSampler, check_params, logprob_of
-from qwenkit.engines.transformers.vision import ImagePreprocessor, VisionInputs, mrope_positions
+from qwenkit.engines.transformers.vision import EncoderCache, ImagePreprocessor, VisionInputs, mrope_positions
 from qwenkit.errors import BadRequest, QwenkitError
 
 log = logging.getLogger("qwenkit.transformers")
@@ -99,7 +100,12 @@ class Worker:
         self.model = model
         self.vision = vision
         # M-RoPE models (Qwen2.5-VL) take [3, rows, columns] positions; kept before any peft wrapping
-        self._rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
+        inner = getattr(model, "model", None)
+        self._rope_index = getattr(inner, "get_rope_index", None)
+        encode = getattr(inner, "get_image_features", None)
+        if vision is not None and (encode is None or self._rope_index is None):
+            raise QwenkitError(f"{type(model).__name__} has no get_image_features/get_rope_index: not a Qwen-VL model")
+        self.encoder = EncoderCache(encode) if vision is not None and encode is not None else None
         self._inputs: dict[int, VisionInputs] = {}  # by id() of a submitted request with images
         self.vocab = vocab
         self.n_ctx = n_ctx
@@ -301,11 +307,12 @@ class Worker:
         mask = new_mask if mask is None else torch.cat([mask, new_mask.to(mask.device)], dim=1)
         # with adapters loaded, each row runs on its own (peft's mixed-batch LoRA)
         mixed: dict[str, object] = {"adapter_names": [row.adapter for row in rows]} if self.adapter_names else {}
-        if images:  # encoded together; the model fills the image slots row by row, in order
-            mixed["pixel_values"] = torch.cat([v.pixel_values for v in images]).to(self.device)
-            mixed["image_grid_thw"] = torch.cat([v.grid_thw for v in images]).to(self.device)
-            for row in rows:
-                row.vision = None
+        if images and self.encoder is not None:  # the model fills the image slots row by row, in order
+            parts = [part for v in images for part in v.split()]
+            embeddings = self.encoder.embeddings(parts, self.device)
+            mixed["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(embeddings))}
+        for row in rows:
+            row.vision = None
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
