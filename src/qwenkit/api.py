@@ -46,6 +46,7 @@ def load(
     quantization: str | None = None,
     attn_implementation: str = "sdpa",
     lora: Mapping[str, str | Path] | None = None,
+    mmproj: str | Path | None = None,
     image_max_tokens: int | None = None,
 ) -> Model:
     """Fetch (if needed) and load a model.
@@ -62,6 +63,7 @@ def load(
     `adapters=[(name, scale)]`.
     `image_max_tokens`: vision models (Qwen2.5-VL): the most tokens one image may take (its pixels
     are scaled to at most that many 28x28 cells); None: the model's own limit.
+    `mmproj`: a Qwen-VL GGUF's vision projector (llama.cpp); a catalogue name brings its own.
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -70,6 +72,8 @@ def load(
         raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
     local = resolve(ref, progress=progress)  # a catalogue name, or any store reference
     chosen = pick_engine(engine, local.format)
+    if mmproj is not None and chosen != "llamacpp":
+        raise QwenkitError("an mmproj (vision projector GGUF) goes with a GGUF on the llama.cpp engine")
     eng: Engine
     if chosen == "transformers":
         from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
@@ -106,7 +110,14 @@ def load(
 
         eng = LlamaCppEngine(
             local.path,
-            LlamaCppSettings(n_ctx=n_ctx, n_threads=n_threads, n_parallel=n_parallel or 1, max_waiting=max_waiting),
+            LlamaCppSettings(
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_parallel=n_parallel or 1,
+                max_waiting=max_waiting,
+                mmproj=Path(mmproj) if mmproj is not None else local.mmproj,
+                image_max_tokens=image_max_tokens,
+            ),
         )
     try:
         for name, adapter_path in (lora or {}).items():

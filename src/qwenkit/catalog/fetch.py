@@ -39,15 +39,13 @@ def resolve(ref: str, *, full: bool = False, progress: bool = True, source: str 
     if source == "modelscope":
         repo = v.repo if v.format == "gguf" else (v.entry.modelscope or v.repo)
         path = ms_source.ensure(repo, v.file, progress=progress)
-        if v.mmproj:
-            ms_source.ensure(repo, v.mmproj, progress=progress)
+        mmproj = ms_source.ensure(repo, v.mmproj, progress=progress) if v.mmproj else None
         local = store.resolve(str(path), progress=progress)
-        return replace(local, name=v.name, source="modelscope")
+        return replace(local, name=v.name, source="modelscope", mmproj=mmproj)
     get = store.pull if full else store.resolve
     local = get(f"hf:{v.repo}/{v.file}" if v.file else f"hf:{v.repo}", progress=progress)
-    if v.mmproj:
-        get(f"hf:{v.repo}/{v.mmproj}", progress=progress)
-    return replace(local, name=v.name)
+    mmproj = get(f"hf:{v.repo}/{v.mmproj}", progress=progress).path if v.mmproj else None
+    return replace(local, name=v.name, mmproj=mmproj)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ def load_model(
     quantization: str | None = None,
     lora: dict[str, str] | None = None,
     image_max_tokens: int | None = None,
+    mmproj: Path | None = None,
 ):
     from qwenkit.api import load
 
@@ -86,6 +87,7 @@ def load_model(
         quantization=quantization,
         lora=lora,
         image_max_tokens=image_max_tokens,
+        mmproj=mmproj,
     )
 
 

@@ -26,6 +26,9 @@ from qwenkit.cli.common import (
 from qwenkit.errors import QwenkitError
 
 LoraOpt = typer.Option(None, "--lora", help="A GGUF LoRA (qwenkit export lora) applied over the model.")
+MmprojOpt = typer.Option(
+    None, "--mmproj", help="A Qwen-VL GGUF's vision projector (llama.cpp); catalogue names bring their own."
+)
 ImageMaxTokensOpt = typer.Option(
     None, "--image-max-tokens", min=4, help="Most tokens one image may take (vision models; 28x28 px each)."
 )
@@ -58,6 +61,7 @@ def run(
     lora: str | None = LoraOpt,
     image: list[Path] = typer.Option([], "--image", "-i", help="An image file for a vision model (repeatable)."),
     image_max_tokens: int | None = ImageMaxTokensOpt,
+    mmproj: Path | None = MmprojOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -76,7 +80,7 @@ def run(
         adapters=tuple((name, 1.0) for name in adapters),
     )
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens
+        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj
     ) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)
@@ -124,11 +128,12 @@ def chat(
     quantization: str | None = QuantOpt,
     lora: str | None = LoraOpt,
     image_max_tokens: int | None = ImageMaxTokensOpt,
+    mmproj: Path | None = MmprojOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /image FILE /think /no_think /reset /exit."""
     adapters = parse_lora([f"lora={lora}"] if lora else [])
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens
+        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj
     ) as m:  # closed: threads end cleanly
         _chat_loop(m, system, think, max_tokens, thinking_budget, tuple((name, 1.0) for name in adapters))
 

@@ -56,6 +56,12 @@ def serve(
     lora: list[str] = typer.Option(
         [], "--lora", help="NAME=FILE.gguf: a GGUF LoRA requests select with model=NAME (repeatable)."
     ),
+    mmproj: Path | None = typer.Option(
+        None,
+        "--mmproj",
+        help="A Qwen-VL GGUF's vision projector (llama.cpp): the model then takes images. "
+        "Catalogue names (qwen2.5-vl-3b-instruct) bring their own.",
+    ),
     allow_runtime_lora: bool = typer.Option(
         False,
         "--allow-runtime-lora",
@@ -125,6 +131,8 @@ def serve(
         from qwenkit.serve.cluster.launch import serve_on_ray
         from qwenkit.serve.cluster.options import ClusterOptions
 
+        if mmproj is not None:
+            raise QwenkitError("--mmproj is not supported with --ray yet")
         if allow_runtime_lora:
             raise QwenkitError(
                 "--allow-runtime-lora is not supported with --ray: a runtime load would reach one replica only; "
@@ -178,8 +186,10 @@ def serve(
     from qwenkit.api import pick_engine
 
     chosen = pick_engine(engine, local.format)
+    if mmproj is not None and chosen != "llamacpp":
+        raise QwenkitError("--mmproj goes with a GGUF on the llama.cpp engine")
     if chosen == "llamacpp" and not skip_memory_check:
-        check_fits(local.path, ctx, parallel)
+        check_fits(local.path, ctx, parallel, mmproj or local.mmproj)
 
     if chosen == "transformers" and local.format == "gguf":
         from qwenkit.engines.transformers import convert_gguf
@@ -226,6 +236,7 @@ def serve(
             dtype=dtype,
             quantization=quantization,
             lora=adapters,
+            mmproj=mmproj,
             image_max_tokens=image_max_tokens,
         )
         m.effort_budgets = efforts
@@ -240,8 +251,11 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
-def check_fits(path: Path, ctx: int | None, parallel: int) -> None:
-    """Refuse up front, with the estimate, a model and context that will not fit in available memory."""
+def check_fits(path: Path, ctx: int | None, parallel: int, mmproj: Path | None = None) -> None:
+    """Refuse up front, with the estimate, a model and context that will not fit in available memory
+    (an mmproj counted at its file size: its compute buffer is not estimated)."""
+    from dataclasses import replace
+
     from qwenkit.catalog.device import host_memory
     from qwenkit.catalog.memory import HEADROOM, estimate_gguf
     from qwenkit.engines.llamacpp.dryrun import dry_run
@@ -255,6 +269,8 @@ def check_fits(path: Path, ctx: int | None, parallel: int) -> None:
     if isinstance(trained, int) and trained > 0:
         n_ctx = min(n_ctx, trained)  # as the engine caps it
     est = estimate_gguf(path, n_ctx=n_ctx, n_parallel=parallel, server=True, dry_run=dry_run)
+    if mmproj is not None and mmproj.is_file():
+        est = replace(est, vision=est.vision + mmproj.stat().st_size)
     _total, available = host_memory()
     gib = 2**30
     if available and est.required > available * HEADROOM:

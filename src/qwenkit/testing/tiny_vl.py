@@ -8,6 +8,9 @@ llama.cpp's converter and libmtmd accept), seeded random weights, the real Qwen 
 Qwen2.5-VL chat template, and a ``preprocessor_config.json`` with small pixel limits (at most
 ``max_pixels`` = 112x112 by default, so an image costs at most 16 LLM tokens).
 
+Matrices are drawn with std ``weight_std`` (0.15), not transformers' 0.02: with tiny weights
+attention is near uniform and greedy output would not notice a wrong position or image token.
+
 ``tiny_hf_vl(cache_dir, *, source_gguf=None, **params) -> Path`` builds once per parameters and
 reuses it; ``tiny_vl_gguf(cache_dir, ...) -> (model.gguf, mmproj.gguf)`` converts that checkpoint
 with llama.cpp's vendored ``convert_hf_to_gguf.py`` (once plain, once with ``--mmproj``), f32.
@@ -74,6 +77,7 @@ def build_tiny_hf_vl(
     max_pixels: int = 112 * 112,
     n_ctx_train: int = 4096,
     seed: int = 0,
+    weight_std: float = 0.15,
 ) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint directory to ``path`` (which must not exist)."""
     # torch and transformers are an optional extra: imported when a checkpoint is built
@@ -133,6 +137,10 @@ def build_tiny_hf_vl(
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
+    with torch.no_grad():  # weights large enough that attention (so every position) matters
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, weight_std)
     model.generation_config.eos_token_id = list(EOS_IDS)
     model.generation_config.pad_token_id = 151643
     model.save_pretrained(path)

@@ -18,6 +18,7 @@ from qwenkit.engines.base import (
 )
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
+from qwenkit.engines.llamacpp.vision import VisionTower
 from qwenkit.errors import QwenkitError
 
 DEFAULT_CTX = 8192
@@ -33,6 +34,9 @@ class LlamaCppSettings:
     n_batch: int = 512
     n_gpu_layers: int = 0
     max_waiting: int = 64
+    mmproj: Path | None = None  # a Qwen-VL model's vision projector GGUF: the engine then takes images
+    image_max_tokens: int | None = None  # LLM tokens per image at most (None: the projector's default)
+    image_cache: int = 16  # encoded images kept, by sha256
 
 
 class LlamaCppEngine:
@@ -43,16 +47,30 @@ class LlamaCppEngine:
         self.settings = s
         self.model = LlamaModel(path, n_gpu_layers=s.n_gpu_layers)
         self.n_ctx = min(s.n_ctx or DEFAULT_CTX, self.model.n_ctx_train or DEFAULT_CTX)
+        self.vision_tower: VisionTower | None = None
         try:
+            threads = s.n_threads or default_threads()
+            if s.mmproj is not None:
+                self.vision_tower = VisionTower(
+                    self.model,
+                    s.mmproj,
+                    n_threads=threads,
+                    use_gpu=s.n_gpu_layers > 0,
+                    image_max_tokens=s.image_max_tokens,
+                    max_cached=s.image_cache,
+                )
             self.scheduler = Scheduler(
                 self.model,
                 n_ctx=self.n_ctx,
                 n_parallel=s.n_parallel,
                 n_batch=s.n_batch,
-                n_threads=s.n_threads or default_threads(),
+                n_threads=threads,
                 max_waiting=s.max_waiting,
+                vision=self.vision_tower,
             )
         except BaseException:
+            if self.vision_tower is not None:
+                self.vision_tower.close()
             self.model.close()
             raise
 
@@ -79,7 +97,7 @@ class LlamaCppEngine:
         return set(self.scheduler.eog_ids)
 
     def vision(self) -> bool:
-        return False
+        return self.vision_tower is not None
 
     def submit(
         self,
@@ -124,4 +142,6 @@ class LlamaCppEngine:
     def close(self) -> None:
         if self.model.ptr:
             self.scheduler.close()
+            if self.vision_tower is not None:
+                self.vision_tower.close()
             self.model.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeAlias, cast
 
 import llama_cpp as C
+from llama_cpp import mtmd_cpp
 
 from qwenkit.errors import ModelLoadError, QwenkitError
 
@@ -32,6 +34,24 @@ def _route_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
 
 _log_callback = C.llama_log_callback(_route_log)  # one C function pointer, kept alive for llama.cpp
 _load_errors: list[str] | None = None  # llama.cpp's error lines while a model loads (for the message)
+
+
+@contextmanager
+def collect_errors() -> Iterator[list[str]]:
+    """llama.cpp's (and libmtmd's) error lines logged inside the block, for a load failure's message."""
+    global _load_errors
+    errors: list[str] = []
+    _load_errors = errors
+    try:
+        yield errors
+    finally:
+        _load_errors = None
+
+
+def route_mtmd_log() -> None:
+    """Send libmtmd's chatter (image preprocessing and encoding) to Python logging as well."""
+    mtmd_cpp.mtmd_log_set(_log_callback, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_helper_log_set(_log_callback, ctypes.c_void_p(0))
 
 
 _backend_ready = False
@@ -60,12 +80,8 @@ class LlamaModel:
         _init_backend()
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
-        global _load_errors
-        _load_errors = []
-        try:
+        with collect_errors() as errors:
             self.ptr = C.llama_model_load_from_file(str(path).encode(), params)
-        finally:
-            errors, _load_errors = _load_errors, None
         if not self.ptr:
             reason = f" ({errors[0]})" if errors else ""
             raise ModelLoadError(
@@ -76,6 +92,7 @@ class LlamaModel:
         self.vocab: C.llama_vocab_p = C.llama_model_get_vocab(self.ptr)
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
+        self.n_embd_inp = C.llama_model_n_embd_inp(self.ptr)  # the width of input embeddings (images)
         self._pieces: dict[int, bytes] = {}
 
     def _vocab(self) -> C.llama_vocab_p:
@@ -135,12 +152,8 @@ class LlamaModel:
         if not path.is_file():
             raise ModelLoadError(f"LoRA adapter file not found: {path}")
         self._vocab()
-        global _load_errors
-        _load_errors = []
-        try:
+        with collect_errors() as errors:
             raw = C.llama_adapter_lora_init(self.ptr, str(path).encode())  # NULL (falsy) on failure
-        finally:
-            errors, _load_errors = _load_errors, None
         if not raw:
             reason = f" ({errors[-1]})" if errors else ""
             raise ModelLoadError(

@@ -11,6 +11,16 @@ LoRA adapters belong to the llama.cpp context, not to a sequence, so sequences o
 adapter sets cannot share a `llama_decode`: each step decodes one batch per adapter set in use
 (every group advances every step, none starves), starting with the set already applied, so one
 adapter alone costs no switch. A slot's cache is reused only by a request on the same adapter set.
+
+Images (a vision model loaded with its mmproj, `vision.py`): each `<|image_pad|>` of a prompt
+stands for one image, expanded into that image's LLM tokens. A slot's cache is a list of keys,
+a token id per text token and ``(image sha256, i)`` per image token, so prefixes are compared by
+image content, never by placeholder ids: two different images at the same place share nothing.
+An image is reused whole or not at all. Text tokens of every slot share one `llama_decode` per
+step; an image's embeddings then go in their own decode (one image per step and adapter set), on
+this thread. Positions are kept per cache entry apart from cell counts: with M-RoPE an image's
+tokens all sit at its first position and the text after it continues `n_pos` (its grid size)
+further on, not `n_tokens`.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import llama_cpp as C
 
@@ -38,10 +48,14 @@ from qwenkit.engines.base import (
 )
 from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain, token_logprob
+from qwenkit.engines.llamacpp.vision import PreparedImage, VisionTower
 from qwenkit.engines.output import RequestOutput
-from qwenkit.errors import QwenkitError
+from qwenkit.errors import BadRequest, QwenkitError
 
 T = TypeVar("T")
+
+#: A cache entry: a text token id, or (image sha256, index) for one of an image's LLM tokens.
+Key = int | tuple[str, int]
 
 log = logging.getLogger("qwenkit.scheduler")
 
@@ -54,10 +68,13 @@ SCORED_CHUNK = 16
 class _Slot:
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
-        self.cached: list[int] = []  # tokens whose KV is in the cache for this sequence
+        self.cached: list[Key] = []  # entries whose KV is in the cache for this sequence
+        self.positions: list[int] = []  # the position of each cached entry (M-RoPE: not its index)
+        self.end_pos = 0  # the position that follows the cached entries
         self.adapters: Adapters = ()  # the adapter set that cache was computed with
         self.request: Request | None = None
-        self.feed: list[int] = []  # tokens to decode next (prompt rest, last sample, forced)
+        self.feed: list[Key] = []  # entries to decode next (prompt rest, last sample, forced)
+        self.images: dict[str, PreparedImage] = {}  # the running request's images, by sha256
         self.out: RequestOutput | None = None
         self.sampler: SamplerChain | None = None
         self.last_used = 0.0
@@ -69,6 +86,26 @@ class _Slot:
     def busy(self) -> bool:
         return self.request is not None
 
+    def position(self, i: int) -> int:
+        """The position of cache entry `i` (the next position for i == len(cached))."""
+        return self.positions[i] if i < len(self.positions) else self.end_pos
+
+    def keep(self, n: int) -> None:
+        """Forget the cache entries from `n` on (the caller drops their KV cells)."""
+        self.end_pos = self.position(n)
+        del self.cached[n:]
+        del self.positions[n:]
+
+    def extend_text(self, tokens: Sequence[int]) -> None:
+        self.cached.extend(tokens)
+        self.positions.extend(range(self.end_pos, self.end_pos + len(tokens)))
+        self.end_pos += len(tokens)
+
+    def extend_image(self, image: PreparedImage, end_pos: int) -> None:
+        self.cached.extend((image.sha256, i) for i in range(image.n_tokens))
+        self.positions.extend([self.end_pos] * image.n_tokens)
+        self.end_pos = end_pos
+
     def running(self) -> tuple[RequestOutput, SamplerChain]:
         """The busy slot's output and sampler chain (set together with `request`)."""
         if self.out is None or self.sampler is None:
@@ -76,7 +113,7 @@ class _Slot:
         return self.out, self.sampler
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def _common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -84,12 +121,12 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _shared(slot: _Slot, prompt: Sequence[int], adapters: Adapters) -> int:
+def _shared(slot: _Slot, prompt: Sequence[Key], adapters: Adapters) -> int:
     """Prompt tokens `slot`'s cache holds for `prompt` on `adapters` (none across adapter sets)."""
     return _common_prefix(slot.cached, prompt) if slot.adapters == adapters else 0
 
 
-def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int], adapters: Adapters = ()) -> _Slot:
+def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[Key], adapters: Adapters = ()) -> _Slot:
     """The free slot to run `prompt` in (on `adapters`), given the sequence ids `running` already.
 
     First, keep the running sequences contiguous: llama.cpp decodes sequences in separate KV
@@ -106,6 +143,22 @@ def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[int], adapt
         return _runs(running | {slot.seq_id}), len(slot.cached) - shared, -shared, slot.last_used
 
     return min(free, key=cost)
+
+
+def _reusable(keys: Sequence[Key], shared: int) -> int:
+    """How many of `shared` matching entries to keep: at least one key left to decode (for
+    logits), and never part of an image (back to its first token)."""
+    n = min(shared, len(keys) - 1)
+    head = keys[n]
+    return n - head[1] if isinstance(head, tuple) else n
+
+
+def _text_run(feed: Sequence[Key], limit: int) -> int:
+    """How many text tokens `feed` starts with, up to `limit`."""
+    for i in range(min(limit, len(feed))):
+        if isinstance(feed[i], tuple):
+            return i
+    return min(limit, len(feed))
 
 
 def _runs(seq_ids: set[int]) -> int:
@@ -145,8 +198,11 @@ class Scheduler:
         n_batch: int = 512,
         n_threads: int,
         max_waiting: int = 64,
+        vision: VisionTower | None = None,
     ) -> None:
         self.model = model
+        self.vision = vision
+        self.image_pad = _image_pad(model) if vision is not None else None
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, n_parallel)
         self.max_waiting = max_waiting
@@ -194,7 +250,26 @@ class Scheduler:
         return future.result()
 
     def submit(self, request: Request) -> Request:
-        check_request(request, n_ctx=self.n_ctx, n_vocab=self.model.n_vocab, adapters=self.adapter_names())
+        check_request(
+            request,
+            n_ctx=self.n_ctx,
+            n_vocab=self.model.n_vocab,
+            adapters=self.adapter_names(),
+            image_pad=self.image_pad,
+        )
+        if request.images:
+            if request.prompt[-1] == self.image_pad:
+                raise BadRequest("the prompt must not end with an image")
+            if request.params.prompt_logprobs is not None:
+                raise BadRequest("prompt logprobs are not available for prompts with images")
+            assert self.vision is not None  # check_request refused images otherwise
+            images = [self.vision.prepare(image) for image in request.images]  # BadRequest if undecodable
+            expanded = len(request.prompt) + sum(image.n_tokens - 1 for image in images)
+            if expanded >= self.n_ctx:
+                raise BadRequest(
+                    f"the prompt with its images is {expanded} tokens; "
+                    f"this model was loaded with a context of {self.n_ctx} tokens"
+                )
         if request.n > len(self.slots):
             raise QwenkitError(f"n={request.n} needs as many parallel slots; this engine has {len(self.slots)}")
         with self._cv:
@@ -280,7 +355,7 @@ class Scheduler:
                 for choice in (request, *followers):
                     choice.emit(Chunk("", finish_reason="abort"))
                 continue
-            slot = _slot_for(free, running, request.prompt, request.adapters)
+            slot = _slot_for(free, running, self._known_keys(request), request.adapters)
             slot.followers = followers
             running.add(slot.seq_id)
             admitted.append((slot, request))
@@ -294,34 +369,43 @@ class Scheduler:
             slot.followers = []
 
     def _start(self, slot: _Slot, request: Request) -> None:
-        prompt = request.prompt
+        try:  # prepared at submit: cached unless evicted since
+            images = [self.vision.prepare(image) for image in request.images] if self.vision else []
+        except QwenkitError as exc:
+            for choice in (request, *slot.followers):
+                choice.emit(Chunk("", finish_reason="abort", error=str(exc)))
+            slot.followers = []
+            return
+        keys = self._keys(request.prompt, images)
         # Scoring the prompt needs its logits at every position: nothing is reused then. Only the
         # first choice scores it; the others copy the cache it leaves.
         scored = request.params.prompt_logprobs is not None and request.index == 0
-        reuse = 0 if scored else min(_shared(slot, prompt, request.adapters), len(prompt) - 1)  # >= 1 to decode
+        reuse = 0 if scored else _reusable(keys, _shared(slot, keys, request.adapters))
         donor = max(
             (s for s in self.slots if s is not slot),
-            key=lambda s: _shared(s, prompt, request.adapters),
+            key=lambda s: _shared(s, keys, request.adapters),
             default=None,
         )
         if donor is not None and not scored:
-            shared = min(_shared(donor, prompt, request.adapters), len(prompt) - 1)
+            shared = _reusable(keys, _shared(donor, keys, request.adapters))
             if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
                 C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
-                slot.cached = donor.cached[:shared]
+                slot.cached, slot.positions = donor.cached[:shared], donor.positions[:shared]
+                slot.end_pos = donor.position(shared)
                 reuse = shared
-        C.llama_memory_seq_rm(self.mem, slot.seq_id, reuse, -1)
-        del slot.cached[reuse:]
+        C.llama_memory_seq_rm(self.mem, slot.seq_id, slot.position(reuse), -1)
+        slot.keep(reuse)
         slot.adapters = request.adapters
         self._prefix_hit_tokens += reuse
-        self._prompt_tokens += len(prompt)
+        self._prompt_tokens += len(keys)
         try:
             slot.sampler = SamplerChain(self.model.vocab, self.model.n_vocab, request.params)
         except QwenkitError as exc:
             request.emit(Chunk("", finish_reason="abort", error=str(exc)))
             return
         slot.request = request
-        slot.feed = prompt[reuse:]
+        slot.feed = keys[reuse:]
+        slot.images = {image.sha256: image for image in images}
         slot.out = RequestOutput(
             request.emit,
             request.params,
@@ -332,8 +416,35 @@ class Scheduler:
             on_finish=lambda: self._release(slot),
         )
         slot.out.cached_prompt_tokens = reuse
+        slot.out.prompt_tokens = len(keys)
         slot.prompt_logprobs = [None] if scored else None
         slot.top_logprobs = request.params.logprobs
+
+    def _known_keys(self, request: Request) -> Sequence[Key]:
+        """The request's cache keys as far as they are known before its images are prepared
+        (to pick its slot): up to the first image not prepared yet."""
+        if not request.images or self.vision is None:
+            return request.prompt
+        known = [self.vision.known(image.sha256) for image in request.images]
+        n = next((i for i, image in enumerate(known) if image is None), len(known))
+        cut = len(request.prompt)
+        if n < len(known):  # stop at the first image slot whose size is unknown
+            cut = [i for i, token in enumerate(request.prompt) if token == self.image_pad][n]
+        return self._keys(request.prompt[:cut], [image for image in known[:n] if image is not None])
+
+    def _keys(self, prompt: list[int], images: list[PreparedImage]) -> list[Key]:
+        """`prompt` with each image_pad expanded into its image's keys (the prompt as the model sees it)."""
+        if not images:
+            return list(prompt)
+        keys: list[Key] = []
+        pending = iter(images)
+        for token in prompt:
+            if token == self.image_pad:
+                image = next(pending)
+                keys.extend((image.sha256, i) for i in range(image.n_tokens))
+            else:
+                keys.append(token)
+        return keys
 
     def _step(self) -> None:
         for slot in self.slots:
@@ -361,14 +472,17 @@ class Scheduler:
         self._applied = adapters
 
     def _decode(self, active: list[_Slot]) -> None:
-        """One `llama_decode` over `active` (all on the applied adapter set), then sampling."""
+        """One `llama_decode` of the text of `active` (all on the applied adapter set), sampling,
+        then the next image of one of them."""
         # Decoding slots (one token) first so a long prompt never starves running streams.
         active.sort(key=lambda s: len(s.feed))
         batch, n, budget = self.batch, 0, self.n_batch
         taken: list[tuple[_Slot, int, int | None, int]] = []  # slot, tokens taken, logits row, first row
         scored = False  # one prompt scored per step: the output buffer has room for one
         for slot in active:
-            take = min(len(slot.feed), budget - n)
+            if n >= budget:
+                break
+            take = _text_run(slot.feed, budget - n)
             scoring = slot.prompt_logprobs is not None
             if scoring:  # every row's logits are kept: bound the output buffer
                 if scored:
@@ -376,10 +490,10 @@ class Scheduler:
                 scored = True
                 take = min(take, SCORED_CHUNK)
             if take <= 0:
-                break
-            pos0 = len(slot.cached)
+                continue
+            pos0 = slot.end_pos
             for i in range(take):
-                batch.token[n + i] = slot.feed[i]
+                batch.token[n + i] = cast(int, slot.feed[i])
                 batch.pos[n + i] = pos0 + i
                 batch.n_seq_id[n + i] = 1
                 batch.seq_id[n + i][0] = slot.seq_id
@@ -390,19 +504,39 @@ class Scheduler:
                 batch.logits[row] = True
             taken.append((slot, take, row, n))
             n += take
-        batch.n_tokens = n
-        rc = C.llama_decode(self.ctx, batch)
-        if rc != 0:
-            raise QwenkitError(f"llama_decode returned {rc}")
+        if n:
+            batch.n_tokens = n
+            rc = C.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise QwenkitError(f"llama_decode returned {rc}")
         now = time.monotonic()
         for slot, take, row, first in taken:
             if slot.prompt_logprobs is not None:
                 self._score_prompt(slot, take, first)
-            slot.cached.extend(slot.feed[:take])
+            slot.extend_text(cast(list[int], slot.feed[:take]))
             del slot.feed[:take]
             slot.last_used = now
             if row is not None:
                 self._on_token(slot, row)
+        waiting = next((s for s in active if s.busy and s.feed and isinstance(s.feed[0], tuple)), None)
+        if waiting is not None:
+            self._decode_image(waiting)
+
+    def _decode_image(self, slot: _Slot) -> None:
+        """Decode the image `slot`'s feed starts with (encoding it unless cached), in its own batch."""
+        assert self.vision is not None
+        head = slot.feed[0]
+        assert isinstance(head, tuple)
+        image = slot.images[head[0]]
+        try:
+            end_pos = self.vision.decode(self.ctx, image, slot.end_pos, slot.seq_id, self.n_batch)
+        except QwenkitError as exc:
+            self._finish(slot, "abort", error=str(exc))
+            self._forget(slot)
+            return
+        slot.extend_image(image, end_pos)
+        del slot.feed[: image.n_tokens]
+        slot.last_used = time.monotonic()
 
     def _score_prompt(self, slot: _Slot, take: int, first: int) -> None:
         """Logprobs of the prompt tokens that follow this chunk's rows; handed on once complete."""
@@ -414,7 +548,7 @@ class Scheduler:
             and request.params.prompt_logprobs is not None
         )
         prompt, top = request.prompt, request.params.prompt_logprobs
-        pos0 = len(slot.cached)
+        pos0 = len(slot.cached)  # prompts with images are not scored: entries are tokens here
         for i in range(take):
             if pos0 + i + 1 < len(prompt):
                 scored.append(token_logprob(self.ctx, first + i, self.model.n_vocab, prompt[pos0 + i + 1], top))
@@ -430,7 +564,7 @@ class Scheduler:
         feed = out.on_token(token, len(slot.cached), logprob)
         for forced in feed[1:]:
             sampler.accept(forced)
-        slot.feed = feed
+        slot.feed = list[Key](feed)
 
     def _finish(self, slot: _Slot, reason: FinishReason, *, error: str | None = None) -> None:
         slot.running()[0].finish(reason, error=error)
@@ -439,6 +573,7 @@ class Scheduler:
         self._admit_followers(slot)  # a leader that ends before its prefill: they start on their own
         slot.request = None
         slot.feed = []
+        slot.images = {}
         slot.prompt_logprobs = None
         if slot.sampler:
             slot.sampler.close()
@@ -447,4 +582,12 @@ class Scheduler:
     def _forget(self, slot: _Slot) -> None:
         """Drop a slot's cache (after a failed step its contents are unknown)."""
         C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-        slot.cached = []
+        slot.cached, slot.positions, slot.end_pos = [], [], 0
+
+
+def _image_pad(model: LlamaModel) -> int:
+    """The model's `<|image_pad|>` token id, from its own vocabulary."""
+    ids = model.tokenize("<|image_pad|>", special=True)
+    if len(ids) != 1:
+        raise QwenkitError("this model's vocabulary has no <|image_pad|> token: it is not a Qwen-VL model")
+    return ids[0]
