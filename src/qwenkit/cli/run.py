@@ -9,16 +9,21 @@ import typer
 
 from qwenkit.cli.common import (
     CtxOpt,
+    DataParallelOpt,
     DtypeOpt,
     EngineOpt,
+    ExecutorOpt,
     ModelOpt,
+    PipelineParallelOpt,
     QuantOpt,
+    TensorParallelOpt,
     ThinkOpt,
     ThreadsOpt,
     app,
     err,
     load_model,
     parse_lora,
+    vllm_parallelism,
 )
 from qwenkit.errors import QwenkitError
 
@@ -42,6 +47,10 @@ def run(
     dtype: str = DtypeOpt,
     quantization: str | None = QuantOpt,
     lora: str | None = LoraOpt,
+    tensor_parallel: int = TensorParallelOpt,
+    pipeline_parallel: int = PipelineParallelOpt,
+    data_parallel: int = DataParallelOpt,
+    executor: str | None = ExecutorOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -57,8 +66,9 @@ def run(
         thinking_budget=thinking_budget,
         adapters=tuple((name, 1.0) for name in adapters),
     )
+    parallelism = vllm_parallelism(tensor_parallel, pipeline_parallel, data_parallel, executor)
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters
+        model, ctx, threads, engine, dtype, quantization, adapters, parallelism
     ) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)

@@ -186,6 +186,8 @@ class VllmEngine:
         its vLLM requests."""
         request = Request(list(prompt), params, emit, controller, tuple(adapters), n=n)
         check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab, adapters=self._adapters)
+        if n > self.settings.n_parallel:
+            raise QwenkitError(f"n={n} needs as many parallel sequences; this engine runs {self.settings.n_parallel}")
         lora = self._lora(request.adapters)
         if self._closed:
             raise QwenkitError("the engine is closed")
