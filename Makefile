@@ -76,10 +76,11 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 vllm-env: $(VLLM_VENV)/.installed
 
-# the engine-contract suite's vLLM cases, for real on a tiny random Qwen2 checkpoint (CPU: minutes)
+# the engine-contract suite's vLLM cases and the vLLM engine's own tests, for real on tiny random Qwen
+# checkpoints (CPU: about 10 minutes, vLLM starting three times)
 test-vllm: vllm-env
 	$(VLLM_BIN)/qwenkit pull $(MODEL)
-	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q tests/test_engine_contract.py -k vllm
+	$(VLLM_ENV) $(VLLM_BIN)/python -m pytest -q tests/test_engine_contract.py tests/test_engine_vllm.py -k vllm
 
 # BENCHMARKS.md and benchmarks/plots/ from benchmarks/results/*.json (no measuring)
 bench-report: setup

@@ -253,7 +253,8 @@ def test_greedy_token_is_the_most_likely(engine):
     logprobs = [lp for c in chunks for lp in c.logprobs or []]
     assert [lp.token for lp in logprobs] == ids_of(chunks)
     for lp in logprobs:
-        assert len(lp.top) == 5 and lp.token in [t for t, _ in lp.top]
+        assert len(lp.top) == 5
+        assert lp.top[0][0] == lp.token or lp.top[0][1] == lp.top[1][1]  # the most likely, or tied with it
         assert lp.logprob == pytest.approx(lp.top[0][1], abs=1e-5)
         assert [v for _, v in lp.top] == sorted((v for _, v in lp.top), reverse=True)
         assert all(v <= 0 for _, v in lp.top)
@@ -288,7 +289,11 @@ def test_prompt_logprobs_score_the_prompt(engine):
     assert [lp.token for lp in prompt[1:]] == ids[1:]
     for mine, theirs in zip(prompt[-3:], sampled[:3], strict=True):
         assert mine.token == theirs.token
-        assert mine.logprob == pytest.approx(theirs.logprob, abs=0.05 if engine.name == "vllm" else 2e-3)
+        if engine.name == "vllm":  # bf16 on the CPU: a prefill and a decode step round differently
+            assert mine.logprob == pytest.approx(theirs.logprob, abs=0.05)
+        else:
+            assert mine.logprob == pytest.approx(theirs.logprob, abs=2e-3)
+            assert [t for t, _ in mine.top] == [t for t, _ in theirs.top]
     assert all(c.prompt_logprobs is None for c in scored[1:])
 
 
@@ -297,6 +302,17 @@ def test_n_sampled_choices_differ(engine):
     tokens = {i: ids_of(cs) for i, cs in sampled.items()}
     assert all(tokens.values())
     assert len({tuple(t) for t in tokens.values()}) > 1  # sampled separately (8 hot tokens from 150k)
+
+
+def test_n_choices_share_one_prefill(engine):
+    before = engine.stats()
+    prompt = len(engine.tokenize(PROMPTS[0]))
+    choices(engine, PROMPTS[0], n=3, max_tokens=4, temperature=1.0)
+    after = engine.stats()
+    if engine.name == "llamacpp":  # the other choices copy the first's cache: only its last token again
+        assert after.prefix_hit_tokens - before.prefix_hit_tokens >= 2 * (prompt - 1)
+    else:  # one prefill (transformers: repeated rows; vLLM: its prefix cache), counted once
+        assert after.prompt_tokens - before.prompt_tokens == prompt
 
 
 def test_n_greedy_choices_agree(engine):
@@ -326,6 +342,7 @@ def test_bad_requests_are_refused_up_front(engine):
 
 
 def test_cancel_aborts_and_the_engine_goes_on(engine):
+    reference = ids_of(run(engine, PROMPTS[1], max_tokens=3, **GREEDY))
     chunks: queue.Queue[Chunk] = queue.Queue()
     handle = engine.submit(engine.tokenize(PROMPTS[0]), SamplingParams(max_tokens=400, **GREEDY), chunks.put)
     assert chunks.get(timeout=120).finish_reason is None
@@ -336,7 +353,7 @@ def test_cancel_aborts_and_the_engine_goes_on(engine):
             break
     assert last.finish_reason == "abort" and last.error is None
     wait_idle(engine)
-    assert run(engine, PROMPTS[1], max_tokens=3, **GREEDY)[-1].finish_reason == "length"
+    assert ids_of(run(engine, PROMPTS[1], max_tokens=3, **GREEDY)) == reference
 
 
 def test_cancel_before_it_runs_still_ends_the_stream(engine):
@@ -394,3 +411,8 @@ def test_n_beyond_what_the_engine_runs_together_is_refused(engine):
         pytest.skip("the onnx engine decodes choices one after another, so any n fits")
     with pytest.raises(QwenkitError, match="n=9"):
         engine.submit(engine.tokenize(PROMPTS[0]), SamplingParams(max_tokens=2), lambda c: None, n=9)
+
+
+def test_logprobs_are_bounded():
+    with pytest.raises(ValueError, match="logprobs"):
+        SamplingParams(logprobs=21)

@@ -10,9 +10,10 @@ Each token of each delta goes through `engines.output.RequestOutput` (end ids, s
 whole characters, `max_tokens`, the step controller), so requests end as on the other engines.
 A `ThinkingLimit` controller (the chat layer's thinking budget) is enforced natively by vLLM
 (`thinking_token_budget`, with the stop phrase as the forced end string) when the engine was
-given `ReasoningMarkers` that the vocabulary has; any other controller is emulated: when it forces
-tokens, the running vLLM request is aborted and a new one continues from prompt + generated +
-forced (vLLM's prefix cache keeps that re-prefill cheap).
+given `ReasoningMarkers` that the vocabulary has and the prompt itself opens reasoning; any other
+controller (and that one where the model is to open reasoning itself) is emulated per delta:
+when it forces tokens, the running vLLM request is aborted and a new one continues from prompt +
+generated + forced (vLLM's prefix cache keeps that re-prefill cheap).
 
 `n` choices are separate vLLM requests of one prompt (the prefix cache computes its prefill
 once). LoRA: peft adapter directories, one per request at scale 1 (`LoRARequest`), when started
@@ -85,7 +86,7 @@ class VllmEngine:
         self._n_vocab = int(text_config["vocab_size"])
         self.vocab = Vocab(None, self._n_vocab, self.path / "tokenizer.json")
         self._eos = self._end_of_generation_ids()
-        self._native_thinking = self._reasoning_config() is not None
+        self._think_ids = self._reasoning_ids()
         self._adapters: dict[str, LoRARequest] = {}
         self._lora_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -113,10 +114,18 @@ class VllmEngine:
                 ids.update(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
         return ids
 
-    def _reasoning_config(self) -> ReasoningConfig | None:
-        """vLLM's reasoning config for the markers, if the vocabulary has them as single tokens."""
+    def _reasoning_ids(self) -> tuple[int, int] | None:
+        """The reasoning markers' token ids, if the vocabulary has each as a single token."""
         markers = self.settings.reasoning
-        if markers is None or any(len(self.vocab.tokenize(m)) != 1 for m in (markers.start, markers.end)):
+        if markers is None:
+            return None
+        start, end = (self.vocab.tokenize(m) for m in (markers.start, markers.end))
+        return (start[0], end[0]) if len(start) == 1 and len(end) == 1 else None
+
+    def _reasoning_config(self) -> ReasoningConfig | None:
+        """vLLM's reasoning config for the markers (None without them)."""
+        markers = self.settings.reasoning
+        if markers is None or self._think_ids is None:
             return None
         return ReasoningConfig(
             reasoning_parser=markers.parser, reasoning_start_str=markers.start, reasoning_end_str=markers.forced_end
@@ -243,10 +252,10 @@ class VllmEngine:
         request from everything generated so far."""
         params = request.params
         controller = request.controller
-        native = self._native_thinking and isinstance(controller, ThinkingLimit)
-        if native:  # vLLM forces the closing itself; qwenkit does not run the controller
-            out.controller = None
-        budget = controller.reasoning_token_limit if native and isinstance(controller, ThinkingLimit) else None
+        budget = None
+        if isinstance(controller, ThinkingLimit) and self.opens_reasoning(request.prompt):
+            budget = controller.reasoning_token_limit
+            out.controller = None  # vLLM forces the closing itself
         first = True
         while not out.finished:
             prompt = request.prompt + out.generated
@@ -263,6 +272,17 @@ class VllmEngine:
             first = False
             if not restart and not out.finished:
                 out.finish("abort", error="vLLM ended the request without a finish reason")
+
+    def opens_reasoning(self, prompt: Sequence[int]) -> bool:
+        """Whether `prompt` leaves reasoning open (its last start marker follows its last end
+        marker): then vLLM counts the budget from the prompt, as qwenkit does. Where the model is
+        to open reasoning itself (Qwen3's hybrid templates), vLLM would count only once it does,
+        and not at all if it never does: the controller is emulated there."""
+        if self._think_ids is None:
+            return False
+        start, end = self._think_ids
+        last = {token: i for i, token in enumerate(prompt) if token in (start, end)}
+        return last.get(start, -1) > last.get(end, -1)
 
     async def _consume(self, stream: Any, request: Request, out: RequestOutput, used: int, first: bool) -> bool:
         """Feed one vLLM request's deltas to `out`; True when forced tokens need a new request."""
@@ -336,6 +356,7 @@ class VllmEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.llm.shutdown()
+        del self.llm  # now, not at interpreter exit (AsyncLLM.__del__ shuts down again, half torn down)
 
     def __enter__(self) -> VllmEngine:
         return self
