@@ -264,7 +264,15 @@ class VllmEngine:
                 max_tokens=params.max_tokens - len(out.generated),
                 thinking_budget=budget,
             )
-            stream = self.llm.generate(tokens_input(prompt), sampling, _request_id(), lora_request=lora)
+            stream = self.llm.generate(
+                tokens_input(prompt),
+                sampling,
+                _request_id(),
+                lora_request=lora,
+                # a grammar constrains the whole output, as on the other engines (with a reasoning
+                # parser, vLLM would otherwise wait for `</think>` before applying it)
+                reasoning_ended=True if params.grammar else None,
+            )
             try:
                 restart = await self._consume(stream, request, out, len(prompt), first)
             finally:
