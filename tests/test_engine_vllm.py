@@ -40,6 +40,25 @@ def test_without_vllm_the_engine_says_how_to_get_it(tiny_hf_qwen2):
         qwenkit.load(str(tiny_hf_qwen2), engine="vllm", progress=False)
 
 
+def _cli_error(*args: str) -> str:
+    """Run `qwenkit ARGS`, expecting a failure; return its one stderr line."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "from qwenkit.cli import main; main()", *args]
+    proc = subprocess.run(cmd, capture_output=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    lines = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode != 0 and proc.stdout == b""
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr.decode()
+    return lines[0]
+
+
+def test_cli_vllm_options_fail_in_one_line(tiny_qwen2, tiny_hf_qwen2):
+    assert "apply to --engine vllm" in _cli_error("run", "hi", "-m", str(tiny_qwen2), "--tensor-parallel", "2")
+    if not HAS_VLLM:
+        assert "make vllm-env" in _cli_error("run", "hi", "-m", str(tiny_hf_qwen2), "--engine", "vllm")
+
+
 # ----- with vLLM ----------------------------------------------------------------------------
 
 
