@@ -77,7 +77,7 @@ class VllmEngine:
         if not config_file.is_file():
             raise ModelLoadError(
                 f"{self.path} is not a checkpoint directory (no config.json); the vLLM engine loads "
-                "Hugging Face checkpoints (a GGUF: convert it with --engine transformers first)"
+                "Hugging Face checkpoints (`qwenkit.load` and --engine vllm convert a GGUF to one first)"
             )
         self.config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
         text_config = self.config.get("text_config") or self.config
@@ -295,8 +295,10 @@ class VllmEngine:
     async def _consume(self, stream: Any, request: Request, out: RequestOutput, used: int, first: bool) -> bool:
         """Feed one vLLM request's deltas to `out`; True when forced tokens need a new request."""
         top = request.params.logprobs
+        counted = not first  # prefix-cache hits: the request's own prompt, counted once
         async for result in stream:
-            if first and result.num_cached_tokens is not None:
+            if not counted and result.num_cached_tokens is not None:
+                counted = True
                 out.cached_prompt_tokens = int(result.num_cached_tokens)
                 with self._lock:
                     self._cached_tokens += out.cached_prompt_tokens
