@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from qwenkit.catalog.fetch import resolve
 from qwenkit.chat import load_template
@@ -12,13 +12,14 @@ from qwenkit.engines.base import Engine
 from qwenkit.errors import QwenkitError
 from qwenkit.model import Model
 
-ENGINES = ("auto", "llamacpp", "transformers", "onnx")
+ENGINES = ("auto", "llamacpp", "transformers", "onnx", "vllm")
 
 
 def pick_engine(engine: str, fmt: str) -> str:
     """The engine to run weights of format `fmt` ("gguf", "hf" or "onnx") on: `auto` picks
     llama.cpp for a GGUF file, transformers for a checkpoint directory and ONNX Runtime GenAI
-    for an ONNX model directory. `onnx` on a GGUF or checkpoint exports it (int4, cached)."""
+    for an ONNX model directory. `onnx` on a GGUF or checkpoint exports it (int4, cached); `vllm`
+    on a GGUF dequantizes it to a checkpoint once (cached)."""
     if engine not in ENGINES:
         raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
     if engine == "auto":
@@ -48,6 +49,10 @@ def load(
     lora: Mapping[str, str | Path] | None = None,
     mmproj: str | Path | None = None,
     image_max_tokens: int | None = None,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    data_parallel: int = 1,
+    distributed_executor_backend: str | None = None,
 ) -> Model:
     """Fetch (if needed) and load a model.
 
@@ -64,6 +69,9 @@ def load(
     `image_max_tokens`: vision models (Qwen2.5-VL): the most tokens one image may take (its pixels
     are scaled to at most that many 28x28 cells); None: the model's own limit.
     `mmproj`: a Qwen-VL GGUF's vision projector (llama.cpp); a catalogue name brings its own.
+    vLLM only (`engine="vllm"`, its own environment): `tensor_parallel`, `pipeline_parallel`,
+    `data_parallel` and `distributed_executor_backend` ("mp" or "ray") go to vLLM's engine args;
+    `lora` there names peft adapter directories.
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -75,7 +83,24 @@ def load(
     if mmproj is not None and chosen != "llamacpp":
         raise QwenkitError("an mmproj (vision projector GGUF) goes with a GGUF on the llama.cpp engine")
     eng: Engine
-    if chosen == "transformers":
+    parallel = (tensor_parallel, pipeline_parallel, data_parallel)
+    if chosen != "vllm" and (parallel != (1, 1, 1) or distributed_executor_backend is not None):
+        raise QwenkitError("tensor, pipeline and data parallelism and the executor backend apply to --engine vllm")
+    if chosen == "vllm":
+        if quantization is not None or device_map is not None:
+            raise QwenkitError("quantization and device_map apply to the transformers engine, not vLLM")
+        eng = _load_vllm(
+            local.path if local.format == "hf" else _converted(local.path),
+            dtype=dtype,
+            n_ctx=n_ctx,
+            n_parallel=n_parallel or 8,
+            lora=bool(lora),
+            tensor_parallel=tensor_parallel,
+            pipeline_parallel=pipeline_parallel,
+            data_parallel=data_parallel,
+            executor=distributed_executor_backend,
+        )
+    elif chosen == "transformers":
         from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
 
         settings = TransformersSettings(
@@ -128,3 +153,30 @@ def load(
         eng.close()
         raise
     return Model(eng, template, name=local.name, architecture=architecture)
+
+
+def _converted(gguf: Path) -> Path:
+    """A GGUF dequantized once into a cached checkpoint directory (vLLM loads checkpoints)."""
+    from qwenkit.engines.transformers import convert_gguf
+
+    return convert_gguf(gguf)
+
+
+EXECUTORS: dict[str | None, Literal["mp", "ray"] | None] = {None: None, "mp": "mp", "ray": "ray"}
+
+
+def _load_vllm(path: Path, *, dtype: str, lora: bool, executor: str | None, **sizes: Any) -> Engine:
+    """The vLLM engine, with Qwen's reasoning markers so it enforces thinking budgets natively."""
+    from qwenkit.chat.budget import closing_text
+    from qwenkit.engines.vllm import ReasoningMarkers, VllmEngine, VllmSettings
+
+    if executor not in EXECUTORS:
+        raise QwenkitError(f"--distributed-executor-backend is mp or ray, not {executor!r}")
+    settings = VllmSettings(
+        dtype={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype.lower(), dtype.lower()),
+        max_loras=4 if lora else 0,
+        executor=EXECUTORS[executor],
+        reasoning=ReasoningMarkers(start="<think>", end="</think>", forced_end=closing_text(), parser="qwen3"),
+        **sizes,
+    )
+    return VllmEngine(path, settings)

@@ -66,6 +66,12 @@ class ThinkingBudget:
         self.done = False
         self.spent = 0  # reasoning tokens so far
 
+    @property
+    def reasoning_token_limit(self) -> int:
+        """Reasoning tokens before the closing is forced, for engines that force it natively
+        (no grace there: the answer reserve is already taken out of it)."""
+        return self.soft_limit
+
     def after_token(self, generated: Sequence[int]) -> Sequence[int]:
         if self.done:
             return ()

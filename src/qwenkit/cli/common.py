@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -29,7 +30,14 @@ EngineOpt = typer.Option(
     "--engine",
     "-e",
     help="auto (llama.cpp for a .gguf, transformers for a checkpoint directory, onnx for an ONNX model "
-    "directory), llamacpp, transformers or onnx (a .gguf or checkpoint is exported to int4 once).",
+    "directory), llamacpp, transformers, onnx (a .gguf or checkpoint is exported to int4 once) or vllm "
+    "(its own environment: make vllm-env).",
+)
+TensorParallelOpt = typer.Option(1, "--tensor-parallel", min=1, help="vLLM: GPUs each layer is split over.")
+PipelineParallelOpt = typer.Option(1, "--pipeline-parallel", min=1, help="vLLM: stages the layers are split into.")
+DataParallelOpt = typer.Option(1, "--data-parallel", min=1, help="vLLM: replicas of the model it schedules over.")
+ExecutorOpt = typer.Option(
+    None, "--distributed-executor-backend", help="vLLM: mp (one machine) or ray (a Ray cluster); default: vLLM's."
 )
 DtypeOpt = typer.Option("auto", "--dtype", help="Transformers engine: auto, bf16, fp16 or fp32.")
 QuantOpt = typer.Option(
@@ -69,7 +77,9 @@ def load_model(
     lora: dict[str, str] | None = None,
     image_max_tokens: int | None = None,
     mmproj: Path | None = None,
+    parallelism: dict[str, Any] | None = None,
 ):
+    """`qwenkit.load` for a verb; `parallelism`: vLLM's sizes and executor (load's keywords)."""
     from qwenkit.api import load
 
     if engine == "onnx":  # export first (once, cached) with a progress display
@@ -88,6 +98,14 @@ def load_model(
         lora=lora,
         image_max_tokens=image_max_tokens,
         mmproj=mmproj,
+        **(parallelism or {}),
+    )
+
+
+def vllm_parallelism(tensor: int, pipeline: int, data: int, executor: str | None) -> dict[str, Any]:
+    """The vLLM options as `qwenkit.load` keywords."""
+    return dict(
+        tensor_parallel=tensor, pipeline_parallel=pipeline, data_parallel=data, distributed_executor_backend=executor
     )
 
 

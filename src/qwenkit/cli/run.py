@@ -12,16 +12,21 @@ import typer
 from qwenkit.chat.media import LOCAL_POLICY, load_image
 from qwenkit.cli.common import (
     CtxOpt,
+    DataParallelOpt,
     DtypeOpt,
     EngineOpt,
+    ExecutorOpt,
     ModelOpt,
+    PipelineParallelOpt,
     QuantOpt,
+    TensorParallelOpt,
     ThinkOpt,
     ThreadsOpt,
     app,
     err,
     load_model,
     parse_lora,
+    vllm_parallelism,
 )
 from qwenkit.errors import QwenkitError
 
@@ -62,6 +67,10 @@ def run(
     image: list[Path] = typer.Option([], "--image", "-i", help="An image file for a vision model (repeatable)."),
     image_max_tokens: int | None = ImageMaxTokensOpt,
     mmproj: Path | None = MmprojOpt,
+    tensor_parallel: int = TensorParallelOpt,
+    pipeline_parallel: int = PipelineParallelOpt,
+    data_parallel: int = DataParallelOpt,
+    executor: str | None = ExecutorOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -79,8 +88,9 @@ def run(
         thinking_budget=thinking_budget,
         adapters=tuple((name, 1.0) for name in adapters),
     )
+    parallelism = vllm_parallelism(tensor_parallel, pipeline_parallel, data_parallel, executor)
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj
+        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj, parallelism
     ) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)

@@ -8,15 +8,20 @@ import typer
 
 from qwenkit.cli.common import (
     CtxOpt,
+    DataParallelOpt,
     DtypeOpt,
     EngineOpt,
+    ExecutorOpt,
     ModelOpt,
+    PipelineParallelOpt,
     QuantOpt,
+    TensorParallelOpt,
     ThreadsOpt,
     app,
     err,
     export_onnx_with_progress,
     parse_lora,
+    vllm_parallelism,
 )
 from qwenkit.errors import QwenkitError
 
@@ -108,6 +113,10 @@ def serve(
     max_imbalance: int = typer.Option(
         4, "--max-imbalance", min=0, help="(--ray) Requests a prefix holder may be busier than the idlest replica."
     ),
+    tensor_parallel: int = TensorParallelOpt,
+    pipeline_parallel: int = PipelineParallelOpt,
+    data_parallel: int = DataParallelOpt,
+    executor: str | None = ExecutorOpt,
 ) -> None:
     """Serve an OpenAI-compatible API (and a web chat at /) with continuous batching."""
     import logging
@@ -125,8 +134,14 @@ def serve(
     keys = read_api_keys(api_key, api_key_file)
     if allow_runtime_lora and not keys:
         raise QwenkitError("--allow-runtime-lora needs --api-key (anyone could load files from this machine otherwise)")
+    parallelism = vllm_parallelism(tensor_parallel, pipeline_parallel, data_parallel, executor)
     if on_ray or ray_address is not None:
         from pydantic import ValidationError
+
+        if engine == "vllm":
+            raise QwenkitError(
+                "--ray serves llama.cpp or transformers replicas; vLLM distributes itself (--engine vllm)"
+            )
 
         from qwenkit.serve.cluster.launch import serve_on_ray
         from qwenkit.serve.cluster.options import ClusterOptions
@@ -191,10 +206,10 @@ def serve(
     if chosen == "llamacpp" and not skip_memory_check:
         check_fits(local.path, ctx, parallel, mmproj or local.mmproj)
 
-    if chosen == "transformers" and local.format == "gguf":
+    if chosen in ("transformers", "vllm") and local.format == "gguf":
         from qwenkit.engines.transformers import convert_gguf
 
-        err.print(f"preparing {local.name} for transformers (converted once, then reused)")
+        err.print(f"preparing {local.name} for {chosen} (converted once, then reused)")
         convert_gguf(local.path)
     elif chosen == "onnx" and local.format != "onnx":
         export_onnx_with_progress(local.path, "int4")
@@ -238,6 +253,7 @@ def serve(
             lora=adapters,
             mmproj=mmproj,
             image_max_tokens=image_max_tokens,
+            **parallelism,
         )
         m.effort_budgets = efforts
         return m

@@ -99,6 +99,16 @@ class StepController(Protocol):
     def after_token(self, generated: Sequence[int]) -> Sequence[int]: ...
 
 
+@runtime_checkable
+class ThinkingLimit(StepController, Protocol):
+    """A step controller whose only forcing is to close reasoning after `reasoning_token_limit`
+    reasoning tokens. An engine with a native reasoning budget (vLLM's `thinking_token_budget`)
+    may apply that limit itself instead of running `after_token`."""
+
+    @property
+    def reasoning_token_limit(self) -> int: ...
+
+
 @dataclass
 class Chunk:
     """One step of output: the token(s) produced and the text they completed.
