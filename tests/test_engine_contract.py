@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from qwenkit.engines.base import Chunk, Engine, SamplingParams
+from qwenkit.engines.base import Chunk, Engine, ImageInput, SamplingParams
 from qwenkit.errors import BadRequest, QwenkitError
 
 IM_END, ENDOFTEXT = 151645, 151643
@@ -337,6 +337,12 @@ def test_bad_requests_are_refused_up_front(engine):
         engine.submit([1, 2], SamplingParams(logit_bias=((10**7, 1.0),)), emit)
     with pytest.raises(BadRequest, match="LoRA"):
         engine.submit([1, 2], SamplingParams(), emit, adapters=(("nope", 1.0),))
+    assert engine.vision() is False  # these are text models: an image is refused, naming why
+    image = ImageInput(b"\x89PNG", "0" * 64, 1, 1)
+    with pytest.raises(BadRequest, match="text only"):
+        engine.submit(
+            engine.tokenize("<|vision_start|><|image_pad|><|vision_end|>"), SamplingParams(), emit, images=[image]
+        )
     # the engine still serves requests afterwards
     assert run(engine, PROMPTS[1], max_tokens=2)[-1].finish_reason == "length"
 

@@ -43,6 +43,7 @@ from qwenkit.engines.base import (
     Chunk,
     EngineStats,
     FinishReason,
+    ImageInput,
     Request,
     RequestHandle,
     SamplingParams,
@@ -190,10 +191,11 @@ class VllmEngine:
         adapters: Adapters = (),
         *,
         n: int = 1,
+        images: Sequence[ImageInput] = (),
     ) -> RequestHandle:
         """Queue a request whose chunks go to `emit` on the engine's loop thread; `cancel` aborts
-        its vLLM requests."""
-        request = Request(list(prompt), params, emit, controller, tuple(adapters), n=n)
+        its vLLM requests. Text only: a request with images is refused."""
+        request = Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n)
         check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab, adapters=self._adapters)
         if n > self.settings.n_parallel:
             raise QwenkitError(f"n={n} needs as many parallel sequences; this engine runs {self.settings.n_parallel}")
@@ -327,8 +329,14 @@ class VllmEngine:
         params: SamplingParams,
         controller: StepController | None = None,
         adapters: Adapters = (),
+        *,
+        images: Sequence[ImageInput] = (),
     ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters)
+        return iterate(self, prompt, params, controller, adapters, images=images)
+
+    def vision(self) -> bool:
+        """Images are not wired to vLLM's multimodal inputs yet."""
+        return False
 
     # ----- adapters, stats, lifecycle --------------------------------------------------------
 
