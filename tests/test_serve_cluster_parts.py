@@ -84,6 +84,15 @@ def test_replicas_run_the_single_server_settings_they_are_given() -> None:
     assert settings.lora == (("alpha", "/a.gguf"),) and settings.max_stored_responses == 7
 
 
+def test_replicas_take_images_under_the_media_policy_they_are_given(tmp_path) -> None:
+    options = ClusterOptions(
+        mmproj="/m/mmproj.gguf", image_max_tokens=64, allow_remote_media=True, media_dir=str(tmp_path), max_images=2
+    )
+    policy = options.settings().media()
+    assert policy.allow_remote and policy.media_dir == tmp_path and policy.max_images == 2
+    assert ClusterOptions().settings().media().allow_remote is False  # off unless asked, as in `qwenkit serve`
+
+
 @pytest.mark.parametrize(
     ("option", "reason"),
     [

@@ -135,6 +135,8 @@ def serve(
     if allow_runtime_lora and not keys:
         raise QwenkitError("--allow-runtime-lora needs --api-key (anyone could load files from this machine otherwise)")
     parallelism = vllm_parallelism(tensor_parallel, pipeline_parallel, data_parallel, executor)
+    if media_dir is not None and not media_dir.is_dir():
+        raise QwenkitError(f"--media-dir {media_dir} is not a directory")
     if on_ray or ray_address is not None:
         from pydantic import ValidationError
 
@@ -146,8 +148,6 @@ def serve(
         from qwenkit.serve.cluster.launch import serve_on_ray
         from qwenkit.serve.cluster.options import ClusterOptions
 
-        if mmproj is not None:
-            raise QwenkitError("--mmproj is not supported with --ray yet")
         if allow_runtime_lora:
             raise QwenkitError(
                 "--allow-runtime-lora is not supported with --ray: a runtime load would reach one replica only; "
@@ -155,11 +155,6 @@ def serve(
             )
         if cors:
             raise QwenkitError("--cors-origin is not supported with --ray yet: set CORS on the proxy in front")
-        if allow_remote_media or media_dir is not None or media_hosts or image_max_tokens is not None:
-            raise QwenkitError(
-                "--allow-remote-media, --media-dir, --media-host and --image-max-tokens are not supported with --ray "
-                "yet (replicas take data-URI images only)"
-            )
         try:
             options = ClusterOptions.model_validate(
                 {
@@ -191,6 +186,12 @@ def serve(
                     "max_stored_responses": stored_responses,
                     "served_model_name": served_name,
                     "lora": {name: str(Path(path).resolve()) for name, path in adapters.items()},  # for every node
+                    "mmproj": str(mmproj.resolve()) if mmproj is not None else None,
+                    "image_max_tokens": image_max_tokens,
+                    "allow_remote_media": allow_remote_media,
+                    "media_dir": str(media_dir.resolve()) if media_dir is not None else None,
+                    "max_images": max_images,
+                    "media_hosts": frozenset(media_hosts),
                 }
             )
         except ValidationError as exc:
@@ -235,8 +236,6 @@ def serve(
         max_images=max_images,
         media_hosts=frozenset(media_hosts),
     )
-    if media_dir is not None and not media_dir.is_dir():
-        raise QwenkitError(f"--media-dir {media_dir} is not a directory")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def load_model():

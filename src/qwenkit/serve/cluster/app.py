@@ -97,6 +97,8 @@ class ModelReplica:
             dtype=options.dtype,
             quantization=options.quantization,
             lora=options.lora,
+            mmproj=options.mmproj,
+            image_max_tokens=options.image_max_tokens,
         )
         model.effort_budgets = parse_effort_budgets(options.effort_budgets)
         # the names the single server answers to: the store name, the file name, a catalogue reference

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -50,6 +51,13 @@ class ClusterOptions(BaseModel):
     max_stored_responses: int = Field(256, ge=0)
     served_model_name: str | None = None
     lora: dict[str, str] = {}  # name -> adapter file, loaded on every replica (same path on every node)
+    # images (Qwen2.5-VL), as in `qwenkit serve`: paths must be the same on every node
+    mmproj: str | None = None  # the vision projector GGUF beside a llama.cpp model
+    image_max_tokens: int | None = Field(None, ge=4)
+    allow_remote_media: bool = False
+    media_dir: str | None = None
+    max_images: int = Field(8, ge=0)
+    media_hosts: frozenset[str] = frozenset()
     name: str = "qwenkit"
 
     @model_validator(mode="after")
@@ -88,4 +96,8 @@ class ClusterOptions(BaseModel):
             served_name=self.served_model_name,
             model_aliases=aliases,
             lora=tuple(self.lora.items()),
+            allow_remote_media=self.allow_remote_media,
+            media_dir=Path(self.media_dir) if self.media_dir else None,
+            max_images=self.max_images,
+            media_hosts=self.media_hosts,
         )
