@@ -12,16 +12,26 @@ All running sequences share one `DynamicCache` of shape [batch, heads, columns, 
 - Finished and cancelled sequences leave between steps (`batch_select_indices`), and columns
   that no remaining sequence uses are trimmed from the left.
 
+Prefix cache (`PrefixCache`, bounded by `prefix_cache_tokens`): a sequence that leaves keeps its
+real columns' KV with the identity of the tokens they hold (image tokens by image hash). A new
+request, per adapter, starts from the longest prefix it shares with one (at least `MIN_PREFIX`
+tokens, never inside an image, and never its whole prompt: its last token runs, for the first
+logits): the prefill's cache starts from those prefixes, left-padded, and runs only the rest.
+Its M-RoPE positions are those of the whole prompt from the rest on. Prompts scored with
+`prompt_logprobs` run whole. Sliding-window caches keep nothing (their layers drop old columns,
+so a row's KV is not its whole sequence).
+
 Qwen2.5-VL: a request's images are preprocessed at `submit` (each image slot expanded to its
 patch grid's token count), encoded by the vision tower at prefill (those not already in the
 `EncoderCache`, by image hash) and placed with M-RoPE positions from the model's own
 `get_rope_index`; every row carries `delta`, the offset of its next rope position from its token
 count, so image and text-only rows decode in one batch.
 
-Sampling, stop strings, end-of-generation ids, `max_tokens` and forced tokens follow the
-llama.cpp engine's scheduler exactly. Prefill is not chunked: a long prompt holds up the
-running streams for the duration of its forward pass. Caches with sliding-window layers cannot
-be merged; for such models a new request waits until the running batch is done.
+Sampling, stop strings, end-of-generation ids, `max_tokens`, forced tokens and
+`cached_prompt_tokens` follow the llama.cpp engine's scheduler exactly. Prefill is not chunked:
+a long prompt holds up the running streams for the duration of its forward pass. Caches with
+sliding-window layers cannot be merged; for such models a new request waits until the running
+batch is done.
 """
 
 from __future__ import annotations
