@@ -404,3 +404,98 @@ def test_serve_on_transformers_keeps_concurrent_requests_apart(tiny_hf_qwen2):
             }
             r = h.post("/v1/chat/completions", json=body)
             assert r.status_code == 400 and "llama.cpp" in r.json()["error"]["message"]
+
+
+# ----- the prefix cache -------------------------------------------------------------------
+
+FOLLOW_UP = "<|im_end|>\n<|im_start|>user\nAnd why is that so, in a few more words?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def uncached(tiny_hf_qwen2, tiny_hf_qwen3):
+    """The same checkpoints with no prefix cache: the reference outputs."""
+    engines = {
+        name: TransformersEngine(path, TransformersSettings(n_threads=THREADS, n_ctx=512, prefix_cache_tokens=0))
+        for name, path in (("q2", tiny_hf_qwen2), ("q3", tiny_hf_qwen3))
+    }
+    yield engines
+    for engine in engines.values():
+        engine.close()
+
+
+def _conversation(engine, turns=3, **params):
+    """Follow-up turns, each prompt the previous prompt + its answer + a new user message:
+    (prompt, answer ids, cached prompt tokens) per turn."""
+    prompt = engine.tokenize(PROMPTS[3])
+    out = []
+    for _ in range(turns):
+        chunks = run(engine, prompt, max_tokens=10, **GREEDY, **params)
+        out.append((list(prompt), ids_of(chunks), chunks[-1].cached_prompt_tokens))
+        prompt = prompt + ids_of(chunks) + engine.tokenize(FOLLOW_UP)
+    return out
+
+
+@pytest.mark.parametrize("name", ["q2", "q3"])
+def test_follow_up_turns_reuse_the_prefix_and_match_uncached_output(name, q2, q3, uncached):
+    engine = {"q2": q2, "q3": q3}[name]
+    hits = engine.stats().prefix_hit_tokens
+    turns = _conversation(engine)
+    reference = _conversation(uncached[name])
+    assert [(p, a) for p, a, _ in turns] == [(p, a) for p, a, _ in reference]
+    assert all(cached == 0 for _, _, cached in reference)
+    for prompt, _, cached in turns[1:]:
+        assert cached >= len(prompt) - len(engine.tokenize(FOLLOW_UP)) - 1  # the last turn, its answer
+    assert engine.stats().prefix_hit_tokens - hits >= sum(cached for _, _, cached in turns[1:])
+    # the same prompt again: all of it but the last token comes from the cache, same tokens
+    prompt, answer, _ = turns[-1]
+    again = run(engine, prompt, max_tokens=10, **GREEDY)
+    assert ids_of(again) == answer and again[-1].cached_prompt_tokens == len(prompt) - 1
+
+
+def test_cache_hits_batch_with_misses_and_n_choices(q2, uncached, solo):
+    """A prefilled prefix (left-padded beside a row without one) and n>1 rows copied from it."""
+    prompt = q2.tokenize(PROMPTS[3])
+    first = ids_of(run(q2, prompt, max_tokens=10, **GREEDY))
+    follow = prompt + first + q2.tokenize(FOLLOW_UP)
+    expected = ids_of(run(uncached["q2"], follow, max_tokens=12, **GREEDY))
+    got: dict[str, queue.Queue[Chunk]] = {"follow": queue.Queue(), "fresh": queue.Queue()}
+    with q2.worker._cv:  # admitted together: one prefill of a cached and an uncached row
+        q2.submit(follow, SamplingParams(max_tokens=12, **GREEDY), got["follow"].put, n=2)
+        q2.submit(q2.tokenize(PROMPTS[2]), SamplingParams(max_tokens=12, **GREEDY), got["fresh"].put)
+    results: dict[str, list[Chunk]] = {"follow": [], "fresh": []}
+    for key, out in got.items():
+        finished = 0
+        while finished < (2 if key == "follow" else 1):
+            chunk = out.get(timeout=120)
+            results[key].append(chunk)
+            finished += chunk.finish_reason is not None
+    choices: dict[int, list[int]] = {}
+    for chunk in results["follow"]:
+        choices.setdefault(chunk.index, []).extend(chunk.token_ids)
+    assert choices == {0: expected, 1: expected}
+    assert all(c.cached_prompt_tokens >= len(prompt) for c in results["follow"] if c.finish_reason)
+    assert ids_of(results["fresh"]) == solo[PROMPTS[2]]
+
+
+def test_prefix_cache_stays_within_its_bound(tiny_hf_qwen2):
+    engine = TransformersEngine(
+        tiny_hf_qwen2, TransformersSettings(n_threads=THREADS, n_ctx=512, n_parallel=2, prefix_cache_tokens=60)
+    )
+    try:
+        cache = engine.worker.prefix
+        for prompt in PROMPTS:
+            run(engine, prompt, max_tokens=8, **GREEDY)
+            for _ in range(1000):  # the finished row is stored after its last chunk is sent
+                if not engine.worker.rows:
+                    break
+                time.sleep(0.01)
+            assert 0 < cache.tokens <= 60
+            per_token = 2 * engine.model.config.num_hidden_layers * engine.model.config.num_key_value_heads
+            head_dim = engine.model.config.hidden_size // engine.model.config.num_attention_heads
+            assert cache.nbytes == cache.tokens * per_token * getattr(engine.model.config, "head_dim", head_dim) * 4
+        last = cache.entries[-1].keys  # the most recent sequence is kept; older ones went first
+        assert list(last[: len(engine.tokenize(PROMPTS[3]))]) == engine.tokenize(PROMPTS[3])
+    finally:
+        engine.close()
+    with pytest.raises(QwenkitError, match="prefix_cache_tokens"):
+        TransformersSettings(prefix_cache_tokens=-1)

@@ -52,3 +52,22 @@ def test_base_and_two_adapters_in_one_batch_keep_their_own_outputs(tiny_hf_qwen2
             engine.submit(prompt, params, lambda c: None, None, (("alpha", 0.5),))
     finally:
         engine.close()
+
+
+def test_the_prefix_cache_is_kept_per_adapter(tiny_hf_qwen2, tmp_path):
+    from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
+
+    engine = TransformersEngine(tiny_hf_qwen2, TransformersSettings(n_parallel=2, n_threads=2))
+    try:
+        engine.load_adapter("alpha", random_adapter(tiny_hf_qwen2, tmp_path / "alpha", seed=3))
+        prompt = engine.tokenize(PROMPT * 3)
+        params = SamplingParams(max_tokens=8, temperature=0.0)
+        targets = [(), (("alpha", 1.0),)]
+        first = [list(engine.generate(prompt, params, adapters=t)) for t in targets]
+        assert [c[-1].cached_prompt_tokens for c in first] == [0, 0]  # the base's KV is not alpha's
+        again = [list(engine.generate(prompt, params, adapters=t)) for t in targets]
+        assert [c[-1].cached_prompt_tokens for c in again] == [len(prompt) - 1] * 2
+        assert [_text(c) for c in again] == [_text(c) for c in first]
+        assert _text(first[0]) != _text(first[1])
+    finally:
+        engine.close()

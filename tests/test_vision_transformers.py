@@ -204,11 +204,6 @@ def test_python_api_takes_paths_bytes_pil_and_data_uris(vl_model: Model, tmp_pat
     openai_part = [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "What is this?"}]
     answers.add(vl_model.chat([{"role": "user", "content": openai_part}], **GREEDY).content)
     assert len(answers) == 1  # one picture, however it is given
-    # a follow-up turn repeating the image: no prompt-prefix cache on this engine, nothing is reported cached
-    # (the image itself is not encoded again: see the next test)
-    first = vl_model.chat(ask(image), **GREEDY)
-    follow = [*ask(image), first.as_message(), {"role": "user", "content": "And now?"}]
-    assert vl_model.chat(follow, **GREEDY).usage.cached_prompt_tokens == 0
 
 
 def test_an_image_sent_again_is_not_encoded_again(vl_model: Model) -> None:
@@ -218,10 +213,11 @@ def test_an_image_sent_again_is_not_encoded_again(vl_model: Model) -> None:
     first = vl_model.chat(ask(image), **GREEDY)
     assert (encoder.encoded, encoder.hits) == (encoded + 1, hits)
     follow = [*ask(image), first.as_message(), {"role": "user", "content": "And now?"}]
-    vl_model.chat(follow, **GREEDY)
-    again = vl_model.chat(ask(image), **GREEDY)
-    assert (encoder.encoded, encoder.hits) == (encoded + 1, hits + 2)  # the tower ran once for three turns
-    assert again.content == first.content
+    vl_model.chat(follow, **GREEDY)  # the image's tokens come from the prefix cache: no encoding at all
+    assert (encoder.encoded, encoder.hits) == (encoded + 1, hits)
+    other = [{"role": "system", "content": "Be brief."}, *ask(image)]  # shares no prefix: the image is needed
+    vl_model.chat(other, **GREEDY)
+    assert (encoder.encoded, encoder.hits) == (encoded + 1, hits + 1)  # the tower ran once for three turns
 
 
 def test_an_image_request_joins_a_running_batch(vl_model: Model) -> None:
@@ -249,3 +245,52 @@ def test_an_image_request_joins_a_running_batch(vl_model: Model) -> None:
         texts.append("".join(c.text for c in chunks))
     assert texts == alone
     assert max(running) == 2  # the image row decoded beside the text row
+
+
+# ----- the prefix cache -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vl_uncached(tiny_hf_qwen2_vl: Path) -> Iterator[Model]:
+    from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
+
+    engine = TransformersEngine(tiny_hf_qwen2_vl, TransformersSettings(n_threads=2, prefix_cache_tokens=0))
+    arch = engine.architecture()
+    model = Model(engine, load_template(engine.chat_template(), architecture=arch), name="tiny-vl", architecture=arch)
+    yield model
+    model.close()
+
+
+def _image_span(model: Model, messages: list[dict[str, Any]]) -> tuple[int, int]:
+    engine: Any = model.engine
+    turn = model.prepare(messages, **GREEDY)
+    (span,) = engine.images.prepare(turn.prompt, turn.images).spans
+    return span
+
+
+def test_a_follow_up_turn_with_the_same_image_reuses_the_cache(vl_model: Model, vl_uncached: Model) -> None:
+    image = picture((200, 120, 40), (120, 90))  # 12 tokens
+    start, end = _image_span(vl_model, ask(image))
+    conversation: list[dict[str, Any]] = ask(image, "Describe it.")
+    for turn in range(3):
+        cached, plain = vl_model.chat(conversation, **GREEDY), vl_uncached.chat(conversation, **GREEDY)
+        assert cached.content == plain.content and plain.usage.cached_prompt_tokens == 0
+        if turn:
+            assert cached.usage.cached_prompt_tokens > end > start + 10  # past the image, more than its tokens
+        conversation += [cached.as_message(), {"role": "user", "content": f"And then, part {turn}?"}]
+    # text after text-only turns on the vision model, and a second image later in the conversation
+    text = [{"role": "user", "content": "Tell me a long story about the sea and its tides."}]
+    assert vl_model.chat(text, **GREEDY).content == vl_uncached.chat(text, **GREEDY).content
+    text += [vl_uncached.chat(text, **GREEDY).as_message(), *ask(picture((5, 90, 220)), "And this one?")]
+    cached, plain = vl_model.chat(text, **GREEDY), vl_uncached.chat(text, **GREEDY)
+    assert cached.content == plain.content and cached.usage.cached_prompt_tokens > 16
+
+
+def test_different_images_at_one_position_share_nothing(vl_model: Model, vl_uncached: Model) -> None:
+    first, second = picture((10, 250, 10), (120, 90)), picture((250, 10, 250), (120, 90))
+    start, end = _image_span(vl_model, ask(first))
+    assert _image_span(vl_model, ask(second)) == (start, end)
+    vl_model.chat(ask(first, "Which colour?"), **GREEDY)
+    answer = vl_model.chat(ask(second, "Which colour?"), **GREEDY)
+    assert answer.usage.cached_prompt_tokens <= start  # at most the text before the image
+    assert answer.content == vl_uncached.chat(ask(second, "Which colour?"), **GREEDY).content

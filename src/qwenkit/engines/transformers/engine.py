@@ -69,6 +69,7 @@ class TransformersEngine:
             eos_ids=self._eos,
             n_threads=s.n_threads,
             vision=self.images,
+            prefix_cache_tokens=2 * self.n_ctx if s.prefix_cache_tokens is None else s.prefix_cache_tokens,
         )
         self._n_vocab = self.worker.n_vocab  # kept past close(), like the other metadata
 

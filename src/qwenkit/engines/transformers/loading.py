@@ -46,6 +46,8 @@ class TransformersSettings:
     n_parallel: most sequences decoded together; more wait (up to `max_waiting`, then QueueFull).
     image_max_tokens: Qwen2.5-VL only: the most LLM tokens one image may take (its pixels are
         scaled down to at most this many 28x28 cells); None: the checkpoint's `max_pixels`.
+    prefix_cache_tokens: the most tokens of finished sequences' KV kept to start requests that
+        share a prefix with them (0: none); None: twice the context length.
     """
 
     dtype: str = "auto"
@@ -57,6 +59,7 @@ class TransformersSettings:
     max_waiting: int = 64
     n_threads: int | None = None
     image_max_tokens: int | None = None
+    prefix_cache_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if str(self.dtype).lower() not in DTYPES:
@@ -67,6 +70,8 @@ class TransformersSettings:
             raise QwenkitError("n_parallel must be at least 1")
         if self.image_max_tokens is not None and self.image_max_tokens < 4:
             raise QwenkitError("image_max_tokens must be at least 4")
+        if self.prefix_cache_tokens is not None and self.prefix_cache_tokens < 0:
+            raise QwenkitError("prefix_cache_tokens must be 0 (no prefix cache) or more")
 
 
 def cuda_available() -> bool:

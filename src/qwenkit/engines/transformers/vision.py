@@ -32,6 +32,14 @@ class VisionInputs:
     grid_thw: torch.Tensor  # [images, 3]
     prompt: list[int]  # the prompt with each image_pad repeated to the image's token count
     keys: list[str]  # per image: its sha256 (the preprocessing is fixed per engine)
+    spans: list[tuple[int, int]]  # per image: [start, end) of its tokens in `prompt`
+
+    def identity(self) -> list[int | str]:
+        """`prompt` with each image's tokens replaced by its hash (what a prefix cache compares)."""
+        keys: list[int | str] = list(self.prompt)
+        for key, (start, end) in zip(self.keys, self.spans, strict=True):
+            keys[start:end] = [key] * (end - start)
+        return keys
 
     def split(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         """(key, pixel patches, grid [1, 3]) per image."""
@@ -63,15 +71,15 @@ class ImagePreprocessor:
         grid = out["image_grid_thw"]
         counts = (grid.prod(-1) // self.merge**2).tolist()
         expanded: list[int] = []
-        slot = 0
+        spans: list[tuple[int, int]] = []
         for token in prompt:
             if token == self.image_pad:
-                expanded += [token] * int(counts[slot])
-                slot += 1
+                spans.append((len(expanded), len(expanded) + int(counts[len(spans)])))
+                expanded += [token] * int(counts[len(spans) - 1])
             else:
                 expanded.append(token)
         keys = [image.sha256 for image in images]
-        return VisionInputs(pixel_values=out["pixel_values"], grid_thw=grid, prompt=expanded, keys=keys)
+        return VisionInputs(pixel_values=out["pixel_values"], grid_thw=grid, prompt=expanded, keys=keys, spans=spans)
 
 
 class EncoderCache:

@@ -12,16 +12,26 @@ All running sequences share one `DynamicCache` of shape [batch, heads, columns, 
 - Finished and cancelled sequences leave between steps (`batch_select_indices`), and columns
   that no remaining sequence uses are trimmed from the left.
 
+Prefix cache (`PrefixCache`, bounded by `prefix_cache_tokens`): a sequence that leaves keeps its
+real columns' KV with the identity of the tokens they hold (image tokens by image hash). A new
+request, per adapter, starts from the longest prefix it shares with one (at least `MIN_PREFIX`
+tokens, never inside an image, and never its whole prompt: its last token runs, for the first
+logits): the prefill's cache starts from those prefixes, left-padded, and runs only the rest.
+Its M-RoPE positions are those of the whole prompt from the rest on. Prompts scored with
+`prompt_logprobs` run whole. Sliding-window caches keep nothing (their layers drop old columns,
+so a row's KV is not its whole sequence).
+
 Qwen2.5-VL: a request's images are preprocessed at `submit` (each image slot expanded to its
 patch grid's token count), encoded by the vision tower at prefill (those not already in the
 `EncoderCache`, by image hash) and placed with M-RoPE positions from the model's own
 `get_rope_index`; every row carries `delta`, the offset of its next rope position from its token
 count, so image and text-only rows decode in one batch.
 
-Sampling, stop strings, end-of-generation ids, `max_tokens` and forced tokens follow the
-llama.cpp engine's scheduler exactly. Prefill is not chunked: a long prompt holds up the
-running streams for the duration of its forward pass. Caches with sliding-window layers cannot
-be merged; for such models a new request waits until the running batch is done.
+Sampling, stop strings, end-of-generation ids, `max_tokens`, forced tokens and
+`cached_prompt_tokens` follow the llama.cpp engine's scheduler exactly. Prefill is not chunked:
+a long prompt holds up the running streams for the duration of its forward pass. Caches with
+sliding-window layers cannot be merged; for such models a new request waits until the running
+batch is done.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, TokenLogprob, check_request
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
+from qwenkit.engines.transformers.prefix_cache import Entry, Key, LayerKV, PrefixCache
 from qwenkit.engines.transformers.sampling import RowSampler, check_params, logprob_of
 from qwenkit.engines.transformers.vision import EncoderCache, ImagePreprocessor, VisionInputs, mrope_positions
 from qwenkit.errors import BadRequest, QwenkitError
@@ -46,6 +57,8 @@ from qwenkit.errors import BadRequest, QwenkitError
 log = logging.getLogger("qwenkit.transformers")
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+MIN_PREFIX = 16  # shorter shared prefixes are recomputed rather than copied
+GENERATED_PAD = "generated image pad"  # the identity of an image pad token the model generated: matches no image
 
 
 class _Row:
@@ -62,6 +75,9 @@ class _Row:
         self.vision: VisionInputs | None = None  # images still to encode (in the prefill)
         self.adapter = request.adapters[0][0] if request.adapters else BASE  # peft adapter name
         self.feed: list[int] = [] if source else list(request.prompt)  # tokens to run next
+        self.tokens: list[int] = []  # the tokens in the cache for this row (`pos` of them)
+        self.keys: list[Key] = list(self.feed)  # the prompt's identity (image tokens by image hash)
+        self.images_cached = 0  # leading images whose tokens came from the prefix cache
         self.out = RequestOutput(
             request.emit,
             request.params,
@@ -96,6 +112,7 @@ class Worker:
         eos_ids: set[int],
         n_threads: int | None = None,
         vision: ImagePreprocessor | None = None,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         self.model = model
         self.vision = vision
@@ -123,6 +140,8 @@ class Worker:
         self._cv = threading.Condition()
         self._closed = False
         self._prompt_tokens = 0
+        self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self._prefix_hit_tokens = 0
         self.adapter_names: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="qwenkit-transformers", daemon=True)
         self._thread.start()
@@ -204,7 +223,7 @@ class Worker:
             waiting=waiting,
             kv_used_cells=sum(r.pos for r in rows),
             kv_total_cells=self.n_ctx * self.max_batch,
-            prefix_hit_tokens=0,  # no prefix cache on this engine
+            prefix_hit_tokens=self._prefix_hit_tokens,
             prompt_tokens=self._prompt_tokens,
         )
 
@@ -268,7 +287,7 @@ class Worker:
                 continue
             leader = _Row(choices[0], samplers[0], self)
             if inputs is not None:
-                leader.vision, leader.feed = inputs, list(inputs.prompt)
+                leader.vision, leader.feed, leader.keys = inputs, list(inputs.prompt), inputs.identity()
             admitted.append(leader)
             admitted += [_Row(c, s, self, source=leader) for c, s in zip(choices[1:], samplers[1:], strict=True)]
         return admitted
@@ -292,7 +311,7 @@ class Worker:
         new_mask = torch.zeros((len(rows), width), dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
         mrope = torch.zeros((3, len(rows), width), dtype=torch.long) if self._mrope else None
-        images = [row.vision for row in rows if row.vision is not None]
+        images = [part for r in rows if r.vision is not None for part in r.vision.split()[r.images_cached :]]
         for i, row in enumerate(rows):
             n = len(row.feed)
             ids[i, width - n :] = torch.tensor(row.feed, dtype=torch.long)
@@ -302,14 +321,13 @@ class Worker:
             positions[i, width - n :] = torch.arange(start, start + n)
             if mrope is not None:
                 mrope[:, i, :] = positions[i]
-                if row.vision is not None:  # a prefill from position 0 with images
+                if row.vision is not None:  # a prefill with images (after any cached prefix)
                     mrope[:, i, width - n :], row.delta = self._image_positions(row)
         mask = new_mask if mask is None else torch.cat([mask, new_mask.to(mask.device)], dim=1)
         # with adapters loaded, each row runs on its own (peft's mixed-batch LoRA)
         mixed: dict[str, object] = {"adapter_names": [row.adapter for row in rows]} if self.adapter_names else {}
         if images and self.encoder is not None:  # the model fills the image slots row by row, in order
-            parts = [part for v in images for part in v.split()]
-            embeddings = self.encoder.embeddings(parts, self.device)
+            embeddings = self.encoder.embeddings(images, self.device)
             mixed["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(embeddings))}
         for row in rows:
             row.vision = None
@@ -324,16 +342,18 @@ class Worker:
         )
         for row in rows:
             row.pos += len(row.feed)
+            row.tokens += row.feed
             row.feed = []
         return (out.logits if every else out.logits[:, -1, :]), mask.to(self.device)
 
     def _prefill(self, rows: list[_Row]) -> None:
-        """Prefill the prompts of new rows together; other choices of a request repeat its row."""
+        """Prefill the prompts of new rows together, each after the longest prefix the prefix cache
+        shares with it; other choices of a request repeat its row."""
         leaders = [r for r in rows if r.source is None]
         self._prompt_tokens += sum(len(r.feed) for r in leaders)
         scored = any(r.params.prompt_logprobs is not None for r in leaders)
-        cache = DynamicCache(config=self.model.config)
-        logits, mask = self._forward(leaders, cache, None, every=scored)
+        cache, prefix_mask = self._reuse_prefixes(leaders)
+        logits, mask = self._forward(leaders, cache, prefix_mask, every=scored)
         if scored:
             for i, row in enumerate(leaders):
                 if row.params.prompt_logprobs is not None:
@@ -344,7 +364,9 @@ class Worker:
             cache.batch_select_indices(torch.tensor(index, dtype=torch.long))
             mask, logits = mask[index], logits[index]
             for row in rows:
-                row.pos, row.delta = (row.source or row).pos, (row.source or row).delta
+                leader = row.source or row
+                row.pos, row.delta, row.tokens, row.keys = leader.pos, leader.delta, list(leader.tokens), leader.keys
+                row.out.cached_prompt_tokens = leader.out.cached_prompt_tokens
         if self._mergeable is None:
             self._mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
         if not self.rows:
@@ -355,6 +377,57 @@ class Worker:
             self._on_token(row, logits[i])
         self._compact()
 
+    def _reuse_prefixes(self, leaders: list[_Row]) -> tuple[DynamicCache, torch.Tensor | None]:
+        """A cache for the leaders' prefill holding, left-padded, the prefix each shares with a
+        finished sequence, and its mask (None when no prefix is shared)."""
+        cache = DynamicCache(config=self.model.config)
+        found = [self._find_prefix(row) for row in leaders]
+        width = max(n for _, n in found)
+        if width == 0:
+            return cache, None
+        template = next(entry for entry, _ in found if entry is not None)
+        for layer, (k0, v0) in enumerate(template.layers):
+            keys, values = [], []
+            for entry, n in found:
+                k, v = entry.layers[layer] if entry is not None else (k0, v0)
+                keys.append(_pad_left(k[:, :, :n], width, 2))
+                values.append(_pad_left(v[:, :, :n], width, 2))
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+        mask = torch.zeros((len(leaders), width), dtype=torch.long)
+        for i, (row, (_, n)) in enumerate(zip(leaders, found, strict=True)):
+            mask[i, width - n :] = 1
+            row.pos, row.tokens, row.feed = n, row.feed[:n], row.feed[n:]
+            row.out.cached_prompt_tokens = n
+            if row.vision is not None:
+                row.images_cached = sum(start < n for start, _ in row.vision.spans)
+            self._prefix_hit_tokens += n
+        return cache, mask
+
+    def _find_prefix(self, row: _Row) -> tuple[Entry | None, int]:
+        """The prefix cache's entry sharing the longest usable prefix with the row's prompt."""
+        if self.prefix is None or row.params.prompt_logprobs is not None:  # scoring needs every position
+            return None, 0
+        entry, n = self.prefix.find(row.adapter, row.keys)
+        n = min(n, len(row.keys) - 1)  # one prompt token at least runs: the first logits come from it
+        for start, end in row.vision.spans if row.vision is not None else []:
+            if start < n < end:  # an image is encoded whole: never split it
+                n = start
+        return (entry, n) if n >= MIN_PREFIX else (None, 0)
+
+    def _keep_prefix(self, index: int, row: _Row) -> None:
+        """Put a finished row's real columns in the prefix cache, with the identity of their tokens."""
+        cache, mask = self._running()
+        columns = mask[index].nonzero().squeeze(-1)
+        if self.prefix is None or columns.numel() != row.pos or len(row.tokens) != row.pos:
+            raise RuntimeError(f"row {index} holds {columns.numel()} columns for {row.pos} tokens")
+        layers: list[LayerKV] = []
+        for layer in cache.layers:
+            at = columns.to(layer.keys.device)
+            layers.append((layer.keys[index : index + 1, :, at], layer.values[index : index + 1, :, at]))
+        pad = self.vision.image_pad if self.vision is not None else None
+        generated = [GENERATED_PAD if t == pad else t for t in row.tokens[len(row.keys) :]]
+        self.prefix.store(row.adapter, row.keys[: row.pos] + generated, layers)
+
     @property
     def _mrope(self) -> bool:
         return self.vision is not None and self._rope_index is not None
@@ -362,7 +435,10 @@ class Worker:
     def _image_positions(self, row: _Row) -> tuple[torch.Tensor, int]:
         if row.vision is None or self._rope_index is None or self.vision is None:
             raise RuntimeError("not an image row")  # _forward asks only for rows with images
-        return mrope_positions(self._rope_index, row.feed, self.vision.image_pad, row.vision.grid_thw)
+        positions, delta = mrope_positions(
+            self._rope_index, row.vision.prompt, self.vision.image_pad, row.vision.grid_thw
+        )
+        return positions[:, row.pos :], delta
 
     @staticmethod
     def _prompt_logprobs(prompt: list[int], top: int, logits: torch.Tensor) -> list[TokenLogprob | None]:
@@ -397,6 +473,10 @@ class Worker:
     def _compact(self) -> None:
         """Drop finished rows from the cache, and the leading columns nobody uses any more."""
         keep = [i for i, row in enumerate(self.rows) if row.request is not None]
+        if self.prefix is not None and self._mergeable and len(keep) < len(self.rows):
+            for i, row in enumerate(self.rows):
+                if row.request is None:
+                    self._keep_prefix(i, row)
         if not keep:
             self._reset()
             return
