@@ -15,7 +15,7 @@ import pytest
 
 from qwenkit.engines.base import Chunk, SamplingParams
 from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings
-from qwenkit.engines.llamacpp.scheduler import _Slot, _slot_for
+from qwenkit.engines.llamacpp.slots import Slot, slot_for
 from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 from qwenkit.testing import tiny
 
@@ -476,8 +476,8 @@ def test_a_new_conversation_does_not_evict_another(tiny_qwen2):
         engine.close()
 
 
-def _slots(*caches: list[int]) -> list[_Slot]:
-    slots = [_Slot(i) for i in range(len(caches))]
+def _slots(*caches: list[int]) -> list[Slot]:
+    slots = [Slot(i) for i in range(len(caches))]
     for slot, cached in zip(slots, caches, strict=False):
         slot.cached = list(cached)
     return slots
@@ -488,12 +488,12 @@ def test_slot_choice_keeps_running_sequences_contiguous():
     slots = _slots([], [], [9, 9, 9], [], [], conversation, [], [])
     free = slots[2:]
     # slots 0 and 1 run: slot 2 joins them although slot 5 holds this conversation (it is copied)
-    assert _slot_for(free, {0, 1}, [*conversation, 6]) is slots[2]
+    assert slot_for(free, {0, 1}, [*conversation, 6]) is slots[2]
     # nothing runs: the conversation's own slot, then an empty one rather than a used one
-    assert _slot_for(free, set(), [*conversation, 6]) is slots[5]
-    assert _slot_for(free, set(), [7, 8]) is slots[3]
+    assert slot_for(free, set(), [*conversation, 6]) is slots[5]
+    assert slot_for(free, set(), [7, 8]) is slots[3]
     # between two gaps, the one that closes the gap
-    assert _slot_for([slots[1], slots[3], slots[7]], {0, 2}, [7]) is slots[1]
+    assert slot_for([slots[1], slots[3], slots[7]], {0, 2}, [7]) is slots[1]
 
 
 def test_a_follow_up_joins_the_running_batch_and_copies_its_history(tiny_qwen2):
