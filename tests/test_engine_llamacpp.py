@@ -12,6 +12,7 @@ import queue
 import threading
 
 import pytest
+from engine_helpers import ENDOFTEXT, GREEDY, IM_END, check_stream_shape, ids_of, run, text_of
 
 from qwenkit.engines.base import Chunk, SamplingParams
 from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings
@@ -20,37 +21,11 @@ from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 from qwenkit.testing import tiny
 
 THREADS = int(os.environ.get("QWENKIT_TEST_THREADS", "2"))
-IM_END, ENDOFTEXT = 151645, 151643
-GREEDY = dict(temperature=0.0)
 
 
 def chat_prompt(user: str, system: str | None = None) -> str:
     head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
     return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def run(engine, prompt, controller=None, **params) -> list[Chunk]:
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    chunks = []
-    for chunk in engine.generate(ids, SamplingParams(**params), controller):
-        chunks.append(chunk)
-        assert len(chunks) <= params.get("max_tokens", 512) + 2, "more chunks than tokens allowed"
-    return chunks
-
-
-def ids_of(chunks) -> list[int]:
-    return [t for c in chunks for t in c.token_ids]
-
-
-def text_of(chunks) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def check_stream_shape(chunks):
-    """Exactly one final chunk, and it is the last."""
-    assert chunks, "no chunks"
-    assert chunks[-1].finish_reason is not None
-    assert all(c.finish_reason is None for c in chunks[:-1])
 
 
 @pytest.fixture(scope="module")
