@@ -38,6 +38,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_node(**resources: float) -> dict[str, object]:
+    """A Ray test node's arguments: on 127.0.0.1, small, with its own agent ports (the nodes share one
+    machine), and any custom `resources`."""
+    return {
+        "num_cpus": 1,
+        **({"resources": resources} if resources else {}),
+        "node_ip_address": "127.0.0.1",
+        "object_store_memory": 100 * 2**20,
+        "dashboard_agent_listen_port": free_port(),
+        "metrics_export_port": free_port(),
+        "metrics_agent_port": free_port(),
+        "runtime_env_agent_port": free_port(),
+    }
+
+
 class Server:
     """A running `qwenkit serve` subprocess; `url` is its base address (no trailing slash)."""
 

@@ -19,19 +19,23 @@ import threading
 import time
 
 import pytest
+from engine_helpers import (
+    GREEDY,
+    IM_END,
+    PROMPTS,
+    ForceAfter,
+    check_stream_shape,
+    choices,
+    ids_of,
+    run,
+    text_of,
+)
 
 from qwenkit.engines.base import Chunk, Engine, ImageInput, SamplingParams
 from qwenkit.errors import BadRequest, QwenkitError
 
-IM_END, ENDOFTEXT = 151645, 151643
 THREADS = int(os.environ.get("QWENKIT_TEST_TORCH_THREADS", "1"))
 N_CTX, PARALLEL = 512, 4
-GREEDY = dict(temperature=0.0)
-PROMPTS = [
-    "<|im_start|>user\nWrite a poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
-    "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n",
-    "def fib(n):",
-]
 ENGINES = ["llamacpp", "transformers", "onnx", "vllm"]
 GRAMMAR_ENGINES = {"llamacpp", "onnx", "vllm"}  # transformers refuses grammars (BadRequest)
 VLLM_MISSING = (
@@ -76,59 +80,11 @@ def engine(request):
     eng.close()
 
 
-def run(engine, prompt, controller=None, **params) -> list[Chunk]:
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    chunks = []
-    for chunk in engine.generate(ids, SamplingParams(**params), controller):
-        chunks.append(chunk)
-        assert len(chunks) <= params.get("max_tokens", 512) + 2, "more chunks than tokens allowed"
-    return chunks
-
-
-def choices(engine, prompt, n=1, **params) -> dict[int, list[Chunk]]:
-    """Every choice's chunks, by index (bounded: each choice ends with one final chunk)."""
-    got: queue.Queue[Chunk] = queue.Queue()
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    engine.submit(ids, SamplingParams(**params), got.put, n=n)
-    chunks: dict[int, list[Chunk]] = {i: [] for i in range(n)}
-    for _ in range(n * (params.get("max_tokens", 512) + 2)):
-        chunk = got.get(timeout=120)
-        chunks[chunk.index].append(chunk)
-        if all(cs and cs[-1].finish_reason is not None for cs in chunks.values()):
-            break
-    assert all(cs and cs[-1].finish_reason is not None for cs in chunks.values())
-    return chunks
-
-
-def ids_of(chunks) -> list[int]:
-    return [t for c in chunks for t in c.token_ids]
-
-
-def text_of(chunks) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def check_stream_shape(chunks):
-    """Exactly one final chunk, and it is the last."""
-    assert chunks and chunks[-1].finish_reason is not None
-    assert all(c.finish_reason is None for c in chunks[:-1])
-
-
 def wait_idle(engine) -> None:
     deadline = time.monotonic() + 30
     while engine.stats().running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.stats().running == 0
-
-
-class ForceAfter:
-    """Forces `tokens` once, after the `after`-th generated token."""
-
-    def __init__(self, after: int, tokens: list[int]) -> None:
-        self.after, self.tokens = after, tokens
-
-    def after_token(self, generated):
-        return self.tokens if len(generated) == self.after else ()
 
 
 # ----- metadata ----------------------------------------------------------------------------

@@ -12,45 +12,20 @@ import queue
 import threading
 
 import pytest
+from engine_helpers import ENDOFTEXT, GREEDY, IM_END, check_stream_shape, ids_of, run, text_of
 
 from qwenkit.engines.base import Chunk, SamplingParams
 from qwenkit.engines.llamacpp import LlamaCppEngine, LlamaCppSettings
-from qwenkit.engines.llamacpp.scheduler import _Slot, _slot_for
+from qwenkit.engines.llamacpp.slots import Slot, slot_for
 from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 from qwenkit.testing import tiny
 
 THREADS = int(os.environ.get("QWENKIT_TEST_THREADS", "2"))
-IM_END, ENDOFTEXT = 151645, 151643
-GREEDY = dict(temperature=0.0)
 
 
 def chat_prompt(user: str, system: str | None = None) -> str:
     head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
     return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def run(engine, prompt, controller=None, **params) -> list[Chunk]:
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    chunks = []
-    for chunk in engine.generate(ids, SamplingParams(**params), controller):
-        chunks.append(chunk)
-        assert len(chunks) <= params.get("max_tokens", 512) + 2, "more chunks than tokens allowed"
-    return chunks
-
-
-def ids_of(chunks) -> list[int]:
-    return [t for c in chunks for t in c.token_ids]
-
-
-def text_of(chunks) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def check_stream_shape(chunks):
-    """Exactly one final chunk, and it is the last."""
-    assert chunks, "no chunks"
-    assert chunks[-1].finish_reason is not None
-    assert all(c.finish_reason is None for c in chunks[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -476,8 +451,8 @@ def test_a_new_conversation_does_not_evict_another(tiny_qwen2):
         engine.close()
 
 
-def _slots(*caches: list[int]) -> list[_Slot]:
-    slots = [_Slot(i) for i in range(len(caches))]
+def _slots(*caches: list[int]) -> list[Slot]:
+    slots = [Slot(i) for i in range(len(caches))]
     for slot, cached in zip(slots, caches, strict=False):
         slot.cached = list(cached)
     return slots
@@ -488,12 +463,12 @@ def test_slot_choice_keeps_running_sequences_contiguous():
     slots = _slots([], [], [9, 9, 9], [], [], conversation, [], [])
     free = slots[2:]
     # slots 0 and 1 run: slot 2 joins them although slot 5 holds this conversation (it is copied)
-    assert _slot_for(free, {0, 1}, [*conversation, 6]) is slots[2]
+    assert slot_for(free, {0, 1}, [*conversation, 6]) is slots[2]
     # nothing runs: the conversation's own slot, then an empty one rather than a used one
-    assert _slot_for(free, set(), [*conversation, 6]) is slots[5]
-    assert _slot_for(free, set(), [7, 8]) is slots[3]
+    assert slot_for(free, set(), [*conversation, 6]) is slots[5]
+    assert slot_for(free, set(), [7, 8]) is slots[3]
     # between two gaps, the one that closes the gap
-    assert _slot_for([slots[1], slots[3], slots[7]], {0, 2}, [7]) is slots[1]
+    assert slot_for([slots[1], slots[3], slots[7]], {0, 2}, [7]) is slots[1]
 
 
 def test_a_follow_up_joins_the_running_batch_and_copies_its_history(tiny_qwen2):

@@ -14,6 +14,7 @@ import queue
 
 import numpy as np
 import pytest
+from engine_helpers import ids_of
 from PIL import Image
 
 from qwenkit.engines.base import Chunk, ImageInput, SamplingParams
@@ -42,10 +43,6 @@ def generate(engine, text, images=(), max_tokens=8) -> list[Chunk]:
     chunks = list(engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=max_tokens), images=images))
     assert chunks[-1].finish_reason in ("length", "stop"), chunks[-1]
     return chunks
-
-
-def ids_of(chunks) -> list[int]:
-    return [t for c in chunks for t in c.token_ids]
 
 
 @pytest.fixture(scope="module")

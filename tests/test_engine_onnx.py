@@ -19,43 +19,15 @@ import pytest
 
 pytest.importorskip("onnxruntime_genai", reason="the onnx extra is not installed")
 
+from engine_helpers import ENDOFTEXT, GREEDY, IM_END, PROMPTS, ForceAfter, choices, ids_of, run, text_of
+
 import qwenkit
 from qwenkit.engines.base import Chunk, Engine, QueueFull, SamplingParams
 from qwenkit.engines.onnx import OnnxEngine, OnnxSettings, export_onnx
 from qwenkit.engines.onnx.grammar import gbnf_to_lark
 from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 
-IM_END, ENDOFTEXT = 151645, 151643
 THREADS = int(os.environ.get("QWENKIT_TEST_TORCH_THREADS", "1"))
-GREEDY = dict(temperature=0.0)
-PROMPTS = [
-    "<|im_start|>user\nWrite a poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
-    "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n",
-    "def fib(n):",
-]
-
-
-def run(engine, prompt, controller=None, **params) -> list[Chunk]:
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    return list(engine.generate(ids, SamplingParams(**params), controller))
-
-
-def ids_of(chunks) -> list[int]:
-    return [t for c in chunks for t in c.token_ids]
-
-
-def text_of(chunks) -> str:
-    return "".join(c.text for c in chunks)
-
-
-class ForceAfter:
-    """Forces `tokens` once, after the `after`-th generated token."""
-
-    def __init__(self, after: int, tokens: list[int]) -> None:
-        self.after, self.tokens = after, tokens
-
-    def after_token(self, generated):
-        return self.tokens if len(generated) == self.after else ()
 
 
 @pytest.fixture(scope="module")
@@ -130,18 +102,6 @@ def test_sampling_settings(q2):
 
 
 # ----- logprobs and n choices --------------------------------------------------------------
-
-
-def choices(engine, prompt, n=1, **params) -> dict[int, list[Chunk]]:
-    """Every choice's chunks, by index (each choice ends with one final chunk)."""
-    got: queue.Queue[Chunk] = queue.Queue()
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    engine.submit(ids, SamplingParams(**params), got.put, n=n)
-    chunks: dict[int, list[Chunk]] = {i: [] for i in range(n)}
-    while sum(bool(cs) and cs[-1].finish_reason is not None for cs in chunks.values()) < n:
-        chunk = got.get(timeout=60)
-        chunks[chunk.index].append(chunk)
-    return chunks
 
 
 def test_logprobs_of_greedy_and_sampled_tokens(q2):

@@ -17,7 +17,7 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from serve_helpers import free_port  # noqa: E402
+from serve_helpers import free_port, ray_node  # noqa: E402
 
 from qwenkit.serve.cluster.app import REPLICA_HEADER, build_app  # noqa: E402
 
@@ -26,24 +26,11 @@ RPM = 20  # more than the tests before the last one send, per cluster
 WAIT_S = 60.0
 
 
-def _node() -> dict[str, object]:
-    """One node's arguments: on 127.0.0.1, small, with its own agent ports (two nodes share one machine)."""
-    return {
-        "num_cpus": 1,
-        "node_ip_address": "127.0.0.1",
-        "object_store_memory": 100 * 2**20,
-        "dashboard_agent_listen_port": free_port(),
-        "metrics_export_port": free_port(),
-        "metrics_agent_port": free_port(),
-        "runtime_env_agent_port": free_port(),
-    }
-
-
 @pytest.fixture(scope="module")
 def endpoint(tiny_qwen2) -> Iterator[str]:
-    cluster = Cluster(initialize_head=True, head_node_args={**_node(), "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={**ray_node(), "include_dashboard": False})
     try:
-        cluster.add_node(**_node())
+        cluster.add_node(**ray_node())
         ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="warning")
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

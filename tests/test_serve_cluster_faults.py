@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 import httpx  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from serve_helpers import free_port  # noqa: E402
+from serve_helpers import free_port, ray_node  # noqa: E402
 
 from qwenkit.serve.cluster.app import ATTEMPTS_HEADER, REPLICA_HEADER, build_app  # noqa: E402
 
@@ -32,20 +32,6 @@ APP = "qwenkit-faults"
 SLOT = "qwenkit_replica"  # a custom resource: one per worker node, one per replica
 HEAD = "qwenkit_head"
 WAIT_S = 90.0  # every client call, and every wait for the cluster, is bounded by this
-
-
-def _node(**resources: float) -> dict[str, Any]:
-    """One node's arguments: on 127.0.0.1, small, with its own agent ports (the nodes share one machine)."""
-    return {
-        "num_cpus": 1,
-        "resources": resources,
-        "node_ip_address": "127.0.0.1",
-        "object_store_memory": 100 * 2**20,
-        "dashboard_agent_listen_port": free_port(),
-        "metrics_export_port": free_port(),
-        "metrics_agent_port": free_port(),
-        "runtime_env_agent_port": free_port(),
-    }
 
 
 @dataclass
@@ -73,10 +59,10 @@ def _wait_health(url: str, want: dict[str, int]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def three_nodes(tiny_qwen2) -> Iterator[ClusterUnderTest]:
-    head = {**_node(**{HEAD: 1}), "include_dashboard": False}
+    head = {**ray_node(**{HEAD: 1}), "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
-        workers = [cluster.add_node(**_node(**{SLOT: 1})) for _ in range(2)]
+        workers = [cluster.add_node(**ray_node(**{SLOT: 1})) for _ in range(2)]
         ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="warning")
         port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
@@ -266,6 +252,6 @@ def test_a_node_killed_under_load_loses_no_request_that_had_not_started(three_no
     assert _post(url, [LONG], 4).status == 200  # the server goes on answering
 
     # a node with the capacity comes back: Ray starts the lost replica there
-    three_nodes.workers.append(three_nodes.cluster.add_node(**_node(**{SLOT: 1})))
+    three_nodes.workers.append(three_nodes.cluster.add_node(**ray_node(**{SLOT: 1})))
     body = _wait_health(url, {"target": 2, "ready": 2})
     assert body["status"] == "ok"

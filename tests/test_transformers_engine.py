@@ -17,7 +17,9 @@ import pytest
 pytest.importorskip("torch", reason="the transformers extra is not installed")
 pytest.importorskip("transformers", reason="the transformers extra is not installed")
 
+import engine_helpers
 import torch
+from engine_helpers import GREEDY, ForceAfter, check_stream_shape, ids_of, run, text_of
 
 import qwenkit
 from qwenkit.engines.base import Chunk, Engine, QueueFull, SamplingParams
@@ -27,33 +29,12 @@ from qwenkit.errors import BadRequest, ModelLoadError, QwenkitError
 IM_END, ENDOFTEXT, THINK_OPEN, THINK_CLOSE = 151645, 151643, 151667, 151668
 # torch's multi-threaded matmuls collapse on an oversubscribed CI machine; one thread is steady
 THREADS = int(os.environ.get("QWENKIT_TEST_TORCH_THREADS", "1"))
-GREEDY = dict(temperature=0.0)
 PROMPTS = [
-    "<|im_start|>user\nWrite a poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
-    "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n",
-    "def fib(n):",
+    *engine_helpers.PROMPTS,
     "<|im_start|>system\nYou are terse.<|im_end|>\n"
     "<|im_start|>user\nList three colours and explain why each matters to painters.<|im_end|>\n"
     "<|im_start|>assistant\n",
 ]
-
-
-def run(engine, prompt, controller=None, **params) -> list[Chunk]:
-    ids = engine.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-    return list(engine.generate(ids, SamplingParams(**params), controller))
-
-
-def ids_of(chunks) -> list[int]:
-    return [t for c in chunks for t in c.token_ids]
-
-
-def text_of(chunks) -> str:
-    return "".join(c.text for c in chunks)
-
-
-def check_stream_shape(chunks):
-    assert chunks and chunks[-1].finish_reason is not None
-    assert all(c.finish_reason is None for c in chunks[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +108,6 @@ def test_penalties_forbid_repeats(q2):
     assert len(set(ids)) == len(ids)
     ids = ids_of(run(q2, PROMPTS[0], max_tokens=40, repetition_penalty=1e9, **GREEDY))
     assert len(set(ids)) == len(ids)
-
-
-class ForceAfter:
-    """Forces `tokens` once, after the `after`-th generated token."""
-
-    def __init__(self, after: int, tokens: list[int]) -> None:
-        self.after, self.tokens, self.calls = after, tokens, 0
-
-    def after_token(self, generated):
-        self.calls += 1
-        return self.tokens if len(generated) == self.after else ()
 
 
 def _collect(engine, prompt, out, key, controller=None, **params):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import queue
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,25 +325,3 @@ class Engine(Protocol):
     def stats(self) -> EngineStats: ...
 
     def close(self) -> None: ...
-
-
-def iterate(
-    engine: Engine,
-    prompt: Sequence[int],
-    params: SamplingParams,
-    controller: StepController | None = None,
-    adapters: Adapters = (),
-    *,
-    images: Sequence[ImageInput] = (),
-) -> Iterator[Chunk]:
-    """`Engine.generate` for any engine with `submit`: chunks as an iterator; closing it cancels."""
-    chunks: queue.Queue[Chunk] = queue.Queue()
-    handle = engine.submit(prompt, params, chunks.put, controller, adapters, images=images)
-    try:
-        while True:
-            chunk = chunks.get()
-            yield chunk
-            if chunk.finish_reason is not None:
-                return
-    finally:
-        handle.cancel()

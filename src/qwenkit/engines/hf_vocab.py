@@ -19,6 +19,7 @@ tokenizer does.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -111,3 +112,16 @@ class Vocab:
         if isinstance(template, dict):
             template = template.get("default") or next(iter(template.values()), None)
         return template or None
+
+
+def directory_chat_template(path: Path) -> str | None:
+    """The chat template a model directory carries: `chat_template.jinja`, else the
+    `chat_template` string of `tokenizer_config.json`."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None

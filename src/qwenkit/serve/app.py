@@ -22,13 +22,7 @@ from qwenkit.serve.metrics import Metrics
 from qwenkit.serve.middleware import AccessLog, BodyLimit
 from qwenkit.serve.openai_routes import router as openai_router
 from qwenkit.serve.openapi import ModelLimits, route_errors
-from qwenkit.serve.protocol import (
-    Health,
-    LoadLoraAdapterRequest,
-    ModelCard,
-    ModelList,
-    UnloadLoraAdapterRequest,
-)
+from qwenkit.serve.protocol.server import Health, LoadLoraAdapterRequest, ModelCard, ModelList, UnloadLoraAdapterRequest
 from qwenkit.serve.responses_routes import ResponseStore
 from qwenkit.serve.responses_routes import router as responses_router
 from qwenkit.serve.routing import ModelRoutes

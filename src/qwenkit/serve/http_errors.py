@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwenkit.engines.base import QueueFull
 from qwenkit.errors import QwenkitError
-from qwenkit.serve.protocol import ErrorDetail, ErrorResponse
+from qwenkit.serve.protocol.server import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("qwenkit.serve")
 

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from qwenkit.engines.base import TokenLogprob
-from qwenkit.serve.protocol import ChatTokenLogprob, ChoiceLogprobs, CompletionLogprobs, TopLogprob
+from qwenkit.serve.protocol.common import ChatTokenLogprob, ChoiceLogprobs, CompletionLogprobs, TopLogprob
 
 TokenBytes = Callable[[int], bytes]
 

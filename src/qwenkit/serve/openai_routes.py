@@ -20,28 +20,27 @@ from qwenkit.serve import structured
 from qwenkit.serve.http_errors import ApiError, error_body
 from qwenkit.serve.logprobs import chat_logprobs, completion_logprobs
 from qwenkit.serve.openapi import route_errors, streamed
-from qwenkit.serve.protocol import (
+from qwenkit.serve.protocol.chat import (
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChunkChoice,
-    Completion,
-    CompletionLogprobs,
-    CompletionRequest,
-    CompletionTokensDetails,
     DeltaMessage,
     FunctionCallOut,
-    LoraScale,
-    NamedToolChoice,
-    PromptTokensDetails,
-    TextChoice,
     ToolCallOut,
+)
+from qwenkit.serve.protocol.common import (
+    CompletionLogprobs,
+    CompletionTokensDetails,
+    LoraScale,
+    PromptTokensDetails,
     UsageInfo,
-    UserMessage,
     new_id,
 )
+from qwenkit.serve.protocol.completions import Completion, CompletionRequest, TextChoice
+from qwenkit.serve.protocol.messages import NamedToolChoice, UserMessage
 from qwenkit.serve.routing import Route
 from qwenkit.serve.runner import EngineFailure, TurnStream, run_turn
 from qwenkit.turn import PreparedTurn

@@ -1,7 +1,7 @@
 """The OpenAPI document as the server behaves: every status a route answers, in OpenAI's error
 shape, the real content types, and the limits this server was started with.
 
-FastAPI derives the request and response schemas from `protocol.py`; this module adds what it
+FastAPI derives the request and response schemas from the `protocol` package; this module adds what it
 cannot know: the errors (from authorization, the body limit, the rate limits, the model's
 loading), streaming (`text/event-stream`), `/metrics`' Prometheus text, the bearer scheme when
 keys are configured, and the limits that depend on settings or on the loaded model
@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from qwenkit.serve.protocol import ErrorResponse
+from qwenkit.serve.protocol.server import ErrorResponse
 from qwenkit.serve.settings import ServeSettings
 
 _ERROR_TEXT = {

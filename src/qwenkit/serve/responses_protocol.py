@@ -12,13 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
-from qwenkit.serve.protocol import (
-    JsonObjectText,
-    JsonSchemaFormat,
-    TokenCount,
-    TopLogprobs,
-    UsageInfo,
-)
+from qwenkit.serve.protocol.common import TokenCount, TopLogprobs, UsageInfo
+from qwenkit.serve.protocol.messages import JsonObjectText, JsonSchemaFormat
 
 
 class _Request(BaseModel):

@@ -25,7 +25,8 @@ from qwenkit.results import ChatResult
 from qwenkit.serve.http_errors import ApiError
 from qwenkit.serve.openai_routes import collect, finish_of, prepare_chat, resolve_route, spend, usage_of
 from qwenkit.serve.openapi import route_errors, streamed
-from qwenkit.serve.protocol import ChatCompletionRequest, new_id
+from qwenkit.serve.protocol.chat import ChatCompletionRequest
+from qwenkit.serve.protocol.common import new_id
 from qwenkit.serve.responses_protocol import (
     FunctionCallItem,
     FunctionCallOut,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from qwenkit.serve.http_errors import ApiError
 from qwenkit.serve.openapi import route_errors
-from qwenkit.serve.protocol import (
+from qwenkit.serve.protocol.server import (
     DetokenizeRequest,
     DetokenizeResponse,
     TokenizeRequest,

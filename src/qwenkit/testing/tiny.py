@@ -63,7 +63,6 @@ Wiring in a conftest
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import struct
@@ -78,6 +77,7 @@ from filelock import FileLock
 
 from qwenkit.store import resolve
 from qwenkit.store.gguf_header import ARRAY, KV, NUMPY_DTYPES, STRING, decoded, read_metadata
+from qwenkit.testing.build_cache import build_params, source_digest
 
 __all__ = [
     "BUILDER_VERSION",
@@ -424,17 +424,12 @@ class _FastWriter(gguf.GGUFWriter):
 # Cached building
 
 
-@lru_cache(maxsize=1)
-def _module_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
 def _cache_key(arch: str, source: Path, template: str | None, params: dict[str, Any]) -> str:
     st = source.stat()
     blob = json.dumps(
         {
             "builder": BUILDER_VERSION,
-            "module": _module_digest(),
+            "module": source_digest(Path(__file__)),
             "arch": arch,
             "params": params,
             "template": None if template is None else hashlib.sha256(template.encode()).hexdigest(),
@@ -456,20 +451,11 @@ def tiny_gguf(
     use and reused while the parameters, resolved template, source file and builder are the
     same. ``source_gguf`` defaults to ``default_source_gguf()``."""
     _check_arch(arch)
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(build_tiny_gguf).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("arch", "source_gguf")
-    }
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise TypeError(f"unknown build parameters: {', '.join(sorted(unknown))}")
+    merged = build_params(build_tiny_gguf, params, fixed=("arch", "source_gguf"))
     source = Path(source_gguf) if source_gguf is not None else default_source_gguf()
     template = _resolve_template(
         arch, params.get("chat_template"), tokenizer_metadata(source), params.get("templates_dir")
     )
-    # defaults filled in, so that seed=0 and no seed share one file
-    merged = {**defaults, **params}
     key_params = {k: v for k, v in merged.items() if k not in ("chat_template", "templates_dir")}
     key = _cache_key(arch, source, template, key_params)
     cache_dir = Path(cache_dir)

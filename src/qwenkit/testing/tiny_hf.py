@@ -18,17 +18,13 @@ official Qwen3 chat template is installed. For ``arch="qwen2"`` the source's tem
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
-import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
+from qwenkit.testing.build_cache import build_once, build_params, source_digest
 from qwenkit.testing.tiny import ARCHS, QWEN3_RENAMED_TOKENS, default_source_gguf, official_template
 
 __all__ = ["BUILDER_VERSION", "build_tiny_hf", "tiny_hf"]
@@ -74,21 +70,10 @@ def build_tiny_hf(
     if chat_template is not None:
         (path / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
 
-    common = dict(
-        vocab_size=151936,
-        hidden_size=n_embd,
-        intermediate_size=n_ff,
-        num_hidden_layers=n_layer,
-        num_attention_heads=n_head,
-        num_key_value_heads=n_head_kv,
-        max_position_embeddings=n_ctx_train,
-        rms_norm_eps=1e-6,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=tie_embeddings,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
+    common = text_config(
+        n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train
     )
+    common.update(rope_theta=1_000_000.0, tie_word_embeddings=tie_embeddings)
     if arch == "qwen3":
         config = Qwen3Config(**common, head_dim=head_dim or n_embd // n_head)
         cls = Qwen3ForCausalLM
@@ -97,10 +82,34 @@ def build_tiny_hf(
         cls = Qwen2ForCausalLM
     torch.manual_seed(seed)
     model = cls(config)
+    save_checkpoint(model, path)
+    return path
+
+
+def text_config(
+    *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int, n_ctx_train: int
+) -> dict[str, Any]:
+    """The text model's config fields every tiny checkpoint shares (Qwen's vocabulary and special ids)."""
+    return dict(
+        vocab_size=151936,
+        hidden_size=n_embd,
+        intermediate_size=n_ff,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_head_kv,
+        max_position_embeddings=n_ctx_train,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
+
+
+def save_checkpoint(model: Any, path: Path) -> None:
+    """Save a tiny model with Qwen's generation config (end ids `<|im_end|>`, `<|endoftext|>`)."""
     model.generation_config.eos_token_id = list(EOS_IDS)
     model.generation_config.pad_token_id = 151643
     model.save_pretrained(path)
-    return path
 
 
 def _rename_qwen3_tokens(tokenizer_json: Path) -> None:
@@ -129,11 +138,6 @@ def _rename_qwen3_tokens(tokenizer_json: Path) -> None:
     tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
-@lru_cache(maxsize=1)
-def _module_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
 def tiny_hf(
     arch: str,
     cache_dir: os.PathLike[str] | str,
@@ -144,21 +148,13 @@ def tiny_hf(
     """A tiny ``arch`` checkpoint directory in ``cache_dir``, built on first use, then reused."""
     from qwenkit.engines.transformers.convert import source_key  # needs torch, as the checkpoint does
 
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(build_tiny_hf).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("arch", "source_gguf")
-    }
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise TypeError(f"unknown build parameters: {', '.join(sorted(unknown))}")
+    merged = build_params(build_tiny_hf, params, fixed=("arch", "source_gguf"))
     source = Path(source_gguf) if source_gguf is not None else default_source_gguf()
-    merged = {**defaults, **params}
     template = merged.pop("chat_template")
     blob = json.dumps(
         {
             "builder": BUILDER_VERSION,
-            "module": _module_digest(),
+            "module": source_digest(Path(__file__)),
             "arch": arch,
             "params": merged,
             "template": None if template is None else hashlib.sha256(template.encode()).hexdigest(),
@@ -170,18 +166,7 @@ def tiny_hf(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = cache_dir / f"tiny-hf-{arch}-{key}"
-    done = out / "model.safetensors"
-    if done.is_file():
-        return out
-    with FileLock(str(out) + ".lock", timeout=900):
-        if done.is_file():
-            return out
-        if out.exists():
-            shutil.rmtree(out)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=cache_dir))
-        try:
-            build_tiny_hf(tmp / "m", arch=arch, source_gguf=source, **params)
-            os.replace(tmp / "m", out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    build_once(
+        out, out / "model.safetensors", lambda tmp: build_tiny_hf(tmp / "m", arch=arch, source_gguf=source, **params)
+    )
     return out

@@ -20,25 +20,22 @@ Both are safe under concurrent test processes (file lock + atomic rename).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
+from qwenkit.testing import tiny_hf
+from qwenkit.testing.build_cache import build_once, build_params, source_digest
 from qwenkit.testing.tiny import default_source_gguf
+from qwenkit.testing.tiny_hf import save_checkpoint, text_config
 
 __all__ = ["BUILDER_VERSION", "QWEN25_VL_TEMPLATE", "build_tiny_hf_vl", "tiny_hf_vl", "tiny_vl_gguf"]
 
 BUILDER_VERSION = 1
-EOS_IDS = [151645, 151643]  # <|im_end|>, <|endoftext|>
 VISION_TOKEN_IDS = {"vision_start": 151652, "vision_end": 151653, "image": 151655, "video": 151656}
 
 # The chat template of Qwen/Qwen2.5-VL-{3B,7B}-Instruct (chat_template.json), verbatim.
@@ -100,20 +97,12 @@ def build_tiny_hf_vl(
     )
 
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=151936,
-            hidden_size=n_embd,
-            intermediate_size=n_ff,
-            num_hidden_layers=n_layer,
-            num_attention_heads=n_head,
-            num_key_value_heads=n_head_kv,
-            max_position_embeddings=n_ctx_train,
-            rms_norm_eps=1e-6,
+        text_config=text_config(
+            n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train
+        )
+        | dict(
             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": list(mrope_section)},
             tie_word_embeddings=False,
-            bos_token_id=151643,
-            eos_token_id=151645,
-            pad_token_id=151643,
         ),
         vision_config=dict(
             depth=vision_depth,
@@ -141,9 +130,7 @@ def build_tiny_hf_vl(
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, weight_std)
-    model.generation_config.eos_token_id = list(EOS_IDS)
-    model.generation_config.pad_token_id = 151643
-    model.save_pretrained(path)
+    save_checkpoint(model, path)
     return path
 
 
@@ -169,47 +156,21 @@ def _preprocessor_config(min_pixels: int, max_pixels: int) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=1)
-def _module_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
-def _defaults() -> dict[str, Any]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(build_tiny_hf_vl).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "source_gguf"
-    }
-
-
 def _cache_key(source: Path, params: dict[str, Any]) -> str:
     from qwenkit.engines.transformers.convert import source_key  # needs torch, as the checkpoint does
 
-    unknown = set(params) - set(_defaults())
-    if unknown:
-        raise TypeError(f"unknown build parameters: {', '.join(sorted(unknown))}")
-    merged = {k: list(v) if isinstance(v, tuple) else v for k, v in {**_defaults(), **params}.items()}
+    merged = build_params(build_tiny_hf_vl, params, fixed=("source_gguf",))
+    merged = {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
     blob = json.dumps(
-        {"builder": BUILDER_VERSION, "module": _module_digest(), "params": merged, "source": source_key(source)},
+        {
+            "builder": BUILDER_VERSION,
+            "module": source_digest(Path(__file__), Path(tiny_hf.__file__)),
+            "params": merged,
+            "source": source_key(source),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _build_once(out: Path, done: Path, build: Any) -> None:
-    """Run ``build(tmp_dir) -> built_dir`` under a lock unless ``done`` exists; move the result to ``out``."""
-    if done.exists():
-        return
-    with FileLock(str(out) + ".lock", timeout=900):
-        if done.exists():
-            return
-        if out.exists():
-            shutil.rmtree(out)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
-        try:
-            os.replace(build(tmp), out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tiny_hf_vl(
@@ -220,7 +181,7 @@ def tiny_hf_vl(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = cache_dir / f"tiny-hf-qwen2-vl-{_cache_key(source, params)}"
-    _build_once(out, out / "model.safetensors", lambda tmp: build_tiny_hf_vl(tmp / "m", source_gguf=source, **params))
+    build_once(out, out / "model.safetensors", lambda tmp: build_tiny_hf_vl(tmp / "m", source_gguf=source, **params))
     return out
 
 
@@ -238,7 +199,7 @@ def tiny_vl_gguf(
         _convert(checkpoint, target / "mmproj.gguf", mmproj=True)
         return target
 
-    _build_once(out, out / "mmproj.gguf", build)
+    build_once(out, out / "mmproj.gguf", build)
     return out / "model.gguf", out / "mmproj.gguf"
 
 

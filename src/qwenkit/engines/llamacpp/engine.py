@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwenkit.engines.base import (
-    Adapters,
-    Chunk,
-    EngineStats,
-    ImageInput,
-    Request,
-    SamplingParams,
-    StepController,
-    iterate,
-)
+from qwenkit.engines.base import EngineStats, Request
+from qwenkit.engines.common import EngineBase
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
 from qwenkit.engines.llamacpp.vision import VisionTower
@@ -39,7 +31,7 @@ class LlamaCppSettings:
     image_cache: int = 16  # encoded images kept, by sha256
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(EngineBase):
     name = "llamacpp"
 
     def __init__(self, path: str | Path, settings: LlamaCppSettings | None = None) -> None:
@@ -99,21 +91,8 @@ class LlamaCppEngine:
     def vision(self) -> bool:
         return self.vision_tower is not None
 
-    def submit(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        emit: Callable[[Chunk], None],
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        n: int = 1,
-        images: Sequence[ImageInput] = (),
-    ) -> Request:
-        """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self.scheduler.submit(
-            Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n)
-        )
+    def _enqueue(self, request: Request) -> Request:
+        return self.scheduler.submit(request)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a GGUF LoRA for this model; requests name it in `adapters`. The file is read on the
@@ -127,17 +106,6 @@ class LlamaCppEngine:
 
     def stats(self) -> EngineStats:
         return self.scheduler.stats()
-
-    def generate(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        images: Sequence[ImageInput] = (),
-    ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters, images=images)
 
     def close(self) -> None:
         if self.model.ptr:

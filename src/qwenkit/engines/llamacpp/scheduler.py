@@ -3,24 +3,14 @@
 Each request holds a slot (one llama.cpp sequence id). A step gathers one token from every
 decoding slot plus chunks of pending prompt (chunked prefill), decodes them together, then
 samples each slot from its own row of logits with its own sampler chain. Requests join and
-leave between steps. A finished slot keeps its KV cache, so a new request that shares a prefix
-with it (a system prompt, the earlier turns of a chat) skips recomputing that prefix; a prefix
-held by a busy slot is shared by copying its cache cells (`llama_memory_seq_cp`).
+leave between steps. A finished slot keeps its KV cache for the next request that shares its prefix.
 
 LoRA adapters belong to the llama.cpp context, not to a sequence, so sequences on different
 adapter sets cannot share a `llama_decode`: each step decodes one batch per adapter set in use
 (every group advances every step, none starves), starting with the set already applied, so one
 adapter alone costs no switch. A slot's cache is reused only by a request on the same adapter set.
 
-Images (a vision model loaded with its mmproj, `vision.py`): each `<|image_pad|>` of a prompt
-stands for one image, expanded into that image's LLM tokens. A slot's cache is a list of keys,
-a token id per text token and ``(image sha256, i)`` per image token, so prefixes are compared by
-image content, never by placeholder ids: two different images at the same place share nothing.
-An image is reused whole or not at all. Text tokens of every slot share one `llama_decode` per
-step; an image's embeddings then go in their own decode (one image per step and adapter set), on
-this thread. Positions are kept per cache entry apart from cell counts: with M-RoPE an image's
-tokens all sit at its first position and the text after it continues `n_pos` (its grid size)
-further on, not `n_tokens`.
+Slots and their prefix cache: `slots.py`; images (vision models): `image_step.py`.
 """
 
 from __future__ import annotations
@@ -30,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar, cast
 
@@ -43,19 +33,17 @@ from qwenkit.engines.base import (
     FinishReason,
     QueueFull,
     Request,
-    TokenLogprob,
     check_request,
 )
+from qwenkit.engines.llamacpp.image_step import ImageStep
 from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain, token_logprob
-from qwenkit.engines.llamacpp.vision import PreparedImage, VisionTower
+from qwenkit.engines.llamacpp.slots import Key, Slot, expand, reusable, shared_prefix, slot_for, text_run
+from qwenkit.engines.llamacpp.vision import VisionTower
 from qwenkit.engines.output import RequestOutput
-from qwenkit.errors import BadRequest, QwenkitError
+from qwenkit.errors import QwenkitError
 
 T = TypeVar("T")
-
-#: A cache entry: a text token id, or (image sha256, index) for one of an image's LLM tokens.
-Key = int | tuple[str, int]
 
 log = logging.getLogger("qwenkit.scheduler")
 
@@ -63,107 +51,6 @@ log = logging.getLogger("qwenkit.scheduler")
 # Prompt tokens per step while a prompt is scored (`echo` with logprobs): each keeps a logits row,
 # and one slot at a time scores, so the output buffer holds n_parallel + this many rows.
 SCORED_CHUNK = 16
-
-
-class _Slot:
-    def __init__(self, seq_id: int) -> None:
-        self.seq_id = seq_id
-        self.cached: list[Key] = []  # entries whose KV is in the cache for this sequence
-        self.positions: list[int] = []  # the position of each cached entry (M-RoPE: not its index)
-        self.end_pos = 0  # the position that follows the cached entries
-        self.adapters: Adapters = ()  # the adapter set that cache was computed with
-        self.request: Request | None = None
-        self.feed: list[Key] = []  # entries to decode next (prompt rest, last sample, forced)
-        self.images: dict[str, PreparedImage] = {}  # the running request's images, by sha256
-        self.out: RequestOutput | None = None
-        self.sampler: SamplerChain | None = None
-        self.last_used = 0.0
-        self.followers: list[Request] = []  # the other choices of an n > 1 request, admitted after its prefill
-        self.prompt_logprobs: list[TokenLogprob | None] | None = None  # while the prompt is scored
-        self.top_logprobs: int | None = None  # the request's `logprobs` (None: none computed)
-
-    @property
-    def busy(self) -> bool:
-        return self.request is not None
-
-    def position(self, i: int) -> int:
-        """The position of cache entry `i` (the next position for i == len(cached))."""
-        return self.positions[i] if i < len(self.positions) else self.end_pos
-
-    def keep(self, n: int) -> None:
-        """Forget the cache entries from `n` on (the caller drops their KV cells)."""
-        self.end_pos = self.position(n)
-        del self.cached[n:]
-        del self.positions[n:]
-
-    def extend_text(self, tokens: Sequence[int]) -> None:
-        self.cached.extend(tokens)
-        self.positions.extend(range(self.end_pos, self.end_pos + len(tokens)))
-        self.end_pos += len(tokens)
-
-    def extend_image(self, image: PreparedImage, end_pos: int) -> None:
-        self.cached.extend((image.sha256, i) for i in range(image.n_tokens))
-        self.positions.extend([self.end_pos] * image.n_tokens)
-        self.end_pos = end_pos
-
-    def running(self) -> tuple[RequestOutput, SamplerChain]:
-        """The busy slot's output and sampler chain (set together with `request`)."""
-        if self.out is None or self.sampler is None:
-            raise RuntimeError(f"slot {self.seq_id} runs no request")
-        return self.out, self.sampler
-
-
-def _common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _shared(slot: _Slot, prompt: Sequence[Key], adapters: Adapters) -> int:
-    """Prompt tokens `slot`'s cache holds for `prompt` on `adapters` (none across adapter sets)."""
-    return _common_prefix(slot.cached, prompt) if slot.adapters == adapters else 0
-
-
-def _slot_for(free: list[_Slot], running: set[int], prompt: Sequence[Key], adapters: Adapters = ()) -> _Slot:
-    """The free slot to run `prompt` in (on `adapters`), given the sequence ids `running` already.
-
-    First, keep the running sequences contiguous: llama.cpp decodes sequences in separate KV
-    streams together only when their ids are consecutive, so every gap costs one more pass
-    through the model per step (4 sequences in slots 0,5,6,7 take 1.6x as long as in 0-3).
-    A prefix held in another slot is copied in by `_start`, so this costs no recomputation.
-    Then overwrite the least cache: a slot continuing this conversation, or an empty one, loses
-    nothing, so one user's request never evicts another's conversation for the sake of a few
-    shared template tokens. Last, the longest shared prefix (no copy), the slot used longest ago.
-    """
-
-    def cost(slot: _Slot) -> tuple[int, int, int, float]:
-        shared = _shared(slot, prompt, adapters)
-        return _runs(running | {slot.seq_id}), len(slot.cached) - shared, -shared, slot.last_used
-
-    return min(free, key=cost)
-
-
-def _reusable(keys: Sequence[Key], shared: int) -> int:
-    """How many of `shared` matching entries to keep: at least one key left to decode (for
-    logits), and never part of an image (back to its first token)."""
-    n = min(shared, len(keys) - 1)
-    head = keys[n]
-    return n - head[1] if isinstance(head, tuple) else n
-
-
-def _text_run(feed: Sequence[Key], limit: int) -> int:
-    """How many text tokens `feed` starts with, up to `limit`."""
-    for i in range(min(limit, len(feed))):
-        if isinstance(feed[i], tuple):
-            return i
-    return min(limit, len(feed))
-
-
-def _runs(seq_ids: set[int]) -> int:
-    """How many runs of consecutive ids `seq_ids` has (each is one llama.cpp ubatch)."""
-    return sum(1 for i in seq_ids if i - 1 not in seq_ids)
 
 
 def context_params(*, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int) -> C.llama_context_params:
@@ -201,8 +88,8 @@ class Scheduler:
         vision: VisionTower | None = None,
     ) -> None:
         self.model = model
-        self.vision = vision
-        self.image_pad = _image_pad(model) if vision is not None else None
+        self.images = ImageStep(vision, model, n_ctx=n_ctx) if vision is not None else None
+        self.image_pad = self.images.image_pad if self.images is not None else None
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, n_parallel)
         self.max_waiting = max_waiting
@@ -212,7 +99,7 @@ class Scheduler:
             raise QwenkitError(f"llama.cpp could not create a context of {params.n_ctx} tokens (out of memory?)")
         self.mem = C.llama_get_memory(self.ctx)
         self.batch = C.llama_batch_init(self.n_batch, 0, 1)
-        self.slots = [_Slot(i) for i in range(n_parallel)]
+        self.slots = [Slot(i) for i in range(n_parallel)]
         self.eog_ids = model.eog_ids()
         self._waiting: deque[Request] = deque()
         self._cv = threading.Condition()
@@ -258,18 +145,8 @@ class Scheduler:
             image_pad=self.image_pad,
         )
         if request.images:
-            if request.prompt[-1] == self.image_pad:
-                raise BadRequest("the prompt must not end with an image")
-            if request.params.prompt_logprobs is not None:
-                raise BadRequest("prompt logprobs are not available for prompts with images")
-            assert self.vision is not None  # check_request refused images otherwise
-            images = [self.vision.prepare(image) for image in request.images]  # BadRequest if undecodable
-            expanded = len(request.prompt) + sum(image.n_tokens - 1 for image in images)
-            if expanded >= self.n_ctx:
-                raise BadRequest(
-                    f"the prompt with its images is {expanded} tokens; "
-                    f"this model was loaded with a context of {self.n_ctx} tokens"
-                )
+            assert self.images is not None  # check_request refused images otherwise
+            self.images.check(request)
         if request.n > len(self.slots):
             raise QwenkitError(f"n={request.n} needs as many parallel slots; this engine has {len(self.slots)}")
         with self._cv:
@@ -343,7 +220,7 @@ class Scheduler:
         for _, future in self._calls:
             future.set_exception(QwenkitError("the engine is closed"))
 
-    def _admit_locked(self) -> list[tuple[_Slot, Request]]:
+    def _admit_locked(self) -> list[tuple[Slot, Request]]:
         admitted = []
         running = {s.seq_id for s in self.slots if s.busy}
         while self._waiting:
@@ -355,39 +232,40 @@ class Scheduler:
                 for choice in (request, *followers):
                     choice.emit(Chunk("", finish_reason="abort"))
                 continue
-            slot = _slot_for(free, running, self._known_keys(request), request.adapters)
+            known = self.images.known_keys(request) if self.images is not None else request.prompt
+            slot = slot_for(free, running, known, request.adapters)
             slot.followers = followers
             running.add(slot.seq_id)
             admitted.append((slot, request))
         return admitted
 
-    def _admit_followers(self, slot: _Slot) -> None:
+    def _admit_followers(self, slot: Slot) -> None:
         """Queue the other choices first, now that `slot` holds the prompt they will copy."""
         if slot.followers:
             with self._cv:
                 self._waiting.extendleft(reversed(slot.followers))
             slot.followers = []
 
-    def _start(self, slot: _Slot, request: Request) -> None:
+    def _start(self, slot: Slot, request: Request) -> None:
         try:  # prepared at submit: cached unless evicted since
-            images = [self.vision.prepare(image) for image in request.images] if self.vision else []
+            images = self.images.prepare(request) if self.images is not None else []
         except QwenkitError as exc:
             for choice in (request, *slot.followers):
                 choice.emit(Chunk("", finish_reason="abort", error=str(exc)))
             slot.followers = []
             return
-        keys = self._keys(request.prompt, images)
+        keys = expand(request.prompt, images, self.image_pad)
         # Scoring the prompt needs its logits at every position: nothing is reused then. Only the
         # first choice scores it; the others copy the cache it leaves.
         scored = request.params.prompt_logprobs is not None and request.index == 0
-        reuse = 0 if scored else _reusable(keys, _shared(slot, keys, request.adapters))
+        reuse = 0 if scored else reusable(keys, shared_prefix(slot, keys, request.adapters))
         donor = max(
             (s for s in self.slots if s is not slot),
-            key=lambda s: _shared(s, keys, request.adapters),
+            key=lambda s: shared_prefix(s, keys, request.adapters),
             default=None,
         )
         if donor is not None and not scored:
-            shared = _reusable(keys, _shared(donor, keys, request.adapters))
+            shared = reusable(keys, shared_prefix(donor, keys, request.adapters))
             if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
                 C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
                 slot.cached, slot.positions = donor.cached[:shared], donor.positions[:shared]
@@ -420,37 +298,11 @@ class Scheduler:
         slot.prompt_logprobs = [None] if scored else None
         slot.top_logprobs = request.params.logprobs
 
-    def _known_keys(self, request: Request) -> Sequence[Key]:
-        """The request's cache keys as far as they are known before its images are prepared
-        (to pick its slot): up to the first image not prepared yet."""
-        if not request.images or self.vision is None:
-            return request.prompt
-        known = [self.vision.known(image.sha256) for image in request.images]
-        n = next((i for i, image in enumerate(known) if image is None), len(known))
-        cut = len(request.prompt)
-        if n < len(known):  # stop at the first image slot whose size is unknown
-            cut = [i for i, token in enumerate(request.prompt) if token == self.image_pad][n]
-        return self._keys(request.prompt[:cut], [image for image in known[:n] if image is not None])
-
-    def _keys(self, prompt: list[int], images: list[PreparedImage]) -> list[Key]:
-        """`prompt` with each image_pad expanded into its image's keys (the prompt as the model sees it)."""
-        if not images:
-            return list(prompt)
-        keys: list[Key] = []
-        pending = iter(images)
-        for token in prompt:
-            if token == self.image_pad:
-                image = next(pending)
-                keys.extend((image.sha256, i) for i in range(image.n_tokens))
-            else:
-                keys.append(token)
-        return keys
-
     def _step(self) -> None:
         for slot in self.slots:
             if slot.request is not None and slot.request.cancelled:
                 self._finish(slot, "abort")
-        groups: dict[Adapters, list[_Slot]] = {}
+        groups: dict[Adapters, list[Slot]] = {}
         for slot in self.slots:
             if slot.request is not None and slot.feed:
                 groups.setdefault(slot.request.adapters, []).append(slot)
@@ -471,18 +323,18 @@ class Scheduler:
             raise QwenkitError(f"llama_set_adapters_lora returned {rc}")
         self._applied = adapters
 
-    def _decode(self, active: list[_Slot]) -> None:
+    def _decode(self, active: list[Slot]) -> None:
         """One `llama_decode` of the text of `active` (all on the applied adapter set), sampling,
         then the next image of one of them."""
         # Decoding slots (one token) first so a long prompt never starves running streams.
         active.sort(key=lambda s: len(s.feed))
         batch, n, budget = self.batch, 0, self.n_batch
-        taken: list[tuple[_Slot, int, int | None, int]] = []  # slot, tokens taken, logits row, first row
+        taken: list[tuple[Slot, int, int | None, int]] = []  # slot, tokens taken, logits row, first row
         scored = False  # one prompt scored per step: the output buffer has room for one
         for slot in active:
             if n >= budget:
                 break
-            take = _text_run(slot.feed, budget - n)
+            take = text_run(slot.feed, budget - n)
             scoring = slot.prompt_logprobs is not None
             if scoring:  # every row's logits are kept: bound the output buffer
                 if scored:
@@ -522,23 +374,17 @@ class Scheduler:
         if waiting is not None:
             self._decode_image(waiting)
 
-    def _decode_image(self, slot: _Slot) -> None:
-        """Decode the image `slot`'s feed starts with (encoding it unless cached), in its own batch."""
-        assert self.vision is not None
-        head = slot.feed[0]
-        assert isinstance(head, tuple)
-        image = slot.images[head[0]]
+    def _decode_image(self, slot: Slot) -> None:
+        assert self.images is not None
         try:
-            end_pos = self.vision.decode(self.ctx, image, slot.end_pos, slot.seq_id, self.n_batch)
+            self.images.decode(self.ctx, slot, self.n_batch)
         except QwenkitError as exc:
             self._finish(slot, "abort", error=str(exc))
             self._forget(slot)
             return
-        slot.extend_image(image, end_pos)
-        del slot.feed[: image.n_tokens]
         slot.last_used = time.monotonic()
 
-    def _score_prompt(self, slot: _Slot, take: int, first: int) -> None:
+    def _score_prompt(self, slot: Slot, take: int, first: int) -> None:
         """Logprobs of the prompt tokens that follow this chunk's rows; handed on once complete."""
         request, scored, out = slot.request, slot.prompt_logprobs, slot.out
         assert (
@@ -555,7 +401,7 @@ class Scheduler:
         if len(scored) == len(prompt):
             out.prompt_logprobs, slot.prompt_logprobs = scored, None
 
-    def _on_token(self, slot: _Slot, row: int) -> None:
+    def _on_token(self, slot: Slot, row: int) -> None:
         out, sampler = slot.running()
         token = sampler.sample(self.ctx, row)
         top = slot.top_logprobs
@@ -566,10 +412,10 @@ class Scheduler:
             sampler.accept(forced)
         slot.feed = list[Key](feed)
 
-    def _finish(self, slot: _Slot, reason: FinishReason, *, error: str | None = None) -> None:
+    def _finish(self, slot: Slot, reason: FinishReason, *, error: str | None = None) -> None:
         slot.running()[0].finish(reason, error=error)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: Slot) -> None:
         self._admit_followers(slot)  # a leader that ends before its prefill: they start on their own
         slot.request = None
         slot.feed = []
@@ -579,15 +425,7 @@ class Scheduler:
             slot.sampler.close()
             slot.sampler = None
 
-    def _forget(self, slot: _Slot) -> None:
+    def _forget(self, slot: Slot) -> None:
         """Drop a slot's cache (after a failed step its contents are unknown)."""
         C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
         slot.cached, slot.positions, slot.end_pos = [], [], 0
-
-
-def _image_pad(model: LlamaModel) -> int:
-    """The model's `<|image_pad|>` token id, from its own vocabulary."""
-    ids = model.tokenize("<|image_pad|>", special=True)
-    if len(ids) != 1:
-        raise QwenkitError("this model's vocabulary has no <|image_pad|> token: it is not a Qwen-VL model")
-    return ids[0]

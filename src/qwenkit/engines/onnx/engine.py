@@ -30,28 +30,15 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime_genai as og
 
-from qwenkit.engines.base import (
-    Adapters,
-    Chunk,
-    EngineStats,
-    ImageInput,
-    QueueFull,
-    Request,
-    RequestHandle,
-    SamplingParams,
-    StepController,
-    TokenLogprob,
-    check_request,
-    iterate,
-)
-from qwenkit.engines.hf_vocab import Vocab
+from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, RequestHandle, TokenLogprob, check_request
+from qwenkit.engines.common import VocabEngine
+from qwenkit.engines.hf_vocab import Vocab, directory_chat_template
 from qwenkit.engines.logprobs import logprob_of
 from qwenkit.engines.onnx.grammar import gbnf_to_lark
 from qwenkit.engines.onnx.sampling import (
@@ -83,7 +70,7 @@ def is_onnx_dir(path: Path) -> bool:
     return path.is_dir() and (path / "genai_config.json").is_file()
 
 
-class OnnxEngine:
+class OnnxEngine(VocabEngine):
     """Loads an ONNX Runtime GenAI model directory and decodes one request at a time."""
 
     name = "onnx"
@@ -115,60 +102,19 @@ class OnnxEngine:
         self._eos = {int(t) for t in (eos if isinstance(eos, list) else [eos] if eos is not None else [])}
         self._worker = _Worker(self)
 
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self.vocab.tokenize(text, special=special)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.vocab.detokenize(ids)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.vocab.piece(token, special=True)
-
     def chat_template(self) -> str | None:
-        jinja = self.path / "chat_template.jinja"
-        if jinja.is_file():
-            return jinja.read_text(encoding="utf-8")
-        config = self.path / "tokenizer_config.json"
-        if config.is_file():
-            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-            return template if isinstance(template, str) else None
-        return None
+        return directory_chat_template(self.path)
 
     def architecture(self) -> str | None:
         kind = self.genai.get("type")
         return str(kind) if kind else None
 
-    def eos_token_ids(self) -> set[int]:
-        return set(self._eos)
-
     def vision(self) -> bool:
         return False
 
-    def submit(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        emit: Callable[[Chunk], None],
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        n: int = 1,
-        images: Sequence[ImageInput] = (),
-    ) -> RequestHandle:
-        """Queue a request whose chunks are passed to `emit` on the engine's thread; its `n`
-        choices are decoded one after the other. No LoRA adapters: naming one is a BadRequest."""
-        return self._worker.submit(Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n))
-
-    def generate(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        images: Sequence[ImageInput] = (),
-    ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters, images=images)
+    def _enqueue(self, request: Request) -> RequestHandle:
+        """Its `n` choices are decoded one after the other. No LoRA adapters: naming one is a BadRequest."""
+        return self._worker.submit(request)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Refused: this engine runs no LoRA adapters (merge one first: `qwenkit export merged`)."""
@@ -184,12 +130,6 @@ class OnnxEngine:
 
     def close(self) -> None:
         self._worker.close()
-
-    def __enter__(self) -> OnnxEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _Worker:

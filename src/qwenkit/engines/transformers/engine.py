@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from qwenkit.engines.base import (
-    Adapters,
-    Chunk,
-    EngineStats,
-    ImageInput,
-    Request,
-    SamplingParams,
-    StepController,
-    iterate,
-)
+from qwenkit.engines.base import EngineStats, Request
+from qwenkit.engines.common import VocabEngine
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.transformers.convert import convert_gguf
 from qwenkit.engines.transformers.loading import (
@@ -32,7 +23,7 @@ from qwenkit.errors import ModelLoadError, QwenkitError
 DEFAULT_CTX = 8192
 
 
-class TransformersEngine:
+class TransformersEngine(VocabEngine):
     """Loads a checkpoint directory, or a GGUF file (converted once, dequantized, and cached)."""
 
     name = "transformers"
@@ -105,43 +96,18 @@ class TransformersEngine:
     def n_vocab(self) -> int:
         return self._n_vocab
 
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self.vocab.tokenize(text, special=special)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.vocab.detokenize(ids)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.vocab.piece(token, special=True)
-
     def chat_template(self) -> str | None:
         return self.vocab.chat_template()
 
     def architecture(self) -> str | None:
         return getattr(self.model.config, "model_type", None)
 
-    def eos_token_ids(self) -> set[int]:
-        return set(self._eos)
-
     def vision(self) -> bool:
         """True for a Qwen2.5-VL checkpoint (images through its processor and vision tower)."""
         return self.images is not None
 
-    def submit(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        emit: Callable[[Chunk], None],
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        n: int = 1,
-        images: Sequence[ImageInput] = (),
-    ) -> Request:
-        """Queue a request whose chunks are passed to `emit` on the engine's thread."""
-        return self._running().submit(
-            Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n)
-        )
+    def _enqueue(self, request: Request) -> Request:
+        return self._running().submit(request)
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load a peft LoRA adapter directory (before serving); requests name it in `adapters`."""
@@ -149,17 +115,6 @@ class TransformersEngine:
 
     def adapter_names(self) -> list[str]:
         return list(self._running().adapter_names)
-
-    def generate(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        images: Sequence[ImageInput] = (),
-    ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters, images=images)
 
     def stats(self) -> EngineStats:
         return self._running().stats()

@@ -27,7 +27,7 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,20 +40,17 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from qwenkit.engines.base import (
     Adapters,
-    Chunk,
     EngineStats,
     FinishReason,
-    ImageInput,
     Request,
     RequestHandle,
     SamplingParams,
-    StepController,
     ThinkingLimit,
     TokenLogprob,
     check_request,
-    iterate,
 )
-from qwenkit.engines.hf_vocab import Vocab
+from qwenkit.engines.common import VocabEngine
+from qwenkit.engines.hf_vocab import Vocab, directory_chat_template
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.vllm.params import prompt_logprobs, to_vllm, token_logprob
 from qwenkit.engines.vllm.settings import VllmSettings
@@ -65,7 +62,7 @@ DEFAULT_CTX = 8192
 T = TypeVar("T")
 
 
-class VllmEngine:
+class VllmEngine(VocabEngine):
     """Loads a Hugging Face checkpoint directory into vLLM and streams its requests."""
 
     name = "vllm"
@@ -136,31 +133,12 @@ class VllmEngine:
     def n_vocab(self) -> int:
         return self._n_vocab
 
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self.vocab.tokenize(text, special=special)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.vocab.detokenize(ids)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.vocab.piece(token, special=True)
-
     def chat_template(self) -> str | None:
-        jinja = self.path / "chat_template.jinja"
-        if jinja.is_file():
-            return jinja.read_text(encoding="utf-8")
-        config = self.path / "tokenizer_config.json"
-        if config.is_file():
-            template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-            return template if isinstance(template, str) else None
-        return None
+        return directory_chat_template(self.path)
 
     def architecture(self) -> str | None:
         kind = self.config.get("model_type")
         return str(kind) if kind else None
-
-    def eos_token_ids(self) -> set[int]:
-        return set(self._eos)
 
     # ----- the loop thread -------------------------------------------------------------------
 
@@ -182,23 +160,14 @@ class VllmEngine:
 
     # ----- requests --------------------------------------------------------------------------
 
-    def submit(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        emit: Callable[[Chunk], None],
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        n: int = 1,
-        images: Sequence[ImageInput] = (),
-    ) -> RequestHandle:
-        """Queue a request whose chunks go to `emit` on the engine's loop thread; `cancel` aborts
-        its vLLM requests. Text only: a request with images is refused."""
-        request = Request(list(prompt), params, emit, controller, tuple(adapters), tuple(images), n=n)
+    def _enqueue(self, request: Request) -> RequestHandle:
+        """Chunks go to `emit` on the engine's loop thread; `cancel` aborts the request's vLLM
+        requests. Text only: a request with images is refused."""
         check_request(request, n_ctx=self.n_ctx, n_vocab=self.n_vocab, adapters=self._adapters)
-        if n > self.settings.n_parallel:
-            raise QwenkitError(f"n={n} needs as many parallel sequences; this engine runs {self.settings.n_parallel}")
+        if request.n > self.settings.n_parallel:
+            raise QwenkitError(
+                f"n={request.n} needs as many parallel sequences; this engine runs {self.settings.n_parallel}"
+            )
         lora = self._lora(request.adapters)
         if self._closed:
             raise QwenkitError("the engine is closed")
@@ -323,17 +292,6 @@ class VllmEngine:
                 return False
         return False
 
-    def generate(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        controller: StepController | None = None,
-        adapters: Adapters = (),
-        *,
-        images: Sequence[ImageInput] = (),
-    ) -> Iterator[Chunk]:
-        return iterate(self, prompt, params, controller, adapters, images=images)
-
     def vision(self) -> bool:
         """Images are not wired to vLLM's multimodal inputs yet."""
         return False
@@ -375,12 +333,6 @@ class VllmEngine:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.llm.shutdown()
         del self.llm  # now, not at interpreter exit (AsyncLLM.__del__ shuts down again, half torn down)
-
-    def __enter__(self) -> VllmEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _Handle:
