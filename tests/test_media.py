@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import gzip
 import io
+import ipaddress
+import os
+import socket
 import struct
 import threading
+import time
+import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from PIL import Image
@@ -136,11 +144,24 @@ def test_media_dir_confines_local_files(tmp_path: Path) -> None:
 
 
 class _Images(BaseHTTPRequestHandler):
+    accept_encodings: ClassVar[list[str | None]] = []  # as the requests sent them
+
     def do_GET(self) -> None:
+        self.accept_encodings.append(self.headers.get("Accept-Encoding"))
         if self.path.startswith("/redirect"):
-            self.send_response(302)
-            self.send_header("Location", self.path.split("to=", 1)[1])
+            self.redirect(self.path.split("to=", 1)[1])
+            return
+        if self.path == "/slow-redirect":  # an endless chain of hops, each within any per-hop timeout
+            time.sleep(0.2)
+            self.redirect("/slow-redirect")
+            return
+        if self.path == "/gzip":  # compressed whatever the request accepted
+            body = gzip.compress(png())
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
             return
         body = png() if self.path == "/a.png" else b"x" * 5000
         self.send_response(200 if self.path in ("/a.png", "/big") else 404)
@@ -148,8 +169,25 @@ class _Images(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args: object) -> None:
         pass
+
+
+def resolving_to(*addresses: str) -> Callable[..., list[tuple[Any, ...]]]:
+    """A getaddrinfo that answers `addresses` for any host."""
+
+    def getaddrinfo(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses
+        ]
+
+    return getaddrinfo
 
 
 @pytest.fixture
@@ -193,21 +231,181 @@ def test_remote_size_and_status_limits(image_server: str) -> None:
 def test_the_checked_address_is_the_one_connected_to(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """No second DNS lookup after the check: the request goes to the address the check approved,
     with the name in Host (and TLS SNI)."""
-    from qwenkit.chat import media
+    from qwenkit.chat.media import remote
 
-    assert media._pinned("https://example.com:8443/a.png?x=1", "93.184.216.34") == (
+    assert remote.pinned("https://example.com:8443/a.png?x=1", "93.184.216.34") == (
         "https://93.184.216.34:8443/a.png?x=1",
         {"Host": "example.com:8443"},
         {"sni_hostname": "example.com"},
     )
-    assert media._pinned("http://v6.example/a", "2606:2800::1")[0] == "http://[2606:2800::1]/a"
+    assert remote.pinned("http://v6.example/a", "2606:2800::1")[0] == "http://[2606:2800::1]/a"
     checked: list[str] = []
 
-    def approve(host: str, port: int) -> str:  # as if images.invalid resolved to a public address
+    def approve(host: str, addresses: list[object]) -> None:  # as if images.invalid were public
         checked.append(host)
-        return "127.0.0.1"
 
-    monkeypatch.setattr(media, "_public_address", approve)
+    monkeypatch.setattr(remote, "_getaddrinfo", resolving_to("127.0.0.1"))
+    monkeypatch.setattr(remote, "_check_public", approve)
     port = image_server.rsplit(":", 1)[1]
     image = load_image(f"http://images.invalid:{port}/a.png", MediaPolicy(allow_remote=True))
     assert image.data == png() and checked == ["images.invalid"]
+
+
+LOOPBACK = MediaPolicy(allow_remote=True, trusted_hosts=frozenset({"127.0.0.1"}))
+
+
+def test_the_time_limit_covers_every_redirect_hop(image_server: str) -> None:
+    """Each hop is quick, but the chain is not: the fetch stops at `timeout_s`, not at the
+    redirect limit (httpx's own timeout applies per phase of one hop)."""
+    with pytest.raises(BadRequest, match=r"took longer than 0\.5 s"):
+        load_image(f"{image_server}/slow-redirect", dataclasses.replace(LOOPBACK, timeout_s=0.5))
+
+
+def test_the_time_limit_covers_dns(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwenkit.chat.media import remote
+
+    release = threading.Event()
+
+    def stalled_getaddrinfo(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
+        release.wait(timeout=10)
+        return resolving_to("127.0.0.1")(host, port)
+
+    monkeypatch.setattr(remote, "_getaddrinfo", stalled_getaddrinfo)
+    port = image_server.rsplit(":", 1)[1]
+    policy = MediaPolicy(allow_remote=True, timeout_s=0.3, trusted_hosts=frozenset({"images.test"}))
+    try:
+        with pytest.raises(BadRequest, match=r"resolving the image host 'images\.test' took longer than 0\.3 s"):
+            load_image(f"http://images.test:{port}/a.png", policy)
+    finally:
+        release.set()
+
+
+def test_compressed_bodies_are_neither_asked_for_nor_inflated(image_server: str) -> None:
+    _Images.accept_encodings.clear()
+    with pytest.raises(BadRequest, match="Content-Encoding 'gzip'"):
+        load_image(f"{image_server}/gzip", LOOPBACK)
+    assert load_image(f"{image_server}/a.png", LOOPBACK).data == png()
+    assert _Images.accept_encodings == ["identity", "identity"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",  # IPv4-mapped
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b:1::5db8:d822",  # local-use NAT64
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2001:0:a00:1::1",  # Teredo with server 10.0.0.1
+        "2001:0:5db8:d822:0:0:f5ff:fffe",  # Teredo with a public server, client 10.0.0.1 (obfuscated)
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+    ],
+)
+def test_private_addresses_are_refused_however_wrapped(address: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qwenkit.chat.media import remote
+
+    assert not remote.is_public(ipaddress.ip_address(address))
+    monkeypatch.setattr(remote, "_getaddrinfo", resolving_to("93.184.216.34", address))
+    with pytest.raises(BadRequest, match="private or local address"):
+        load_image("http://images.invalid/a.png", MediaPolicy(allow_remote=True))
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:2800:220:1::1", "64:ff9b::5db8:d822", "2002:5db8:d822::1"])
+def test_public_addresses_pass(address: str) -> None:
+    from qwenkit.chat.media import remote
+
+    assert remote.is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    ("source", "policy", "message"),
+    [
+        ("http://[::1/x", MediaPolicy(allow_remote=True), "malformed image URL"),
+        ("http://h:99999/a.png", MediaPolicy(allow_remote=True), "malformed image URL"),
+        ("file:///%ff.png", LOCAL_POLICY, "not valid UTF-8"),
+        ("a\0b.png", MediaPolicy(media_dir=Path(".")), "not a valid path"),
+        ("/tmp/a\0b.png", LOCAL_POLICY, "not a valid path"),
+        (Path("a\0b.png"), LOCAL_POLICY, "not a valid path"),
+    ],
+)
+def test_malformed_sources_are_bad_requests(source: object, policy: MediaPolicy, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        load_image(source, policy)
+
+
+def test_malformed_redirects_are_bad_requests(image_server: str) -> None:
+    with pytest.raises(BadRequest, match="malformed image URL"):
+        load_image(f"{image_server}/redirect?to=http://127.0.0.1:99999/a.png", LOOPBACK)
+
+
+def test_media_dir_reads_only_regular_files(tmp_path: Path) -> None:
+    """A FIFO would block the reading thread forever; it is refused at once."""
+    os.mkfifo(tmp_path / "pipe.png")
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            load_image("pipe.png", MediaPolicy(media_dir=tmp_path))
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # the bug: the read blocks; a writer that opens and closes releases it
+        os.close(os.open(tmp_path / "pipe.png", os.O_WRONLY))
+        reader.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], BadRequest), outcome
+    assert "not a regular file" in str(outcome[0])
+
+
+def test_local_reads_are_bounded_whatever_the_size_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that grew after its size was looked at is still read no further than the limit."""
+    (tmp_path / "grown.png").write_bytes(png((64, 64)))
+    real_stat = Path.stat
+
+    def stale_stat(self: Path, **kwargs: Any) -> os.stat_result:
+        found = real_stat(self, **kwargs)
+        return os.stat_result((*found[:6], 10, *found[7:10]))  # st_size as it was: 10 bytes
+
+    monkeypatch.setattr(Path, "stat", stale_stat)
+    from qwenkit.chat.media import images
+
+    with pytest.raises(BadRequest, match="larger than 100 bytes"):
+        images._read_local(Path("grown.png"), MediaPolicy(media_dir=tmp_path, max_bytes=100))
+
+
+def test_validation_leaves_the_warning_filters_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warning filters are process-wide, and images are validated on several threads: Pillow's own
+    warning threshold stays a warning; the policy's pixel limit decides."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40x40 = 1600 pixels: Pillow warns
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert validate_image(png((40, 40)), MediaPolicy()).width == 40
+    assert any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+
+
+def test_trusted_hosts_are_normalized() -> None:
+    policy = MediaPolicy(trusted_hosts=frozenset({"Images.Example.", "Bücher.example", "[::1]"}))
+    assert policy.trusted_hosts == {"images.example", "xn--bcher-kva.example", "::1"}
+
+
+def test_trusted_hosts_match_however_typed(image_server: str) -> None:
+    port = image_server.rsplit(":", 1)[1]
+    policy = MediaPolicy(allow_remote=True, trusted_hosts=frozenset({"LocalHost"}))
+    assert load_image(f"http://localhost:{port}/a.png", policy).data == png()
+
+
+def test_every_checked_address_is_tried_in_turn(image_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first address refuses the connection (nothing listens on 127.0.0.2), the second answers."""
+    from qwenkit.chat.media import remote
+
+    monkeypatch.setattr(remote, "_getaddrinfo", resolving_to("127.0.0.2", "127.0.0.1"))
+    port = image_server.rsplit(":", 1)[1]
+    policy = MediaPolicy(allow_remote=True, trusted_hosts=frozenset({"images.test"}))
+    assert load_image(f"http://images.test:{port}/a.png", policy).data == png()
