@@ -49,6 +49,7 @@ def fetch_remote(url: str, policy: MediaPolicy) -> bytes:
     headers = {"Accept": "image/*", "Accept-Encoding": "identity"}
     with httpx.Client(follow_redirects=False, trust_env=False) as client:
         for _ in range(_MAX_REDIRECTS + 1):
+            deadline.remaining()  # refuses once the time is spent, before any work on this hop
             parts, port = _parse(url)
             host = parts.hostname or ""
             addresses = _resolve(host, port, deadline)
