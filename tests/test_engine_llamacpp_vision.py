@@ -356,3 +356,28 @@ def test_known_never_waits_on_another_images_preprocessing(vl_engine, monkeypatc
     assert tower.known(slow.sha256) is prepared[0]
     assert tower.prepare(slow) is prepared[0]  # one copy in the cache
 
+
+def test_collected_errors_stay_with_their_thread():
+    """libmtmd logs on request threads and the scheduler thread at once: each block sees its own lines."""
+    import threading
+
+    from qwenkit.engines.llamacpp.model import _route_log, collect_errors
+
+    inside, leave = threading.Event(), threading.Event()
+    other: list[str] = []
+
+    def elsewhere() -> None:
+        with collect_errors() as errors:
+            inside.set()
+            leave.wait(60)
+            _route_log(4, b"theirs", None)
+        other.extend(errors)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    assert inside.wait(60)
+    with collect_errors() as mine:
+        _route_log(4, b"mine", None)
+        leave.set()
+        thread.join()
+    assert mine == ["mine"] and other == ["theirs"]
