@@ -60,7 +60,6 @@ class ImagePreprocessor:
         longest = int(size["longest_edge"]) if max_tokens is None else max(max_tokens, MIN_IMAGE_TOKENS) * unit
         shortest = min(int(size["shortest_edge"]), longest)
         self.size = {"shortest_edge": shortest, "longest_edge": longest}
-        self.max_tokens = longest // unit
 
     def prepare(self, prompt: Sequence[int], images: Sequence[ImageInput]) -> VisionInputs:
         pictures = [_decode(image) for image in images]
