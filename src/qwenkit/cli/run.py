@@ -175,9 +175,9 @@ def _chat_loop(
             continue
         if command in ("/exit", "/quit", "/bye"):
             return
-        if command == "/reset":
-            history = list(base)
-            err.print("[dim]history cleared[/]")
+        if command == "/reset":  # a fresh start: images attached for the next message go too
+            history, dropped, images = list(base), len(images), []
+            err.print(f"[dim]history cleared{f' ({dropped} attached image(s) dropped)' if dropped else ''}[/]")
             continue
         if command in ("/think", "/no_think"):
             think = command == "/think"
