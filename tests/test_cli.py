@@ -262,6 +262,18 @@ def test_chat_attaches_an_image_to_the_next_message(tiny_hf_qwen2_vl, pictures):
     assert "red.png attached" in proc.stderr and "4 tokens" in proc.stderr and "no such file" in proc.stderr
 
 
+def test_prefix_cache_tokens_is_for_the_transformers_engine(tiny2):
+    proc = cli("run", "hi", "-m", tiny2, "-n", "1", "--prefix-cache-tokens", "0")
+    check_one_line_error(proc, "prefix cache, not llamacpp's")
+
+
+def test_chat_reset_drops_images_attached_for_the_next_message(tiny2, pictures):
+    stdin = f"/image {pictures / 'red.png'}\n/reset\nhi\n/exit\n"
+    proc = cli("chat", "-m", tiny2, "-n", "3", "-t", THREADS, stdin=stdin)
+    check_ok(proc)
+    assert "1 attached image(s) dropped" in proc.stderr and "takes text only" not in proc.stderr
+
+
 def test_a_text_only_model_refuses_run_image(tiny2, pictures):
     proc = cli("run", "What is this?", "--image", str(pictures / "red.png"), "-m", tiny2, "-n", "3", "-t", THREADS)
     check_one_line_error(proc, "takes text only")

@@ -324,3 +324,60 @@ def test_n_choices_share_the_image_prefill(vl_engine):
     assert ids_of(outs[0]) == ids_of(outs[1])
     assert outs[1][-1].cached_prompt_tokens >= (SIDE // 28) ** 2  # the follower copied the leader's cache
     assert vl_engine.vision_tower.encoded == encoded + 1
+
+
+def test_known_never_waits_on_another_images_preprocessing(vl_engine, monkeypatch):
+    """The scheduler asks `known` under its own lock: a slow preprocessing must not stall it."""
+    import threading
+
+    tower = vl_engine.vision_tower
+    slow, started, release = image(901), threading.Event(), threading.Event()
+    tokenize = tower._tokenize
+
+    def held(img):
+        started.set()
+        release.wait(60)
+        return tokenize(img)
+
+    monkeypatch.setattr(tower, "_tokenize", held)
+    prepared: list = []
+    worker = threading.Thread(target=lambda: prepared.append(tower.prepare(slow)))
+    worker.start()
+    try:
+        assert started.wait(60)
+        answered = threading.Event()
+        asker = threading.Thread(target=lambda: (tower.known(slow.sha256), answered.set()))
+        asker.start()
+        assert answered.wait(60), "known() waited for another request's preprocessing"
+        asker.join()
+    finally:
+        release.set()
+        worker.join()
+    assert tower.known(slow.sha256) is prepared[0]
+    assert tower.prepare(slow) is prepared[0]  # one copy in the cache
+
+
+def test_collected_errors_stay_with_their_thread():
+    """libmtmd logs on request threads and the scheduler thread at once: each block sees its own lines."""
+    import threading
+
+    from qwenkit.engines.llamacpp.model import _route_log, collect_errors
+
+    inside, leave = threading.Event(), threading.Event()
+    other: list[str] = []
+
+    def elsewhere() -> None:
+        with collect_errors() as errors:
+            inside.set()
+            leave.wait(60)
+            _route_log(4, b"theirs", None)
+        other.extend(errors)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    assert inside.wait(60)
+    with collect_errors() as mine:
+        _route_log(4, b"mine", None)
+        leave.set()
+        thread.join()
+    assert mine == ["mine"] and other == ["theirs"]

@@ -121,3 +121,38 @@ def test_requests_naming_a_stored_response_find_the_replica_that_made_it() -> No
     assert named_response("POST", "/v1/chat/completions", b'{"previous_response_id": "resp_1"}') is None
     owners.learn("resp_3", "replica-a")  # the oldest is forgotten beyond the capacity
     assert owners.owner("resp_1") is None and owners.owner("resp_3") == "replica-a"
+
+
+class _Counts:
+    """What /health reads: the replica counts, or the controller's failure."""
+
+    def __init__(self, counts: dict[str, int] | Exception) -> None:
+        self.counts = counts
+
+    async def _replica_counts(self) -> dict[str, int]:
+        if isinstance(self.counts, Exception):
+            raise self.counts
+        return self.counts
+
+
+@pytest.mark.parametrize(
+    ("counts", "code", "status"),
+    [
+        ({"target": 2, "up": 2, "ready": 2}, 200, "ok"),
+        ({"target": 2, "up": 2, "ready": 1}, 200, "degraded"),
+        ({"target": 2, "up": 1, "ready": 0}, 503, "loading"),
+        (RuntimeError("controller gone"), 503, "unavailable"),
+    ],
+)
+def test_health_is_503_while_no_replica_is_ready_or_the_controller_cannot_say(
+    counts: dict[str, int] | Exception, code: int, status: str
+) -> None:
+    import asyncio
+
+    from qwenkit.serve.cluster.app import Ingress
+
+    response = asyncio.run(Ingress.health(_Counts(counts)))  # type: ignore[arg-type]
+    body = json.loads(response.body)
+    assert (response.status_code, body["status"]) == (code, status)
+    if isinstance(counts, Exception):
+        assert "controller did not answer (RuntimeError)" in body["reason"]

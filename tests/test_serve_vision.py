@@ -183,3 +183,37 @@ def test_tokenize_keeps_to_the_servers_media_policy(vl_server: Any, media_dir: P
         for path in (str(media_dir.parent / "outside.png"), "../outside.png"):
             refused = http.post("/tokenize", json={"messages": image_message(path)})
             assert refused.status_code == 400 and "outside the media directory" in refused.json()["error"]["message"]
+
+
+def test_a_turn_with_images_is_submitted_off_the_event_loop(tiny_hf_qwen2_vl: Path) -> None:
+    """Image preprocessing happens in `submit`: it must run in a worker thread, not on the event loop."""
+    import asyncio
+
+    import qwenkit
+    from qwenkit.serve.metrics import Metrics
+    from qwenkit.serve.runner import run_turn
+
+    model = qwenkit.load(str(tiny_hf_qwen2_vl), engine="transformers", n_threads=2, progress=False)
+    on_loop: list[bool] = []
+    submit = model.engine.submit
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return submit(*args, **kwargs)
+
+    model.engine.submit = watched  # type: ignore[method-assign]
+
+    async def answer(messages: Any) -> str:
+        turn = model.prepare(messages, max_tokens=3, temperature=0)
+        return "".join([d.content or "" async for d in await run_turn(model, turn, Metrics(lambda: None))])
+
+    try:
+        asyncio.run(answer(image_message(data_uri(png((200, 0, 0))))))
+        asyncio.run(answer([{"role": "user", "content": "hi"}]))
+    finally:
+        model.close()
+    assert on_loop == [False, True]  # the text-only turn needs no thread

@@ -469,3 +469,21 @@ def test_prefix_cache_stays_within_its_bound(tiny_hf_qwen2):
         engine.close()
     with pytest.raises(QwenkitError, match="prefix_cache_tokens"):
         TransformersSettings(prefix_cache_tokens=-1)
+
+
+def test_load_sizes_or_turns_off_the_prefix_cache(tiny_hf_qwen2, tiny_qwen2):
+    """`qwenkit.load(prefix_cache_tokens=...)`: a repeated prompt reuses the cache by default, not at 0;
+    other engines refuse the keyword."""
+    messages = [{"role": "user", "content": "List three colours and explain why each matters to painters."}]
+    for tokens, reused in ((None, True), (0, False)):
+        model = qwenkit.load(
+            str(tiny_hf_qwen2), engine="transformers", n_threads=THREADS, progress=False, prefix_cache_tokens=tokens
+        )
+        try:
+            model.chat(messages, max_tokens=2, temperature=0)
+            again = model.chat(messages, max_tokens=2, temperature=0)
+        finally:
+            model.close()
+        assert (again.usage.cached_prompt_tokens > 0) is reused, tokens
+    with pytest.raises(QwenkitError, match="prefix cache, not llamacpp's"):
+        qwenkit.load(str(tiny_qwen2), progress=False, prefix_cache_tokens=0)

@@ -294,3 +294,21 @@ def test_different_images_at_one_position_share_nothing(vl_model: Model, vl_unca
     answer = vl_model.chat(ask(second, "Which colour?"), **GREEDY)
     assert answer.usage.cached_prompt_tokens <= start  # at most the text before the image
     assert answer.content == vl_uncached.chat(ask(second, "Which colour?"), **GREEDY).content
+
+
+def test_a_decompression_bomb_is_a_bad_request() -> None:
+    """An image past Pillow's pixel limit is the client's error (400), not a server failure."""
+    import hashlib
+    import struct
+    import zlib
+
+    from qwenkit.engines.base import ImageInput
+    from qwenkit.engines.transformers.vision import _decode
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 30000x30000 RGB: past 2x the limit
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    with pytest.raises(BadRequest, match="cannot be decoded"):
+        _decode(ImageInput(data, hashlib.sha256(data).hexdigest(), 30000, 30000))

@@ -49,6 +49,7 @@ def load(
     lora: Mapping[str, str | Path] | None = None,
     mmproj: str | Path | None = None,
     image_max_tokens: int | None = None,
+    prefix_cache_tokens: int | None = None,
     tensor_parallel: int = 1,
     pipeline_parallel: int = 1,
     data_parallel: int = 1,
@@ -68,6 +69,8 @@ def load(
     `adapters=[(name, scale)]`.
     `image_max_tokens`: vision models (Qwen2.5-VL): the most tokens one image may take (its pixels
     are scaled to at most that many 28x28 cells); None: the model's own limit.
+    `prefix_cache_tokens`: transformers only: the most tokens of finished requests' KV kept to
+    start later requests sharing their prompt prefix (None: twice the context; 0: no prefix cache).
     `mmproj`: a Qwen-VL GGUF's vision projector (llama.cpp); a catalogue name brings its own.
     vLLM only (`engine="vllm"`, its own environment): `tensor_parallel`, `pipeline_parallel`,
     `data_parallel` and `distributed_executor_backend` ("mp" or "ray") go to vLLM's engine args;
@@ -82,6 +85,8 @@ def load(
     chosen = pick_engine(engine, local.format)
     if mmproj is not None and chosen != "llamacpp":
         raise QwenkitError("an mmproj (vision projector GGUF) goes with a GGUF on the llama.cpp engine")
+    if prefix_cache_tokens is not None and chosen != "transformers":
+        raise QwenkitError(f"prefix_cache_tokens sizes the transformers engine's prefix cache, not {chosen}'s")
     eng: Engine
     parallel = (tensor_parallel, pipeline_parallel, data_parallel)
     if chosen != "vllm" and (parallel != (1, 1, 1) or distributed_executor_backend is not None):
@@ -113,6 +118,7 @@ def load(
             max_waiting=max_waiting,
             n_threads=n_threads,
             image_max_tokens=image_max_tokens,
+            prefix_cache_tokens=prefix_cache_tokens,
         )
         eng = TransformersEngine(local.path, settings)
     elif chosen == "onnx":

@@ -43,6 +43,13 @@ DtypeOpt = typer.Option("auto", "--dtype", help="Transformers engine: auto, bf16
 QuantOpt = typer.Option(
     None, "--quantization", "-q", help="Transformers engine: 8bit or 4bit (bitsandbytes, CUDA only)."
 )
+PrefixCacheOpt = typer.Option(
+    None,
+    "--prefix-cache-tokens",
+    min=0,
+    help="Transformers engine: tokens of finished requests' KV kept for prompts that share a prefix "
+    "(default: twice --ctx; 0: off).",
+)
 ThinkOpt = typer.Option(None, "--think/--no-think", help="Qwen3 thinking on or off (default: the model's).")
 
 
@@ -78,6 +85,7 @@ def load_model(
     image_max_tokens: int | None = None,
     mmproj: Path | None = None,
     parallelism: dict[str, Any] | None = None,
+    prefix_cache_tokens: int | None = None,
 ):
     """`qwenkit.load` for a verb; `parallelism`: vLLM's sizes and executor (load's keywords)."""
     from qwenkit.api import load
@@ -98,6 +106,7 @@ def load_model(
         lora=lora,
         image_max_tokens=image_max_tokens,
         mmproj=mmproj,
+        prefix_cache_tokens=prefix_cache_tokens,
         **(parallelism or {}),
     )
 

@@ -18,6 +18,7 @@ from qwenkit.cli.common import (
     ExecutorOpt,
     ModelOpt,
     PipelineParallelOpt,
+    PrefixCacheOpt,
     QuantOpt,
     TensorParallelOpt,
     ThinkOpt,
@@ -67,6 +68,7 @@ def run(
     image: list[Path] = typer.Option([], "--image", "-i", help="An image file for a vision model (repeatable)."),
     image_max_tokens: int | None = ImageMaxTokensOpt,
     mmproj: Path | None = MmprojOpt,
+    prefix_cache_tokens: int | None = PrefixCacheOpt,
     tensor_parallel: int = TensorParallelOpt,
     pipeline_parallel: int = PipelineParallelOpt,
     data_parallel: int = DataParallelOpt,
@@ -90,7 +92,17 @@ def run(
     )
     parallelism = vllm_parallelism(tensor_parallel, pipeline_parallel, data_parallel, executor)
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj, parallelism
+        model,
+        ctx,
+        threads,
+        engine,
+        dtype,
+        quantization,
+        adapters,
+        image_max_tokens,
+        mmproj,
+        parallelism,
+        prefix_cache_tokens,
     ) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)
@@ -139,11 +151,12 @@ def chat(
     lora: str | None = LoraOpt,
     image_max_tokens: int | None = ImageMaxTokensOpt,
     mmproj: Path | None = MmprojOpt,
+    prefix_cache_tokens: int | None = PrefixCacheOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /image FILE /think /no_think /reset /exit."""
     adapters = parse_lora([f"lora={lora}"] if lora else [])
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj
+        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj, None, prefix_cache_tokens
     ) as m:  # closed: threads end cleanly
         _chat_loop(m, system, think, max_tokens, thinking_budget, tuple((name, 1.0) for name in adapters))
 
@@ -175,9 +188,9 @@ def _chat_loop(
             continue
         if command in ("/exit", "/quit", "/bye"):
             return
-        if command == "/reset":
-            history = list(base)
-            err.print("[dim]history cleared[/]")
+        if command == "/reset":  # a fresh start: images attached for the next message go too
+            history, dropped, images = list(base), len(images), []
+            err.print(f"[dim]history cleared{f' ({dropped} attached image(s) dropped)' if dropped else ''}[/]")
             continue
         if command in ("/think", "/no_think"):
             think = command == "/think"

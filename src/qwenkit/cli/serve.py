@@ -14,6 +14,7 @@ from qwenkit.cli.common import (
     ExecutorOpt,
     ModelOpt,
     PipelineParallelOpt,
+    PrefixCacheOpt,
     QuantOpt,
     TensorParallelOpt,
     ThreadsOpt,
@@ -113,6 +114,7 @@ def serve(
     max_imbalance: int = typer.Option(
         4, "--max-imbalance", min=0, help="(--ray) Requests a prefix holder may be busier than the idlest replica."
     ),
+    prefix_cache_tokens: int | None = PrefixCacheOpt,
     tensor_parallel: int = TensorParallelOpt,
     pipeline_parallel: int = PipelineParallelOpt,
     data_parallel: int = DataParallelOpt,
@@ -153,6 +155,8 @@ def serve(
                 "--allow-runtime-lora is not supported with --ray: a runtime load would reach one replica only; "
                 "give the adapters with --lora (loaded on every replica)"
             )
+        if prefix_cache_tokens is not None:
+            raise QwenkitError("--prefix-cache-tokens is not supported with --ray yet: replicas keep the default")
         if cors:
             raise QwenkitError("--cors-origin is not supported with --ray yet: set CORS on the proxy in front")
         try:
@@ -252,6 +256,7 @@ def serve(
             lora=adapters,
             mmproj=mmproj,
             image_max_tokens=image_max_tokens,
+            prefix_cache_tokens=prefix_cache_tokens,
             **parallelism,
         )
         m.effort_budgets = efforts

@@ -177,7 +177,7 @@ async def collect(model: Model, turn: PreparedTurn, request: Request, n: int = 1
 
     async def consume() -> list[ChatResult]:
         results: dict[int, ChatResult] = {}
-        async for delta in run_turn(model, turn, request.app.state.metrics, live=False, n=n):
+        async for delta in await run_turn(model, turn, request.app.state.metrics, live=False, n=n):
             if delta.result is not None:
                 results[delta.index] = delta.result
         if len(results) < n:
@@ -226,7 +226,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # submit now: a full queue is a 429, not a broken 200
-        deltas = run_turn(model, turn, request.app.state.metrics, n=n)
+        deltas = await run_turn(model, turn, request.app.state.metrics, n=n)
         return sse(_chat_events(route, deltas, request, rid, include_usage, body.parallel_tool_calls, n))
     results = await collect(model, turn, request, n)
     spend(request, results)
@@ -308,7 +308,7 @@ async def completions(body: CompletionRequest, request: Request):
     echo = Echo(model, turn.prompt, body.prompt if isinstance(body.prompt, str) else None) if body.echo else None
     if body.stream and sampled == n:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        deltas = run_turn(model, turn, request.app.state.metrics, n=n)  # submit now (see chat_completions)
+        deltas = await run_turn(model, turn, request.app.state.metrics, n=n)  # submit now (see chat_completions)
         return sse(_completion_events(route, deltas, request, rid, echo, include_usage, body.logprobs, n))
     results = await collect(model, turn, request, sampled)
     spend(request, results)

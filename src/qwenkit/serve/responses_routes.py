@@ -329,7 +329,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     turn = await prepare_chat(route.model, chat_request(body, messages), request, route.options)
     rid = new_id("resp")
     if body.stream:
-        deltas = run_turn(route.model, turn, request.app.state.metrics)  # submit now: a full queue is a 429
+        deltas = await run_turn(route.model, turn, request.app.state.metrics)  # submit now: a full queue is a 429
         return _sse(_events(body, rid, route.name, deltas, request, messages))
     result = (await collect(route.model, turn, request))[0]
     spend(request, [result])

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 
-from qwenkit.engines.base import Chunk
+from qwenkit.engines.base import Chunk, RequestHandle
 from qwenkit.model import Model
 from qwenkit.results import ChatDelta
 from qwenkit.serve.metrics import Metrics
 from qwenkit.turn import PreparedTurn
 
 
-def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True, n: int = 1) -> TurnStream:
+async def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool = True, n: int = 1) -> TurnStream:
     """Submit `turn` now and return an async iterator of its deltas (of `n` choices, by `index`;
     each choice's last delta carries its `result`).
 
@@ -25,8 +26,13 @@ def run_turn(model: Model, turn: PreparedTurn, metrics: Metrics, *, live: bool =
     Submitting happens here, not on the first iteration, so a full queue (`QueueFull`) or a
     refused prompt raises before a streamed response has sent its 200 headers. Leaving the
     iteration early (a client gone), or dropping the stream unread, cancels the request.
+
+    A turn with images is submitted from a worker thread: the engine preprocesses images in
+    `submit` (decoding, the vision processor), which must not block the event loop.
     """
-    return TurnStream(model, turn, metrics, live=live, n=n)
+    stream = TurnStream(model, turn, metrics, live=live, n=n)
+    await stream.submit()
+    return stream
 
 
 class TurnStream:
@@ -51,9 +57,31 @@ class TurnStream:
                 loop.call_soon_threadsafe(chunks.put_nowait, batch)
 
         self._model, self._turn, self._metrics, self._n = model, turn, metrics, n
-        self._handle = model.engine.submit(
-            turn.prompt, turn.params, emit, model.controller(turn), turn.adapters, n=n, images=turn.images
+        self._emit = emit
+        self._started = time.perf_counter()
+
+    async def submit(self) -> None:
+        """Hand the turn to the engine (in a worker thread when it has images to preprocess)."""
+        model, turn = self._model, self._turn
+        submit = functools.partial(
+            model.engine.submit,
+            turn.prompt,
+            turn.params,
+            self._emit,
+            model.controller(turn),
+            turn.adapters,
+            n=self._n,
+            images=turn.images,
         )
+        if not turn.images:
+            self._handle = submit()
+        else:
+            pending = asyncio.ensure_future(asyncio.to_thread(submit))
+            try:
+                self._handle = await asyncio.shield(pending)
+            except asyncio.CancelledError:  # the client went away: cancel the request once it is in
+                pending.add_done_callback(_cancel_submitted)
+                raise
         self._started = time.perf_counter()
         self._done = False
 
@@ -107,6 +135,11 @@ class TurnStream:
     def __del__(self) -> None:  # a stream dropped before it was iterated (client gone early)
         if not getattr(self, "_done", True):
             self.cancel()
+
+
+def _cancel_submitted(pending: asyncio.Future[RequestHandle]) -> None:
+    if not pending.cancelled() and pending.exception() is None:
+        pending.result().cancel()
 
 
 class EngineFailure(Exception):

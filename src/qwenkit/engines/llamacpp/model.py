@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,25 +28,28 @@ def _route_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     """Send llama.cpp's chatter to Python logging: errors as errors, the rest at debug."""
     message = text.decode("utf-8", errors="replace").rstrip()
     if message:
-        if level == _GGML_LOG_LEVEL_ERROR and _load_errors is not None:
-            _load_errors.append(message)
+        errors: list[str] | None = getattr(_collected, "errors", None)
+        if level == _GGML_LOG_LEVEL_ERROR and errors is not None:
+            errors.append(message)
         log.log(logging.ERROR if level == _GGML_LOG_LEVEL_ERROR else logging.DEBUG, message)
 
 
 _log_callback = C.llama_log_callback(_route_log)  # one C function pointer, kept alive for llama.cpp
-_load_errors: list[str] | None = None  # llama.cpp's error lines while a model loads (for the message)
+# llama.cpp's error lines inside `collect_errors`, per thread: libmtmd preprocesses images on request
+# threads while the scheduler thread encodes and decodes, and each must see only its own errors
+_collected = threading.local()
 
 
 @contextmanager
 def collect_errors() -> Iterator[list[str]]:
     """llama.cpp's (and libmtmd's) error lines logged inside the block, for a load failure's message."""
-    global _load_errors
     errors: list[str] = []
-    _load_errors = errors
+    outer: list[str] | None = getattr(_collected, "errors", None)
+    _collected.errors = errors
     try:
         yield errors
     finally:
-        _load_errors = None
+        _collected.errors = outer
 
 
 def route_mtmd_log() -> None:

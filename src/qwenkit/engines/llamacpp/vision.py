@@ -101,7 +101,8 @@ class VisionTower:
         self.n_embd = model.n_embd_inp
         self.max_cached = max_cached
         self._cache: OrderedDict[str, PreparedImage] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the cache's; never held while an image is preprocessed
+        self._tokenizing = threading.Lock()  # one libmtmd preprocessing at a time
         self.encoded = 0  # vision-tower passes run, since start (cache misses)
 
     def prepare(self, image: ImageInput) -> PreparedImage:
@@ -111,7 +112,14 @@ class VisionTower:
             if hit is not None:
                 self._cache.move_to_end(image.sha256)
                 return hit
+        # preprocessing is slow: the cache lock (which the scheduler takes in `known`) is not held meanwhile
+        with self._tokenizing:
             prepared = self._tokenize(image)
+        with self._lock:
+            hit = self._cache.get(image.sha256)
+            if hit is not None:  # another request prepared it meanwhile: one copy is kept
+                self._cache.move_to_end(image.sha256)
+                return hit
             self._cache[image.sha256] = prepared
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)

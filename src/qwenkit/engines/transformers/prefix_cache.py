@@ -25,10 +25,6 @@ class Entry:
     keys: tuple[Key, ...]
     layers: list[LayerKV]
 
-    def prefix(self, length: int) -> list[LayerKV]:
-        """The KV of its first `length` tokens."""
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers]
-
 
 class PrefixCache:
     """Entries by recency; `find` the longest shared prefix, `store` a finished sequence."""

@@ -60,13 +60,12 @@ class ImagePreprocessor:
         longest = int(size["longest_edge"]) if max_tokens is None else max(max_tokens, MIN_IMAGE_TOKENS) * unit
         shortest = min(int(size["shortest_edge"]), longest)
         self.size = {"shortest_edge": shortest, "longest_edge": longest}
-        self.max_tokens = longest // unit
 
     def prepare(self, prompt: Sequence[int], images: Sequence[ImageInput]) -> VisionInputs:
         pictures = [_decode(image) for image in images]
         try:
             out = self.processor(images=pictures, return_tensors="pt", size=self.size)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, Image.DecompressionBombError) as exc:
             raise BadRequest(f"the image processor refused an image: {exc}") from None
         grid = out["image_grid_thw"]
         counts = (grid.prod(-1) // self.merge**2).tolist()
@@ -129,5 +128,6 @@ def _decode(image: ImageInput) -> Image.Image:
     try:
         with Image.open(io.BytesIO(image.data)) as opened:
             return opened.convert("RGB")
-    except (OSError, ValueError) as exc:  # validated by the chat layer: only hand-built inputs get here
+    # validated by the chat layer: only hand-built inputs get here
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadRequest(f"the image cannot be decoded: {exc}") from None

@@ -169,12 +169,15 @@ class VllmEngine(VocabEngine):
                 f"n={request.n} needs as many parallel sequences; this engine runs {self.settings.n_parallel}"
             )
         lora = self._lora(request.adapters)
-        if self._closed:
-            raise QwenkitError("the engine is closed")
+        # checked and scheduled under the lock close() sets `_closed` under: a request scheduled
+        # here is on the loop before close() schedules its shutdown, which then ends it with a
+        # final chunk; the loop never stops with a request that will not run
         with self._lock:
+            if self._closed:
+                raise QwenkitError("the engine is closed")
             self._prompt_tokens += len(request.prompt)
-        for choice in request.choices():
-            asyncio.run_coroutine_threadsafe(self._run(choice, lora), self._loop)
+            for choice in request.choices():
+                asyncio.run_coroutine_threadsafe(self._run(choice, lora), self._loop)
         return _Handle(self, request)
 
     def _cancel_cancelled(self) -> None:
@@ -319,9 +322,10 @@ class VllmEngine(VocabEngine):
             )
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:  # see _enqueue
+            if self._closed:
+                return
+            self._closed = True
         self._call(self._shutdown())
         self._stop_loop()
 

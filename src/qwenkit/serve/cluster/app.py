@@ -186,8 +186,13 @@ class Ingress:
     @ingress_app.get("/health")
     async def health(self) -> JSONResponse:
         """Replicas wanted and up/ready (as Ray Serve counts them): 200 while one is ready (`degraded`
-        when fewer than wanted), 503 when none is."""
-        replicas = await self._replica_counts()
+        when fewer than wanted), 503 when none is or Serve's controller cannot say."""
+        try:
+            replicas = await self._replica_counts()
+        except Exception as exc:  # the controller is gone or restarting: unknown is not healthy
+            log.warning("health: Ray Serve's controller did not answer: %s", exc)
+            reason = f"Ray Serve's controller did not answer ({type(exc).__name__})"
+            return JSONResponse({"status": "unavailable", "reason": reason}, 503)
         target, ready = replicas["target"], replicas["ready"]
         if ready:
             status = "ok" if ready >= target else "degraded"
