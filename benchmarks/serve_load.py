@@ -25,7 +25,7 @@ from openai import AsyncOpenAI
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import free_port, llama_server_cmd, qwenkit_cmd, running
 
-from qwenkit.bench.loadtest import DEFAULT_PROMPTS, LoadConfig, one_request, run_level
+from qwenkit.bench.loadtest import DEFAULT_PROMPTS, LoadConfig, one_request, run_level, served_model
 from qwenkit.engines.llamacpp.vendor import tool, work_dir
 
 NEW_TOKENS = 128
@@ -35,7 +35,8 @@ def wave(base: str, clients: int, first_prompt: int) -> dict[str, Any]:
     """`clients` requests at once (one loadtest level of exactly that many requests)."""
     prompts = tuple(DEFAULT_PROMPTS[(first_prompt + i) % len(DEFAULT_PROMPTS)] for i in range(clients))
     config = LoadConfig(urls=(base,), concurrency=(clients,), requests=clients, max_tokens=NEW_TOKENS, prompts=prompts)
-    level = asyncio.run(run_level(f"{base}/v1", "m", clients, config, lambda _: None))
+    model = asyncio.run(served_model(f"{base}/v1", config))  # qwenkit answers 404 to a model it does not serve
+    level = asyncio.run(run_level(f"{base}/v1", model, clients, config, lambda _: None))
     if level["errors"] or level["completed"] != clients:
         raise RuntimeError(f"a wave on {base} failed: {level['errors']}")
     return level
@@ -68,7 +69,8 @@ async def ttft(base: str, system: str, question: str) -> float:
     client = AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=600)
     config = LoadConfig(urls=(base,), max_tokens=4, stream=True)
     try:
-        outcome = await one_request(client, "m", question, config, cancel=False, system=system)
+        model = await served_model(f"{base}/v1", config)  # qwenkit answers 404 to a model it does not serve
+        outcome = await one_request(client, model, question, config, cancel=False, system=system)
     finally:
         await client.close()
     if outcome.ttft_s is None:
