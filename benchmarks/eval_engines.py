@@ -11,54 +11,18 @@ whatever is unfinished there. Servers listen on 127.0.0.1 only and are stopped w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import free_port, running
 
 RESULTS = Path(__file__).resolve().parent / "results" / "evals"
 PATHS = ("inprocess", "serve", "llama-server")
 QWENKIT = [sys.executable, "-c", "from qwenkit.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def server(cmd: list[str], port: int, log: Path) -> Iterator[str]:
-    """Run a server command, wait (bounded) until /health answers, stop it afterwards."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd[0]} not healthy after 600 s; see {log}")
-            time.sleep(1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run(path: str, model_file: Path, out: Path, args: argparse.Namespace) -> None:
@@ -80,7 +44,7 @@ def run(path: str, model_file: Path, out: Path, args: argparse.Namespace) -> Non
             raise SystemExit("llama-server could not be built here (see the message above)")
         cmd = [str(binary), "-m", str(model_file), "--host", "127.0.0.1", "--port", str(port), "--jinja"]
         cmd += ["-np", str(args.parallel), "-c", str(8192 * args.parallel), "-t", threads]
-    with server(cmd, port, out.parent / f"{path}.server.log") as url:
+    with running(cmd, port, out.parent / f"{path}.server.log", ready_timeout_s=600) as (url, _pid):
         subprocess.run([*QWENKIT, *common, "--url", url, "--model-file", str(model_file)], check=True)
 
 
