@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from serve_helpers import start_server
 
 GREEDY = {"temperature": 0, "seed": 11}
 ASK = [{"role": "user", "content": "What is the weather in Paris, and the time?"}]
@@ -46,9 +45,8 @@ TOOLS = [WEATHER, TIME]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen2):
-    with start_server(tiny_qwen2, parallel=2) as s:
-        yield s
+def server(app_server, tiny_qwen2):
+    return app_server(tiny_qwen2, parallel=2)
 
 
 @pytest.fixture(scope="module")
@@ -280,9 +278,9 @@ def test_json_schema_integer_range(client):
         assert 0 <= json.loads(r.choices[0].message.content)["n"] <= 9
 
 
-def test_json_schema_on_qwen3_skips_thinking(tiny_qwen3):
+def test_json_schema_on_qwen3_skips_thinking(app_server, tiny_qwen3):
     # Constrained output is the answer itself: no reasoning first, even with thinking on.
-    with start_server(tiny_qwen3, parallel=1) as s, s.client() as c:
+    with app_server(tiny_qwen3, parallel=2).client() as c:
         fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
         r = c.chat.completions.create(
             model="default",
