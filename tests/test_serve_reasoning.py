@@ -81,13 +81,14 @@ def test_streamed_reasoning_and_usage_match_non_streamed(client):
     ],
     ids=["chat_template_kwargs", "top_level"],
 )
-def test_thinking_off(client, switch):
+def test_thinking_off(server, client, switch):
     on = client.chat.completions.create(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
     r = client.chat.completions.create(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY, **switch)
     message = r.choices[0].message
     assert not _extra(message).get("reasoning_content")
     assert not _extra(message).get("reasoning")
-    assert message.content
+    local = server.model.chat(HELLO, max_tokens=THINK_TOKENS, temperature=0, think=False)  # the Python API's
+    assert message.content == local.content and local.reasoning is None and local.content
     assert r.usage.completion_tokens_details.reasoning_tokens == 0
     assert _extra(on.choices[0].message).get("reasoning_content")  # the same request thinks by default
     # The template appended the empty think block: the prompt grew by "<think>\n\n</think>\n\n".
