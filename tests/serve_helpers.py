@@ -277,8 +277,7 @@ def slot_held(server: Server, max_tokens: int = 600) -> Iterator[None]:
 # ----- the server in this process ------------------------------------------------------------
 
 T = TypeVar("T")
-APP_LOGGERS = ("qwenkit", "qwenkit.test.asgi")  # the server's own loggers, and unhandled app errors
-_asgi_log = logging.getLogger("qwenkit.test.asgi")
+_asgi_log = logging.getLogger("qwenkit.test.asgi")  # unhandled app errors, beside the server's own "qwenkit.*"
 
 
 class _Body(httpx.AsyncByteStream):
@@ -410,8 +409,7 @@ def serve_in_process(
     qwenkit_log = logging.getLogger("qwenkit")
     level = qwenkit_log.level
     qwenkit_log.setLevel(logging.INFO)
-    for name in APP_LOGGERS:
-        logging.getLogger(name).addHandler(log)
+    qwenkit_log.addHandler(log)
     try:
         with (
             anyio.from_thread.start_blocking_portal() as portal,
@@ -425,8 +423,7 @@ def serve_in_process(
                 time.sleep(0.05)
             yield server
     finally:
-        for name in APP_LOGGERS:
-            logging.getLogger(name).removeHandler(log)
+        qwenkit_log.removeHandler(log)
         qwenkit_log.setLevel(level)
 
 
