@@ -9,7 +9,14 @@ stream of `n_ctx` cells per slot, n_ubatch = n_batch = 512, one logits row per s
   pages of repacked tensors stay resident after load (they are clean page cache and reclaimable,
   but they count in RSS).
 - KV cache: layers x kv_heads x head_dim x (K bytes + V bytes) per cell, cells = n_ctx rounded
-  up to 256 per slot (llama.cpp pads), times the slots. head_dim comes from the config.
+  up to 256 per slot (llama.cpp pads), times the slots. head_dim comes from the config. A hybrid
+  model (Qwen3.5, Qwen3-Next) has a KV cache in its full-attention layers only (one in
+  `full_attention_interval`, MTP layers excluded).
+- recurrent state (hybrid models): per linear-attention layer and slot, llama.cpp's
+  `llama_memory_recurrent` keeps one f32 row of n_embd_r (the short convolution's last
+  kernel-1 inputs over q, k and v) and one of n_embd_s (a key_dim x value_dim DeltaNet matrix per
+  value head), whatever the context; each context checkpoint kept per slot (a saved copy of that
+  state, as llama-server's `--ctx-checkpoints`) costs the same again.
 - compute buffer: the largest live activations of a 512-token ubatch with flash attention:
   about 4 x n_ubatch x (3 x FFN + 4 x hidden) bytes, plus the f16 attention mask
   (n_ubatch x n_ctx) and one logits row per slot.
@@ -34,7 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 from qwenkit.catalog.family import ESTIMATE_MARGIN, Catalog, Variant
-from qwenkit.catalog.schema import Shape, Tower
+from qwenkit.catalog.schema import LinearAttention, Shape, Tower
 from qwenkit.errors import QwenkitError
 from qwenkit.store.gguf_header import scan, shard_names
 
@@ -66,6 +73,7 @@ class Breakdown(Protocol):
     """llama.cpp's own buffer sizes (qwenkit.engines.llamacpp.dryrun.Breakdown has this shape)."""
 
     kv: int
+    state: int
     output: dict[str, int]
     compute: dict[str, int]
 
@@ -86,11 +94,12 @@ class Estimate:
     process: int
     source: str  # "llama.cpp dry run" or "catalogue shapes"
     device: str = "cpu"
+    state: int = 0  # recurrent state of a hybrid model's linear-attention layers, checkpoints included
 
     @property
     def total(self) -> int:
         """Peak resident memory (what RSS shows)."""
-        return self.weights + self.repacked + self.kv + self.compute + self.output + self.vision + self.process
+        return sum(self.parts().values())
 
     @property
     def required(self) -> int:
@@ -103,6 +112,7 @@ class Estimate:
             "weights": self.weights,
             "repacked": self.repacked,
             "kv": self.kv,
+            "state": self.state,
             "compute": self.compute,
             "output": self.output,
             "vision": self.vision,
@@ -144,13 +154,25 @@ def kv_bytes(shape: Shape, n_ctx: int, n_parallel: int, type_k: str = "f16", typ
         if t not in KV_TYPE_BYTES:
             raise QwenkitError(f"unknown KV cache type {t!r} (known: {', '.join(KV_TYPE_BYTES)})")
     cells = _pad(n_ctx, 256) * n_parallel
-    per_cell = shape.layers * shape.kv_heads * shape.head_dim * (KV_TYPE_BYTES[type_k] + KV_TYPE_BYTES[type_v])
+    per_cell = shape.attention_layers * shape.kv_heads * shape.head_dim * (KV_TYPE_BYTES[type_k] + KV_TYPE_BYTES[type_v])
     return math.ceil(cells * per_cell)
+
+
+def state_bytes(shape: Shape, n_parallel: int, ctx_checkpoints: int = 0) -> int:
+    """A hybrid model's recurrent state: f32 (llama.cpp's type_r and type_s) per linear-attention
+    layer and slot, plus `ctx_checkpoints` saved copies per slot; 0 for a transformer."""
+    if shape.linear is None:
+        return 0
+    if ctx_checkpoints < 0:
+        raise QwenkitError("the number of context checkpoints cannot be negative")
+    per_sequence = shape.recurrent_layers * shape.linear.state_elements() * 4
+    return per_sequence * n_parallel * (1 + ctx_checkpoints)
 
 
 def compute_bytes(shape: Shape, n_ctx: int, n_parallel: int) -> int:
     """The compute buffer of a full ubatch with flash attention and one logits row per slot."""
-    ffn = shape.active_experts * shape.expert_ffn + shape.experts if shape.is_moe else shape.ffn
+    moe = shape.active_experts * shape.expert_ffn + shape.experts + shape.shared_expert_ffn
+    ffn = moe if shape.is_moe else shape.ffn
     activations = 4 * N_UBATCH * (3 * ffn + 4 * shape.hidden)
     mask = 2 * N_UBATCH * _pad(n_ctx, 256)
     return activations + mask + 4 * shape.vocab * (n_parallel + SCORED_ROWS)
@@ -177,8 +199,10 @@ def estimate_variant(
     type_k: str = "f16",
     type_v: str = "f16",
     server: bool = False,
+    ctx_checkpoints: int = 0,
 ) -> Estimate:
-    """The estimate for a catalogue variant, from its listed file size or its shapes."""
+    """The estimate for a catalogue variant, from its listed file size or its shapes
+    (`ctx_checkpoints`: recurrent-state copies kept per slot, for hybrid models)."""
     entry = variant.entry
     shape = cat.shape(entry)
     weights = variant.known_size or weight_bytes(shape, variant, cat.params(entry) - _tower_params(cat, variant))
@@ -200,6 +224,7 @@ def estimate_variant(
         process=process,
         source="catalogue shapes",
         device=device,
+        state=state_bytes(shape, n_parallel, ctx_checkpoints),
     )
 
 
@@ -218,10 +243,10 @@ def weight_bytes(shape: Shape, variant: Variant, lm_params: int) -> int:
 def _repacked_estimate(shape: Shape, quant: str) -> int:
     """Bytes of the body's matmul weights at the quant's base type (q4_k_m keeps half of attn_v
     and ffn_down at Q6_K)."""
-    body = shape.layers * shape.layer_params()
+    body = shape.blocks_params()
     if quant == "q4_k_m":
         down = shape.hidden * (shape.ffn or shape.experts * shape.expert_ffn)
-        body -= shape.layers * (down + shape.hidden * shape.kv_heads * shape.head_dim) // 2
+        body -= shape.layers * down // 2 + shape.attention_layers * shape.hidden * shape.kv_heads * shape.head_dim // 2
     bpw = {"Q4_0": 4.5, "Q4_K": 4.5, "Q2_K": 2.625, "Q5_K": 5.5, "Q6_K": 6.5625, "Q8_0": 8.5}[_BODY_TYPE[quant]]
     return math.ceil(body * bpw / 8)
 
@@ -238,10 +263,12 @@ def estimate_gguf(
     n_parallel: int = 1,
     server: bool = False,
     dry_run: DryRun | None = None,
+    ctx_checkpoints: int = 0,
 ) -> Estimate:
     """The estimate for a GGUF on disk: file sizes, repacked tensors from its tensor types, and
     (when `dry_run` is given, e.g. qwenkit.engines.llamacpp.dryrun.dry_run) llama.cpp's own KV,
-    compute and output buffer sizes; without it, the same from the file's metadata."""
+    recurrent-state, compute and output buffer sizes; without it, the same from the file's
+    metadata (a hybrid's `ssm.*` keys). `ctx_checkpoints` recurrent-state copies are kept per slot."""
     path = Path(path)
     files = [path.with_name(n) for n in shard_names(path.name)]
     weights = sum(f.stat().st_size for f in files)
@@ -251,14 +278,17 @@ def estimate_gguf(
         repacked += _scan(f, repackable, meta)
     shape = meta.shape()
     kv = kv_bytes(shape, n_ctx, n_parallel)
+    state = state_bytes(shape, n_parallel, ctx_checkpoints)
     compute = compute_bytes(shape, n_ctx, n_parallel)
     output = 4 * shape.vocab * n_parallel
     source = "GGUF metadata"
     if dry_run is not None:
         b = dry_run(path, n_ctx=n_ctx, n_parallel=n_parallel)
         kv, compute, output = b.kv, sum(b.compute.values()), sum(b.output.values())
+        state = b.state + ctx_checkpoints * state_bytes(shape, n_parallel)  # checkpoints live outside llama.cpp
         source = "llama.cpp dry run"
-    return Estimate(weights, repacked, kv, compute, output, 0, process_bytes(shape.vocab, server=server), source)
+    process = process_bytes(shape.vocab, server=server)
+    return Estimate(weights, repacked, kv, compute, output, 0, process, source, state=state)
 
 
 class _Meta:
@@ -274,7 +304,7 @@ class _Meta:
             heads = v["attention.head_count"]
             hidden = v["embedding_length"]
             return Shape(
-                layers=v["block_count"],
+                layers=v["block_count"] - v.get("nextn_predict_layers", 0),
                 hidden=hidden,
                 heads=heads,
                 kv_heads=v.get("attention.head_count_kv", heads),
@@ -283,13 +313,34 @@ class _Meta:
                 experts=v.get("expert_count", 0),
                 active_experts=v.get("expert_used_count", 0),
                 expert_ffn=v.get("expert_feed_forward_length", 0),
+                shared_expert_ffn=v.get("expert_shared_feed_forward_length", 0),
                 vocab=self.vocab,
                 tied=False,
                 qkv_bias=False,
                 qk_norm=False,
+                linear=self._linear(),
             )
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, ZeroDivisionError) as e:
             raise QwenkitError(f"this GGUF lacks the metadata a memory estimate needs ({e})") from None
+
+
+    def _linear(self) -> LinearAttention | None:
+        """A hybrid's gated DeltaNet layers from the keys llama.cpp's qwen35/qwen3next loaders read:
+        ssm.state_size is the key (and value) head dim, group_count the key heads, time_step_rank
+        the value heads, inner_size value heads x value head dim; every `full_attention_interval`-th
+        layer (4 where the key is absent, as llama.cpp assumes) has attention."""
+        v = self.values
+        if "ssm.inner_size" not in v or "ssm.group_count" not in v:
+            return None  # a transformer, or a Mamba-style model whose state qwenkit does not estimate
+        value_heads = v["ssm.time_step_rank"]
+        return LinearAttention(
+            full_attention_interval=v.get("full_attention_interval", 4),
+            key_heads=v["ssm.group_count"],
+            value_heads=value_heads,
+            key_head_dim=v["ssm.state_size"],
+            value_head_dim=v["ssm.inner_size"] // value_heads,
+            conv_kernel=v["ssm.conv_kernel"],
+        )
 
 
 def _scan(path: Path, repackable: set[str], meta: _Meta) -> int:
