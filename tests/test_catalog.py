@@ -70,7 +70,10 @@ def test_hybrid_shapes_follow_qwen35s_layout():
     """3 of 4 layers gated DeltaNet, each 4th gated attention; 248,320 tokens except Qwen3-Next's."""
     for entry in ENTRIES:
         s = CAT.shape(entry)
-        if entry.family in ("qwen3.5", "qwen3.5-moe", "qwen3.6", "qwen3.8", "qwen3-next") or entry.name == "qwen3-coder-next":
+        if (
+            entry.family in ("qwen3.5", "qwen3.5-moe", "qwen3.6", "qwen3.8", "qwen3-next")
+            or entry.name == "qwen3-coder-next"
+        ):
             assert s.is_hybrid and s.gated_attention and s.head_dim == 256
             assert (s.attention_layers, s.recurrent_layers) == (s.layers // 4, s.layers * 3 // 4)
             assert s.vocab == (151936 if "next" in entry.name else 248320)
@@ -194,7 +197,10 @@ def test_variants_by_name():
         (("heads = 14", "heads = 15"), "multiple of kv_heads"),
         (('unconfirmed = ["heads"]', 'unconfirmed = ["headz"]'), "unknown fields"),
         (("key_heads = 16", "key_heads = 0"), "greater than 0"),
-        (('thinking = "none"\nnote = "qwen3moe', 'thinking = "none"\nopens_thinking = true\nnote = "qwen3moe'), "cannot open"),
+        (
+            ('thinking = "none"\nnote = "qwen3moe', 'thinking = "none"\nopens_thinking = true\nnote = "qwen3moe'),
+            "cannot open",
+        ),
         (('thinking = "none"', 'thinking = "sometimes"'), "thinking"),
         (("[[models]]", "[[models]\n"), "not valid TOML"),
     ],

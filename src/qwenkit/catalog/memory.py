@@ -154,7 +154,9 @@ def kv_bytes(shape: Shape, n_ctx: int, n_parallel: int, type_k: str = "f16", typ
         if t not in KV_TYPE_BYTES:
             raise QwenkitError(f"unknown KV cache type {t!r} (known: {', '.join(KV_TYPE_BYTES)})")
     cells = _pad(n_ctx, 256) * n_parallel
-    per_cell = shape.attention_layers * shape.kv_heads * shape.head_dim * (KV_TYPE_BYTES[type_k] + KV_TYPE_BYTES[type_v])
+    per_cell = (
+        shape.attention_layers * shape.kv_heads * shape.head_dim * (KV_TYPE_BYTES[type_k] + KV_TYPE_BYTES[type_v])
+    )
     return math.ceil(cells * per_cell)
 
 
@@ -237,6 +239,13 @@ def weight_bytes(shape: Shape, variant: Variant, lm_params: int) -> int:
     head_bpw = max(bpw, 6.5625) if variant.format == "gguf" else bpw
     body = lm_params - embd * (1 if shape.tied else 2)
     total = embd * bpw + embd * head_bpw + body * bpw  # lm_head counted even when tied: older GGUFs store it
+    if variant.quant.startswith("gptq") and shape.is_hybrid:
+        # Qwen's GPTQ checkpoints of hybrid models keep embeddings, lm_head, attention, DeltaNet
+        # and shared experts in bf16: only the (routed) experts or dense MLPs are quantized
+        kept = (
+            lm_params - shape.layers * shape.mlp_params() + shape.layers * (3 * shape.hidden * shape.shared_expert_ffn)
+        )
+        total += kept * (16 - bpw)
     return math.ceil(total / 8 * ESTIMATE_MARGIN)
 
 
@@ -322,7 +331,6 @@ class _Meta:
             )
         except (KeyError, ValueError, ZeroDivisionError) as e:
             raise QwenkitError(f"this GGUF lacks the metadata a memory estimate needs ({e})") from None
-
 
     def _linear(self) -> LinearAttention | None:
         """A hybrid's gated DeltaNet layers from the keys llama.cpp's qwen35/qwen3next loaders read:

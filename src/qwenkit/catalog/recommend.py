@@ -211,7 +211,9 @@ def _score(cat: Catalog, v: Variant, ask: Ask, tps: float, est: Estimate, memory
         reasons.append(f"{entry.family} is specialised for {ask.task}")
     if ask.task == "reasoning" and entry.thinking != "none":
         score += 1
-        reasons.append("thinking model" if entry.thinking == "thinking-only" else "hybrid thinking (on or off per request)")
+        reasons.append(
+            "thinking model" if entry.thinking == "thinking-only" else "hybrid thinking (on or off per request)"
+        )
     if entry.vision is not None and ask.task not in ("vision", "audio"):
         score -= 0.5
         reasons.append("carries a vision/audio tower this task does not use")
