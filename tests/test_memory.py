@@ -157,3 +157,21 @@ def test_a_hybrid_gguf_on_disk_is_read_from_its_ssm_keys(tmp_path):
     conv = 3 * (2 * 2 * 32 + 4 * 48)
     assert est.state == 6 * (conv + 32 * 4 * 48) * 4 * 2 * 2
     assert est.output == 4 * 1000 * 2
+
+
+@pytest.mark.parametrize("name", ["qwen3.5-0.8b", "qwen3.5-9b", "qwen3.5-35b-a3b"])
+def test_hybrid_formula_agrees_with_llama_cpps_dry_run_at_real_shapes(name, source_gguf, tmp_path):
+    """The full tensor table of a real Qwen3.5 (the source's vocabulary), data left as a hole:
+    llama.cpp sizes its KV cache and recurrent state exactly as the formula does."""
+    from qwenkit.testing.sparse import sparse_hybrid_gguf
+
+    shape = CAT.shape(CAT.get(name))
+    path = sparse_hybrid_gguf(tmp_path / f"{name}.gguf", shape, source_gguf)
+    assert path.stat().st_size > 2 * CAT.params(CAT.get(name)) * 0.6 and path.stat().st_blocks * 512 < 64 << 20
+    for n_ctx, n_parallel in [(8192, 1), (32768, 4)]:
+        llama = estimate_gguf(path, n_ctx=n_ctx, n_parallel=n_parallel, dry_run=dry_run)
+        formula = estimate_gguf(path, n_ctx=n_ctx, n_parallel=n_parallel)
+        assert formula.kv == llama.kv == kv_bytes(shape, n_ctx, n_parallel)
+        assert formula.state == state_bytes(shape, n_parallel) > 0
+        assert llama.state == pytest.approx(formula.state, abs=0.006 * 2**20)  # the log prints MiB to 2 decimals
+        assert llama.compute <= formula.compute <= 1.25 * llama.compute  # never under

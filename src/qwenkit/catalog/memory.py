@@ -18,8 +18,14 @@ stream of `n_ctx` cells per slot, n_ubatch = n_batch = 512, one logits row per s
   value head), whatever the context; each context checkpoint kept per slot (a saved copy of that
   state, as llama-server's `--ctx-checkpoints`) costs the same again.
 - compute buffer: the largest live activations of a 512-token ubatch with flash attention:
-  about 4 x n_ubatch x (3 x FFN + 4 x hidden) bytes, plus the f16 attention mask
-  (n_ubatch x n_ctx) and one logits row per slot.
+  about 4 x n_ubatch x (3 x FFN + 4 x hidden) bytes (a MoE adds each selected expert's
+  n_embd-wide output), plus the f16 attention mask (n_ubatch x n_ctx) and one logits row per slot.
+  Checked, with the KV and recurrent state, against llama.cpp's own dry runs of GGUFs with the
+  real Qwen3.5 0.8B-397B-A17B shapes.
+- compute graphs: llama.cpp keeps three graphs' metadata (the reserve graph and two kept for
+  reuse, with and without outputs), each ggml's tensor overhead plus graph overhead per node for
+  its node budget: max(1024, 8 x tensors), and max(40 x n_ubatch, 32 x tensors) for the hybrid
+  architectures (their DeltaNet chunk loops): 8.3 MiB per graph at 20,480 nodes, resident once used.
 - output buffer: n_vocab float32 per slot (llama.cpp grows it only when a prompt is scored with `echo`).
 - vision tower: the mmproj GGUF (f16 here) plus its own compute buffer.
 - process: the Python process with qwenkit and llama.cpp's libraries (67 MiB measured, 81 MiB
@@ -52,6 +58,9 @@ SCORED_ROWS = 16  # logits rows the llama.cpp scheduler reserves for a prompt sc
 PROCESS_BASE = 72 * MIB  # python, numpy, jinja2, pydantic, the catalogue, llama.cpp's libraries (67 MiB measured)
 SERVER_EXTRA = 16 * MIB  # fastapi + uvicorn + the server's modules (14 MiB measured)
 VOCAB_BYTES_PER_TOKEN = 320  # llama.cpp's vocabulary maps and qwenkit's token pieces
+GRAPHS = 3  # llama_context's reserve graph and gf_res_prev[2]
+DELTA_CHUNK = 64  # the chunk of llama.cpp's gated DeltaNet prefill (models/delta-net-base.cpp)
+NODE_BYTES = 368 + 56  # ggml_tensor_overhead() and ggml_graph_overhead_custom() per node (55 B at 20,480 nodes)
 CUDA_CONTEXT = 500 * MIB  # a CUDA context and cuBLAS workspace, per GPU (typical, not measured here)
 # bytes per element of a KV cache type (llama.cpp block sizes: q8_0 34/32, q4_0 18/32)
 KV_TYPE_BYTES = {
@@ -172,12 +181,36 @@ def state_bytes(shape: Shape, n_parallel: int, ctx_checkpoints: int = 0) -> int:
 
 
 def compute_bytes(shape: Shape, n_ctx: int, n_parallel: int) -> int:
-    """The compute buffer of a full ubatch with flash attention and one logits row per slot."""
-    moe = shape.active_experts * shape.expert_ffn + shape.experts + shape.shared_expert_ffn
-    ffn = moe if shape.is_moe else shape.ffn
-    activations = 4 * N_UBATCH * (3 * ffn + 4 * shape.hidden)
+    """The compute buffer of a full ubatch with flash attention and one logits row per slot. A MoE
+    token holds its experts' gate/up rows, the shared expert's, the router's logits and each
+    selected expert's down-projection output (n_embd x n_expert_used, before they are summed); a
+    DeltaNet layer its q, k, v three times over (convolved, normalised, chunked) and its rows of the 64-token chunks'
+    attention per value head, which is what binds for a small dense hybrid (Qwen3.5-0.8B)."""
+    if shape.is_moe:
+        experts = shape.active_experts * shape.expert_ffn + shape.shared_expert_ffn
+        per_token = 3 * experts + shape.experts + shape.active_experts * shape.hidden + 4 * shape.hidden
+    else:
+        per_token = 3 * shape.ffn + 4 * shape.hidden
+    if shape.linear is not None:
+        per_token = max(per_token, 3 * shape.linear.conv_channels + 4 * DELTA_CHUNK * shape.linear.value_heads)
+    activations = 4 * N_UBATCH * per_token
     mask = 2 * N_UBATCH * _pad(n_ctx, 256)
     return activations + mask + 4 * shape.vocab * (n_parallel + SCORED_ROWS)
+
+
+def graph_bytes(n_tensors: int, *, hybrid: bool, n_ubatch: int = N_UBATCH) -> int:
+    """The compute graphs' metadata llama.cpp allocates for a model of `n_tensors` tensors
+    (llama_context::graph_max_nodes)."""
+    nodes = max(40 * n_ubatch, 32 * n_tensors) if hybrid else max(1024, 8 * n_tensors)
+    return GRAPHS * NODE_BYTES * nodes
+
+
+def tensor_count(shape: Shape) -> int:
+    """The tensors of a GGUF of `shape`, as llama.cpp's loaders create them."""
+    per_mlp = (4 + (4 if shape.shared_expert_ffn else 0)) if shape.is_moe else 3  # router + experts (+ shared)
+    attention = 2 + 4 + (2 if shape.qk_norm else 0) + (3 if shape.qkv_bias else 0) + per_mlp
+    linear = 2 + 9 + per_mlp  # norms, qkv, z gate, conv1d, dt, A, beta, alpha, gated norm, out
+    return 3 + shape.attention_layers * attention + shape.recurrent_layers * linear
 
 
 def tower_bytes(tower: Tower | None, *, weights: bool = True, n_ubatch: int = N_UBATCH) -> int:
@@ -220,7 +253,7 @@ def estimate_variant(
         weights=weights,
         repacked=repacked,
         kv=kv_bytes(shape, n_ctx, n_parallel, type_k, type_v),
-        compute=compute_bytes(shape, n_ctx, n_parallel),
+        compute=compute_bytes(shape, n_ctx, n_parallel) + graph_bytes(tensor_count(shape), hybrid=shape.is_hybrid),
         output=4 * shape.vocab * n_parallel,
         vision=tower_bytes(cat.tower(entry), weights=variant.format == "gguf"),  # a checkpoint holds its tower
         process=process,
@@ -288,12 +321,13 @@ def estimate_gguf(
     shape = meta.shape()
     kv = kv_bytes(shape, n_ctx, n_parallel)
     state = state_bytes(shape, n_parallel, ctx_checkpoints)
-    compute = compute_bytes(shape, n_ctx, n_parallel)
+    graphs = graph_bytes(meta.tensors, hybrid=shape.is_hybrid)
+    compute = compute_bytes(shape, n_ctx, n_parallel) + graphs
     output = 4 * shape.vocab * n_parallel
     source = "GGUF metadata"
     if dry_run is not None:
         b = dry_run(path, n_ctx=n_ctx, n_parallel=n_parallel)
-        kv, compute, output = b.kv, sum(b.compute.values()), sum(b.output.values())
+        kv, compute, output = b.kv, sum(b.compute.values()) + graphs, sum(b.output.values())
         state = b.state + ctx_checkpoints * state_bytes(shape, n_parallel)  # checkpoints live outside llama.cpp
         source = "llama.cpp dry run"
     process = process_bytes(shape.vocab, server=server)
@@ -306,6 +340,7 @@ class _Meta:
     def __init__(self) -> None:
         self.values: dict[str, int] = {}
         self.vocab = 0
+        self.tensors = 0
 
     def shape(self) -> Shape:
         v = self.values
@@ -367,6 +402,7 @@ def _scan(path: Path, repackable: set[str], meta: _Meta) -> int:
     tokens = values.get("tokenizer.ggml.tokens")
     if isinstance(tokens, int):
         meta.vocab = tokens
+    meta.tensors += len(tensors)
     total = 0
     for t in tensors:
         name = _GGML_TYPES.get(t.ggml_type)
