@@ -6,8 +6,8 @@ Ranking, stated so it can be argued with:
   code, Math for math, VL for vision) or a thinking model for reasoning gets +1 (as if twice the
   size); a later generation gets its `GENERATION` bonus (Qwen3-2507 +0.3; Qwen3-Coder,
   Qwen3-Next, Qwen3.5, 3.6 and 3.8 +1: a rule of thumb, not a measurement, that counts the
-  2025-2026 generations as if twice the size of an earlier model); a vision or audio model asked for another task -0.5 (its tower costs memory
-  for nothing);
+  2025-2026 generations as if twice the size of an earlier model); a vision or audio model asked
+  for another task -0.5 (its tower costs memory for nothing);
 - quantization costs: q2_k -1.5, q3_k_m -0.7, q4_0 -0.35, q4_k_m/AWQ/GPTQ-Int4 -0.2, q5 -0.05..-0.1;
 - speed: below the target decode speed (10 tok/s unless a floor is given) costs
   1.5 x log2(target / expected); below an explicit `--min-speed` floor a pick is dropped;
