@@ -35,7 +35,9 @@ class ClusterOptions(ServeOptions):
     )
     upscale_delay_s: float = option(30.0, "--upscale-delay", ge=0, help="(--ray) Seconds of load before adding.")
     downscale_delay_s: float = option(600.0, "--downscale-delay", ge=0, help="(--ray) Idle seconds before removing.")
-    look_back_period_s: float = Field(30.0, gt=0)  # load is averaged over this window
+    # load is averaged over this window; Ray Serve pushes load metrics every 10 s (its default
+    # `metrics_interval_s`, deprecated to set), and wants the window longer than that
+    look_back_period_s: float = Field(30.0, gt=10)
     cpus_per_replica: float = option(1.0, "--cpus-per-replica", ge=0.01, help="(--ray) CPUs declared per replica.")
     replica_resources: dict[str, float] = Field(
         default_factory=dict
@@ -83,5 +85,4 @@ class ClusterOptions(ServeOptions):
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
             "look_back_period_s": self.look_back_period_s,
-            "metrics_interval_s": min(10.0, self.look_back_period_s / 2),
         }
