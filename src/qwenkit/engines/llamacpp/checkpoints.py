@@ -57,12 +57,13 @@ def nearest(checkpoints: Sequence[Checkpoint], n: int) -> Checkpoint | None:
 
 
 def marks(keys: Sequence[object], turn_start: Sequence[int]) -> set[int]:
-    """Where to keep checkpoints while `keys` is prefilled: after each `turn_start` run of tokens,
-    and one entry before the end."""
+    """Where to keep checkpoints while `keys` runs: one entry before its end, and after each
+    `turn_start` run of tokens (also at its very end, where a template leaves the model to open
+    its reasoning: saved before the first sampled token runs)."""
     points = {len(keys) - 1} if len(keys) > 1 else set()
     width = len(turn_start)
     if width:
         for i in range(len(keys) - width + 1):
             if keys[i] == turn_start[0] and list(keys[i : i + width]) == list(turn_start):
                 points.add(i + width)
-    return {p for p in points if 0 < p < len(keys)}
+    return {p for p in points if 0 < p <= len(keys)}
