@@ -52,15 +52,25 @@ def alone(path, prompt: list[int], controller_factory=None, **params) -> list[in
         engine.close()
 
 
-def together(engine, prompts: list[list[int]], **params) -> list[list[Chunk]]:
-    """`prompts` submitted at once (they run side by side); each one's chunks."""
+def together(engine, prompts: list[list[int]], *, first: int | None = None, **params) -> list[list[Chunk]]:
+    """`prompts` run side by side (with `first`, the rest join once the first ones stream); each
+    one's chunks."""
     got: queue.Queue[tuple[int, Chunk]] = queue.Queue()
-    for i, prompt in enumerate(prompts):
-        engine.submit(prompt, SamplingParams(**params), lambda c, i=i: got.put((i, c)))
+
+    def submit(i: int) -> None:
+        engine.submit(prompts[i], SamplingParams(**params), lambda c: got.put((i, c)))
+
+    first = len(prompts) if first is None else first
+    for i in range(first):
+        submit(i)
     out: list[list[Chunk]] = [[] for _ in prompts]
     for _ in range(len(prompts) * (params["max_tokens"] + 2)):
         i, chunk = got.get(timeout=120)
         out[i].append(chunk)
+        if first < len(prompts):  # the running batch has started: the others join it
+            for j in range(first, len(prompts)):
+                submit(j)
+            first = len(prompts)
         if all(cs and cs[-1].finish_reason is not None for cs in out):
             break
     return out
@@ -223,3 +233,73 @@ def test_llamacpp_five_turn_thinking_conversation_prefills_only_what_is_new(engi
         ]
         previous_prompt = prompt
     assert len(messages) == 12
+
+# ----- transformers: batched, prefix cache off for recurrent layers --------------------------
+
+
+def hf_engine(path, n_parallel=4):
+    from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
+
+    return TransformersEngine(path, TransformersSettings(n_threads=THREADS, n_ctx=512, n_parallel=n_parallel))
+
+
+def hf_alone(path, prompt, controller_factory=None, **params) -> list[int]:
+    engine = hf_engine(path, n_parallel=1)
+    try:
+        return ids_of(run(engine, prompt, controller_factory() if controller_factory else None, **params))
+    finally:
+        engine.close()
+
+
+@pytest.fixture
+def hf4(tiny_hf_hybrid):
+    engine = hf_engine(tiny_hf_hybrid)
+    yield engine
+    engine.close()
+
+
+def test_transformers_greedy_equals_generate_and_says_its_prefix_cache_is_off(hf4, tiny_hf_hybrid, tiny_hybrid_gguf):
+    engine = llama(tiny_hybrid_gguf)
+    try:
+        for text in PROMPTS:
+            prompt = hf4.tokenize(text)
+            expected = ids_of(run(engine, prompt, max_tokens=MAX_TOKENS, temperature=0.0))
+            assert ids_of(run(hf4, prompt, max_tokens=MAX_TOKENS, temperature=0.0)) == expected
+    finally:
+        engine.close()
+    assert hf4.stats().prefix_cache_off is not None and "recurrent" in hf4.stats().prefix_cache_off
+
+
+def test_transformers_reuse_gives_the_tokens_of_a_request_alone(hf4, tiny_hf_hybrid):
+    from engine_helpers import choices
+
+    turn1 = hf4.tokenize(PROMPTS[0])
+    run(hf4, turn1, max_tokens=MAX_TOKENS, temperature=0.0)
+    turn2 = hf4.tokenize(PROMPTS[0][: -len("<think>\n")] + "Fine.<|im_end|>\n<|im_start|>user\nMore.<|im_end|>\n" + TURN_START)
+    follow = run(hf4, turn2, max_tokens=MAX_TOKENS, temperature=0.0)
+    assert ids_of(follow) == hf_alone(tiny_hf_hybrid, turn2, max_tokens=MAX_TOKENS, temperature=0.0)
+    assert final(follow).cached_prompt_tokens == 0  # honest: nothing was reused
+
+    got = choices(hf4, turn1, n=3, max_tokens=MAX_TOKENS, temperature=0.0)
+    expected = hf_alone(tiny_hf_hybrid, turn1, max_tokens=MAX_TOKENS, temperature=0.0)
+    assert [ids_of(got[i]) for i in range(3)] == [expected] * 3
+
+    make, closing = budget_factory(hf4)
+    forced = run(hf4, turn1, make(), max_tokens=40, temperature=0.0)
+    assert any(c.forced for c in forced)
+    assert ids_of(forced) == hf_alone(tiny_hf_hybrid, turn1, make, max_tokens=40, temperature=0.0)
+
+
+def test_transformers_eight_concurrent_requests_sharing_a_system_prompt(tiny_hf_hybrid):
+    engine = hf_engine(tiny_hf_hybrid, n_parallel=8)
+    try:
+        prompts = [
+            engine.tokenize(SYSTEM + f"<|im_start|>user\nQuestion {i}: {'why ' * i}?<|im_end|>\n" + TURN_START)
+            for i in range(8)
+        ]
+        got = together(engine, prompts, first=3, max_tokens=MAX_TOKENS, temperature=0.0)
+        for prompt, chunks in zip(prompts, got, strict=True):
+            assert ids_of(chunks) == hf_alone(tiny_hf_hybrid, prompt, max_tokens=MAX_TOKENS, temperature=0.0)
+            assert final(chunks).cached_prompt_tokens == 0
+    finally:
+        engine.close()
