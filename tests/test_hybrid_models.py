@@ -228,11 +228,16 @@ def test_llamacpp_five_turn_thinking_conversation_prefills_only_what_is_new(engi
             assert cached == len(engine4.tokenize(before))
         # the model thought (random tokens), then answered; the history keeps the answer only
         messages += [
-            {"role": "assistant", "content": f"Answer {turn + 1}.", "reasoning_content": engine4.detokenize(ids_of(chunks))},
+            {
+                "role": "assistant",
+                "content": f"Answer {turn + 1}.",
+                "reasoning_content": engine4.detokenize(ids_of(chunks)),
+            },
             {"role": "user", "content": f"Question {turn + 2}?"},
         ]
         previous_prompt = prompt
     assert len(messages) == 12
+
 
 # ----- transformers: batched, prefix cache off for recurrent layers --------------------------
 
@@ -275,7 +280,9 @@ def test_transformers_reuse_gives_the_tokens_of_a_request_alone(hf4, tiny_hf_hyb
 
     turn1 = hf4.tokenize(PROMPTS[0])
     run(hf4, turn1, max_tokens=MAX_TOKENS, temperature=0.0)
-    turn2 = hf4.tokenize(PROMPTS[0][: -len("<think>\n")] + "Fine.<|im_end|>\n<|im_start|>user\nMore.<|im_end|>\n" + TURN_START)
+    turn2 = hf4.tokenize(
+        PROMPTS[0][: -len("<think>\n")] + "Fine.<|im_end|>\n<|im_start|>user\nMore.<|im_end|>\n" + TURN_START
+    )
     follow = run(hf4, turn2, max_tokens=MAX_TOKENS, temperature=0.0)
     assert ids_of(follow) == hf_alone(tiny_hf_hybrid, turn2, max_tokens=MAX_TOKENS, temperature=0.0)
     assert final(follow).cached_prompt_tokens == 0  # honest: nothing was reused
@@ -284,7 +291,7 @@ def test_transformers_reuse_gives_the_tokens_of_a_request_alone(hf4, tiny_hf_hyb
     expected = hf_alone(tiny_hf_hybrid, turn1, max_tokens=MAX_TOKENS, temperature=0.0)
     assert [ids_of(got[i]) for i in range(3)] == [expected] * 3
 
-    make, closing = budget_factory(hf4)
+    make, _ = budget_factory(hf4)
     forced = run(hf4, turn1, make(), max_tokens=40, temperature=0.0)
     assert any(c.forced for c in forced)
     assert ids_of(forced) == hf_alone(tiny_hf_hybrid, turn1, make, max_tokens=40, temperature=0.0)

@@ -48,7 +48,8 @@ def save(ctx: C.llama_context_p, seq_id: int, n: int) -> Checkpoint:
 def restore(ctx: C.llama_context_p, seq_id: int, checkpoint: Checkpoint) -> bool:
     """Put `checkpoint`'s recurrent state into `seq_id` (its attention cells stay as they are)."""
     data = (ctypes.c_uint8 * len(checkpoint.data)).from_buffer_copy(checkpoint.data)
-    return C.llama_state_seq_set_data_ext(ctx, data, len(checkpoint.data), seq_id, PARTIAL) == len(checkpoint.data)
+    read: int = C.llama_state_seq_set_data_ext(ctx, data, len(checkpoint.data), seq_id, PARTIAL)
+    return read == len(checkpoint.data)
 
 
 def nearest(checkpoints: Sequence[Checkpoint], n: int) -> Checkpoint | None:

@@ -35,10 +35,10 @@ from qwenkit.engines.base import (
     Request,
     check_request,
 )
+from qwenkit.engines.llamacpp.checkpoints import marks, nearest, restore, save
 from qwenkit.engines.llamacpp.image_step import ImageStep
 from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain, token_logprob
-from qwenkit.engines.llamacpp.checkpoints import marks, nearest, restore, save
 from qwenkit.engines.llamacpp.slots import (
     Key,
     Slot,
