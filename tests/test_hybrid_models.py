@@ -310,3 +310,47 @@ def test_transformers_eight_concurrent_requests_sharing_a_system_prompt(tiny_hf_
             assert final(chunks).cached_prompt_tokens == 0
     finally:
         engine.close()
+
+
+def test_llamacpp_lora_on_a_hybrid_model_equals_peft(tiny_hybrid_gguf, tiny_hf_hybrid, tmp_path):
+    """llama.cpp applies LoRA on these architectures too (attention and linear-attention layers)."""
+    import subprocess
+    import sys
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from qwenkit.engines.llamacpp import vendor
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf_hybrid, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "out_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():  # peft starts B at zero: an adapter that changes nothing would prove nothing
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.2)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    script = vendor.source() / "convert_lora_to_gguf.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--base", str(tiny_hf_hybrid), "--outtype", "f32"]
+        + ["--outfile", str(tmp_path / "lora.gguf"), str(tmp_path / "adapter")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    engine = llama(tiny_hybrid_gguf)
+    try:
+        engine.load_adapter("a", tmp_path / "lora.gguf")
+        prompt = engine.tokenize(PROMPTS[1])
+        params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+        base = ids_of(engine.generate(prompt, params))
+        adapted = ids_of(engine.generate(prompt, params, adapters=(("a", 1.0),)))
+        expected = peft_model.generate(
+            torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=[]
+        )
+        assert adapted == expected[0, len(prompt) :].tolist()
+        assert adapted != base
+    finally:
+        engine.close()
