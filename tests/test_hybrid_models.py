@@ -332,9 +332,9 @@ def test_llamacpp_lora_on_a_hybrid_model_equals_peft(tiny_hybrid_gguf, tiny_hf_h
                 param.normal_(0.0, 0.2)
     peft_model.save_pretrained(tmp_path / "adapter")
     script = vendor.source() / "convert_lora_to_gguf.py"
+    args = ["--base", str(tiny_hf_hybrid), "--outtype", "f32", "--outfile", str(tmp_path / "lora.gguf")]
     done = subprocess.run(
-        [sys.executable, str(script), "--base", str(tiny_hf_hybrid), "--outtype", "f32"]
-        + ["--outfile", str(tmp_path / "lora.gguf"), str(tmp_path / "adapter")],
+        [sys.executable, str(script), *args, str(tmp_path / "adapter")],
         capture_output=True,
         text=True,
         check=False,
