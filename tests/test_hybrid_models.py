@@ -354,3 +354,42 @@ def test_llamacpp_lora_on_a_hybrid_model_equals_peft(tiny_hybrid_gguf, tiny_hf_h
         assert adapted != base
     finally:
         engine.close()
+
+
+def test_transformers_loads_a_conditional_generation_checkpoint_as_its_text_model(
+    tiny_hf_hybrid, hybrid_arch, tmp_path
+):
+    """Qwen3.5's released checkpoints are vision-language (`Qwen3_5ForConditionalGeneration`):
+    without images the engine runs their language half, the same tokens as the text model."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        Qwen3_5Config,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3_5MoeConfig,
+        Qwen3_5MoeForConditionalGeneration,
+    )
+
+    if hybrid_arch == "qwen3next":
+        pytest.skip("Qwen3-Next is a text model")
+    config_cls, model_cls = (
+        (Qwen3_5Config, Qwen3_5ForConditionalGeneration)
+        if hybrid_arch == "qwen35"
+        else (Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration)
+    )
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16)
+    config = config_cls(text_config=AutoConfig.from_pretrained(tiny_hf_hybrid).to_dict(), vision_config=vision)
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    model.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        (tmp_path / name).write_bytes((tiny_hf_hybrid / name).read_bytes())
+    engine = hf_engine(tmp_path, n_parallel=1)
+    try:
+        assert not engine.vision()
+        prompt = engine.tokenize(PROMPTS[0])
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=[])
+        got = ids_of(run(engine, prompt, max_tokens=MAX_TOKENS, temperature=0.0, stop_token_ids=()))
+        assert got == expected[0, len(prompt) :].tolist()
+    finally:
+        engine.close()
