@@ -16,6 +16,11 @@ from qwenkit.options import LoadOptions
 ENGINES = ("auto", "llamacpp", "transformers", "onnx", "vllm")
 
 
+# Where Qwen's chat templates open an assistant turn: a hybrid model's llama.cpp slots keep a
+# checkpoint there, so a conversation's next turn resumes where the last answer starts.
+ASSISTANT_TURN = "<|im_start|>assistant\n"
+
+
 def pick_engine(engine: str, fmt: str) -> str:
     """The engine to run weights of format `fmt` ("gguf", "hf" or "onnx") on: `auto` picks
     llama.cpp for a GGUF file, transformers for a checkpoint directory and ONNX Runtime GenAI
@@ -147,6 +152,7 @@ def load_with(ref: str, options: LoadOptions) -> Model:
                 max_waiting=o.max_waiting,
                 mmproj=o.mmproj or local.mmproj,
                 image_max_tokens=o.image_max_tokens,
+                turn_start=ASSISTANT_TURN,
             ),
         )
     try:
