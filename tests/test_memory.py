@@ -175,3 +175,10 @@ def test_hybrid_formula_agrees_with_llama_cpps_dry_run_at_real_shapes(name, sour
         assert formula.state == state_bytes(shape, n_parallel) > 0
         assert llama.state == pytest.approx(formula.state, abs=0.006 * 2**20)  # the log prints MiB to 2 decimals
         assert llama.compute <= formula.compute <= 1.25 * llama.compute  # never under
+
+
+def test_plans_count_as_many_checkpoints_as_the_llamacpp_engine_keeps():
+    from qwenkit.catalog.memory import CTX_CHECKPOINTS
+    from qwenkit.engines.llamacpp.engine import LlamaCppSettings
+
+    assert LlamaCppSettings().ctx_checkpoints == CTX_CHECKPOINTS

@@ -169,6 +169,11 @@ def kv_bytes(shape: Shape, n_ctx: int, n_parallel: int, type_k: str = "f16", typ
     return math.ceil(cells * per_cell)
 
 
+# Recurrent-state copies the llama.cpp engine keeps per slot at most (`LlamaCppSettings.ctx_checkpoints`;
+# a test keeps the two equal): what a plan for that engine counts, as they fill up over a conversation.
+CTX_CHECKPOINTS = 8
+
+
 def state_bytes(shape: Shape, n_parallel: int, ctx_checkpoints: int = 0) -> int:
     """A hybrid model's recurrent state: f32 (llama.cpp's type_r and type_s) per linear-attention
     layer and slot, plus `ctx_checkpoints` saved copies per slot; 0 for a transformer."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from qwenkit.catalog.device import Device
 from qwenkit.catalog.family import Catalog, Variant
-from qwenkit.catalog.memory import HEADROOM, Estimate, estimate_variant, kv_bytes, state_bytes
+from qwenkit.catalog.memory import CTX_CHECKPOINTS, HEADROOM, Estimate, estimate_variant, kv_bytes, state_bytes
 from qwenkit.catalog.schema import Entry
 from qwenkit.errors import QwenkitError
 
@@ -182,7 +182,9 @@ def _consider(cat: Catalog, v: Variant, ask: Ask, device: Device, memory: int) -
         return None
     if v.mmproj is None and v.format == "gguf" and entry.vision is not None and entry.gguf and not entry.gguf.mmproj:
         return None
-    est = estimate_variant(cat, v, n_ctx=n_ctx, n_parallel=ask.n_parallel, device=device.kind)
+    est = estimate_variant(
+        cat, v, n_ctx=n_ctx, n_parallel=ask.n_parallel, device=device.kind, ctx_checkpoints=_checkpoints(device)
+    )
     if est.required > memory * HEADROOM:
         return None
     tps = decode_tps(cat, v, est, n_ctx, device)
@@ -256,6 +258,12 @@ def _score(
     return quality, score, reasons
 
 
+def _checkpoints(device: Device) -> int:
+    """The context checkpoints a plan counts against `device`'s memory: the engine keeps them in
+    host memory, so a discrete GPU's plan leaves them out (the host pays for them)."""
+    return 0 if device.kind == "cuda" else CTX_CHECKPOINTS
+
+
 def _context_cost(cat: Catalog, entry: Entry, ask: Ask) -> str:
     """What a hybrid model's context costs, beside the KV of the Qwen3 transformer (dense or MoE
     as it is) nearest its size."""
@@ -263,9 +271,11 @@ def _context_cost(cat: Catalog, entry: Entry, ask: Ask) -> str:
     n_ctx, gib = ask.context, 2**30
     kv = kv_bytes(shape, n_ctx, ask.n_parallel)
     state = state_bytes(shape, ask.n_parallel)
+    kept = state_bytes(shape, ask.n_parallel, CTX_CHECKPOINTS) - state
     text = (
         f"hybrid attention: a KV cache in {shape.attention_layers} of {shape.layers} layers, "
-        f"{kv / gib:.1f} GiB at {n_ctx} tokens, plus {state / 2**20:.0f} MiB of recurrent state"
+        f"{kv / gib:.1f} GiB at {n_ctx} tokens, plus {state / 2**20:.0f} MiB of recurrent state "
+        f"(and up to {kept / 2**20:.0f} MiB of host memory for {CTX_CHECKPOINTS} context checkpoints per slot)"
     )
     peers = [
         e
@@ -295,7 +305,9 @@ def _what_would_fit(cat: Catalog, entries: list[Entry], ask: Ask, device: Device
         key=lambda ev: estimate_variant(cat, ev[1], n_ctx=256, device=device.kind).required,
     )
     n_ctx = min(ask.context, entry.max_context)
-    need = estimate_variant(cat, smallest, n_ctx=n_ctx, n_parallel=ask.n_parallel, device=device.kind)
+    need = estimate_variant(
+        cat, smallest, n_ctx=n_ctx, n_parallel=ask.n_parallel, device=device.kind, ctx_checkpoints=_checkpoints(device)
+    )
     kv = need.kv
     notes.append(
         f"{smallest.name} at {n_ctx} tokens x {ask.n_parallel} needs {need.required / 2**30:.1f} GiB "
@@ -334,7 +346,14 @@ def _largest_context(cat: Catalog, v: Variant, ask: Ask, device: Device, memory:
     lo, hi = 0, min(ask.context, v.entry.max_context) // 1024
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        est = estimate_variant(cat, v, n_ctx=mid * 1024, n_parallel=ask.n_parallel, device=device.kind)
+        est = estimate_variant(
+            cat,
+            v,
+            n_ctx=mid * 1024,
+            n_parallel=ask.n_parallel,
+            device=device.kind,
+            ctx_checkpoints=_checkpoints(device),
+        )
         if est.required <= memory * HEADROOM:
             lo = mid
         else:

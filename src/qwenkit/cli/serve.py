@@ -112,7 +112,7 @@ def check_fits(path: Path, ctx: int | None, parallel: int, mmproj: Path | None =
     from dataclasses import replace
 
     from qwenkit.catalog.device import host_memory
-    from qwenkit.catalog.memory import HEADROOM, estimate_gguf
+    from qwenkit.catalog.memory import CTX_CHECKPOINTS, HEADROOM, estimate_gguf
     from qwenkit.engines.llamacpp.dryrun import dry_run
     from qwenkit.engines.llamacpp.engine import DEFAULT_CTX
     from qwenkit.store.gguf_header import scan
@@ -123,7 +123,9 @@ def check_fits(path: Path, ctx: int | None, parallel: int, mmproj: Path | None =
     trained = values.get(f"{arch}.context_length")
     if isinstance(trained, int) and trained > 0:
         n_ctx = min(n_ctx, trained)  # as the engine caps it
-    est = estimate_gguf(path, n_ctx=n_ctx, n_parallel=parallel, server=True, dry_run=dry_run)
+    est = estimate_gguf(
+        path, n_ctx=n_ctx, n_parallel=parallel, server=True, dry_run=dry_run, ctx_checkpoints=CTX_CHECKPOINTS
+    )
     if mmproj is not None and mmproj.is_file():
         est = replace(est, vision=est.vision + mmproj.stat().st_size)
     _total, available = host_memory()
