@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,8 +11,14 @@ from qwenkit.chat import load_template
 from qwenkit.engines.base import Engine
 from qwenkit.errors import QwenkitError
 from qwenkit.model import Model
+from qwenkit.options import LoadOptions
 
 ENGINES = ("auto", "llamacpp", "transformers", "onnx", "vllm")
+
+
+# Where Qwen's chat templates open an assistant turn: a hybrid model's llama.cpp slots keep a
+# checkpoint there, so a conversation's next turn resumes where the last answer starts.
+ASSISTANT_TURN = "<|im_start|>assistant\n"
 
 
 def pick_engine(engine: str, fmt: str) -> str:
@@ -33,28 +39,7 @@ def pick_engine(engine: str, fmt: str) -> str:
     return engine
 
 
-def load(
-    ref: str = "default",
-    *,
-    engine: str = "auto",
-    n_ctx: int | None = None,
-    n_threads: int | None = None,
-    n_parallel: int | None = None,
-    max_waiting: int = 64,
-    progress: bool = True,
-    dtype: str = "auto",
-    device_map: Any = None,
-    quantization: str | None = None,
-    attn_implementation: str = "sdpa",
-    lora: Mapping[str, str | Path] | None = None,
-    mmproj: str | Path | None = None,
-    image_max_tokens: int | None = None,
-    prefix_cache_tokens: int | None = None,
-    tensor_parallel: int = 1,
-    pipeline_parallel: int = 1,
-    data_parallel: int = 1,
-    distributed_executor_backend: str | None = None,
-) -> Model:
+def load(ref: str = "default", **options: Any) -> Model:
     """Fetch (if needed) and load a model.
 
     `engine`: "auto" (llama.cpp for a GGUF file, transformers for a checkpoint directory, ONNX
@@ -79,50 +64,69 @@ def load(
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
     """
-    if engine not in ENGINES:  # before any download
-        raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
-    local = resolve(ref, progress=progress)  # a catalogue name, or any store reference
-    chosen = pick_engine(engine, local.format)
-    if mmproj is not None and chosen != "llamacpp":
+    return load_with(ref, LoadOptions.of(**options))
+
+
+# the keywords are LoadOptions' fields: help(qwenkit.load) and editors show them
+load.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("ref", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="default", annotation=str),
+        *(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=field.annotation)
+            for name, field in LoadOptions.model_fields.items()
+        ),
+    ],
+    return_annotation=Model,
+)
+
+
+def load_with(ref: str, options: LoadOptions) -> Model:
+    """`load` with its options as one `LoadOptions` (or a subclass: `ServeOptions`, `ClusterOptions`)."""
+    o = options
+    if o.engine not in ENGINES:  # before any download
+        raise QwenkitError(f"unknown engine {o.engine!r} (available: {', '.join(ENGINES)})")
+    local = resolve(ref, progress=o.progress)  # a catalogue name, or any store reference
+    chosen = pick_engine(o.engine, local.format)
+    if o.mmproj is not None and chosen != "llamacpp":
         raise QwenkitError("an mmproj (vision projector GGUF) goes with a GGUF on the llama.cpp engine")
-    if prefix_cache_tokens is not None and chosen != "transformers":
+    if o.prefix_cache_tokens is not None and chosen != "transformers":
         raise QwenkitError(f"prefix_cache_tokens sizes the transformers engine's prefix cache, not {chosen}'s")
-    eng: Engine
-    parallel = (tensor_parallel, pipeline_parallel, data_parallel)
-    if chosen != "vllm" and (parallel != (1, 1, 1) or distributed_executor_backend is not None):
+    parallel = (o.tensor_parallel, o.pipeline_parallel, o.data_parallel)
+    if chosen != "vllm" and (parallel != (1, 1, 1) or o.distributed_executor_backend is not None):
         raise QwenkitError("tensor, pipeline and data parallelism and the executor backend apply to --engine vllm")
+    eng: Engine
     if chosen == "vllm":
-        if quantization is not None or device_map is not None:
+        if o.quantization is not None or o.device_map is not None:
             raise QwenkitError("quantization and device_map apply to the transformers engine, not vLLM")
         eng = _load_vllm(
             local.path if local.format == "hf" else _converted(local.path),
-            dtype=dtype,
-            n_ctx=n_ctx,
-            n_parallel=n_parallel or 8,
-            lora=bool(lora),
-            tensor_parallel=tensor_parallel,
-            pipeline_parallel=pipeline_parallel,
-            data_parallel=data_parallel,
-            executor=distributed_executor_backend,
+            dtype=o.dtype,
+            n_ctx=o.n_ctx,
+            n_parallel=o.n_parallel or 8,
+            lora=bool(o.lora),
+            tensor_parallel=o.tensor_parallel,
+            pipeline_parallel=o.pipeline_parallel,
+            data_parallel=o.data_parallel,
+            executor=o.distributed_executor_backend,
         )
     elif chosen == "transformers":
         from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
 
         settings = TransformersSettings(
-            dtype=dtype,
-            device_map=device_map,
-            quantization=quantization,
-            attn_implementation=attn_implementation,
-            n_ctx=n_ctx,
-            n_parallel=n_parallel or 8,
-            max_waiting=max_waiting,
-            n_threads=n_threads,
-            image_max_tokens=image_max_tokens,
-            prefix_cache_tokens=prefix_cache_tokens,
+            dtype=o.dtype,
+            device_map=o.device_map,
+            quantization=o.quantization,
+            attn_implementation=o.attn_implementation,
+            n_ctx=o.n_ctx,
+            n_parallel=o.n_parallel or 8,
+            max_waiting=o.max_waiting,
+            n_threads=o.n_threads,
+            image_max_tokens=o.image_max_tokens,
+            prefix_cache_tokens=o.prefix_cache_tokens,
         )
         eng = TransformersEngine(local.path, settings)
     elif chosen == "onnx":
-        if quantization is not None or str(dtype).lower() != "auto" or device_map is not None:
+        if o.quantization is not None or o.dtype.lower() != "auto" or o.device_map is not None:
             raise QwenkitError(
                 "dtype, device_map and quantization apply to the transformers engine; "
                 "an ONNX model keeps the precision it was exported at (qwenkit export onnx --precision)"
@@ -130,9 +134,9 @@ def load(
         from qwenkit.engines.onnx import OnnxEngine, OnnxSettings, export_onnx
 
         path = local.path if local.format == "onnx" else export_onnx(local.path, "int4")
-        eng = OnnxEngine(path, OnnxSettings(n_ctx=n_ctx, n_threads=n_threads, max_waiting=max_waiting))
+        eng = OnnxEngine(path, OnnxSettings(n_ctx=o.n_ctx, n_threads=o.n_threads, max_waiting=o.max_waiting))
     else:
-        if quantization is not None or str(dtype).lower() != "auto" or device_map is not None:
+        if o.quantization is not None or o.dtype.lower() != "auto" or o.device_map is not None:
             raise QwenkitError(
                 "dtype, device_map and quantization apply to the transformers engine; "
                 "a GGUF on llama.cpp keeps its own quantization (use --engine transformers)"
@@ -142,16 +146,17 @@ def load(
         eng = LlamaCppEngine(
             local.path,
             LlamaCppSettings(
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_parallel=n_parallel or 1,
-                max_waiting=max_waiting,
-                mmproj=Path(mmproj) if mmproj is not None else local.mmproj,
-                image_max_tokens=image_max_tokens,
+                n_ctx=o.n_ctx,
+                n_threads=o.n_threads,
+                n_parallel=o.n_parallel or 1,
+                max_waiting=o.max_waiting,
+                mmproj=o.mmproj or local.mmproj,
+                image_max_tokens=o.image_max_tokens,
+                turn_start=ASSISTANT_TURN,
             ),
         )
     try:
-        for name, adapter_path in (lora or {}).items():
+        for name, adapter_path in (o.lora or {}).items():
             eng.load_adapter(name, adapter_path)
         architecture = eng.architecture()
         template = load_template(eng.chat_template(), architecture=architecture, name_hint=local.name)

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from qwenkit import store
 from qwenkit.bench.loadtest import api_base
 from qwenkit.bench.memory import meminfo, memory_bandwidth, torch_cuda
+from qwenkit.catalog.fetch import resolve
 
 PROBE_PROMPT = "Count from 1 to 200, separated by spaces."
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -92,7 +93,7 @@ def probe_model(ref: str, *, engine: str = "auto", threads: int | None = None, p
     from qwenkit.api import load
 
     probe = Probe(target=ref)
-    local = store.resolve(ref, progress=False)
+    local = resolve(ref, progress=False)
     with load(ref, engine=engine, n_threads=threads, n_ctx=1024, n_parallel=1, progress=False) as model:
         probe.model = model.name
         weights, on_gpu = _weight_bytes(model.engine, local.size)

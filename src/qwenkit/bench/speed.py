@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from qwenkit import store
 from qwenkit.api import load, pick_engine
 from qwenkit.bench.llama_bench import LlamaBenchRound, llama_bench_binary, run_llama_bench
 from qwenkit.bench.memory import meminfo, peak_gpu_bytes, peak_rss_bytes, reset_peak_gpu, reset_peak_rss
 from qwenkit.bench.stats import Spread
+from qwenkit.catalog.fetch import resolve
 from qwenkit.engines.base import Chunk, Engine, SamplingParams
 from qwenkit.engines.llamacpp.model import default_threads
 from qwenkit.errors import QwenkitError
@@ -230,7 +230,7 @@ def run_bench(config: BenchConfig, step: Callable[[str], None] = lambda _: None)
 
     `step(label)` is called as each phase starts, `config.steps()` times in all.
     """
-    local = store.resolve(config.model)
+    local = resolve(config.model)
     engine = pick_engine(config.engine, local.format)
     if engine == "transformers" and local.format == "gguf":
         from qwenkit.engines.transformers import convert_gguf

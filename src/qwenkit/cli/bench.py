@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from qwenkit.cli.common import DtypeOpt, EngineOpt, ModelOpt, ThreadsOpt, app, err
+from qwenkit.cli.common import ModelOpt, app, err
+from qwenkit.cli.flags import flag
 from qwenkit.errors import QwenkitError
+from qwenkit.options import LoadOptions
 
 
 def parse_levels(text: str, option: str) -> tuple[int, ...]:
@@ -35,13 +37,13 @@ def progress_bar() -> Progress:
 @app.command()
 def bench(
     model: str = ModelOpt,
-    engine: str = EngineOpt,
+    engine: str = flag(LoadOptions, "engine"),
     prompt_tokens: int = typer.Option(512, "--prompt-tokens", min=1, help="Prompt length of every request."),
     gen_tokens: int = typer.Option(128, "--gen-tokens", min=2, help="Tokens every request generates."),
     parallel: str = typer.Option("1,4,8", "--parallel", help="Requests in flight at once, per level: e.g. 1,4,8."),
     repeat: int = typer.Option(5, "--repeat", "-r", min=1, help="Repeats (each loads the model afresh)."),
-    threads: int | None = ThreadsOpt,
-    dtype: str = DtypeOpt,
+    threads: int | None = flag(LoadOptions, "n_threads"),
+    dtype: str = flag(LoadOptions, "dtype"),
     vs: str | None = typer.Option(None, "--vs", help="Reference to run interleaved: llama-bench."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG chart to this file."),

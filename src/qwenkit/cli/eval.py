@@ -12,12 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from qwenkit.cli.common import CtxOpt, EngineOpt, ThinkOpt, ThreadsOpt, app, err
+from qwenkit.cli.common import ThinkOpt, app, err
+from qwenkit.cli.flags import flag
 from qwenkit.evals import suites
 from qwenkit.evals.backends import Backend, InProcess, OpenAIServer
 from qwenkit.evals.records import RunRecords
 from qwenkit.evals.runner import RunOptions, evaluate
 from qwenkit.evals.suite import Suite
+from qwenkit.options import LoadOptions
 
 
 @app.command("eval")
@@ -46,9 +48,9 @@ def eval_(
         None, "--out", help="Directory for run.json + problems.jsonl; reruns resume there."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    engine: str = EngineOpt,
-    ctx: int | None = CtxOpt,
-    threads: int | None = ThreadsOpt,
+    engine: str = flag(LoadOptions, "engine"),
+    ctx: int | None = flag(LoadOptions, "n_ctx"),
+    threads: int | None = flag(LoadOptions, "n_threads"),
     timeout: float = typer.Option(1800.0, "--timeout", min=1, help="With --url: seconds one request may take."),
 ) -> None:
     """Score a model on a benchmark and compare with Qwen's published number."""

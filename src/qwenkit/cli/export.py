@@ -29,12 +29,12 @@ def onnx(
 
     Run it with `qwenkit run --engine onnx --model DIR`. Exported once; later calls reuse it.
     """
-    from qwenkit import store
+    from qwenkit.catalog.fetch import resolve
     from qwenkit.engines.onnx import PRECISIONS
 
     if precision not in PRECISIONS:
         raise QwenkitError(f"unknown precision {precision!r} (available: {', '.join(PRECISIONS)})")
-    local = store.resolve(model)
+    local = resolve(model)
     if local.format == "onnx":
         raise QwenkitError(f"{local.path} is already an ONNX model directory")
     path = export_onnx_with_progress(local.path, precision, out)

@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from qwenkit.cli.common import EngineOpt, ThreadsOpt, app
+from qwenkit.cli.common import app
+from qwenkit.cli.flags import flag
+from qwenkit.options import LoadOptions
 
 _COLOURS = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
 
@@ -19,8 +21,8 @@ def health(
     model: str | None = typer.Option(None, "--model", "-m", help="Load this model here and probe it."),
     url: str | None = typer.Option(None, "--url", help="Probe this running server (e.g. http://127.0.0.1:8000)."),
     api_key: str | None = typer.Option(None, "--api-key", help="Bearer key for the server."),
-    engine: str = EngineOpt,
-    threads: int | None = ThreadsOpt,
+    engine: str = flag(LoadOptions, "engine"),
+    threads: int | None = flag(LoadOptions, "n_threads"),
     probe_tokens: int = typer.Option(32, "--probe-tokens", min=2, help="Tokens the probe generates."),
     max_ttft: float = typer.Option(2.0, "--max-ttft", min=0.0, help="Seconds to first token before degraded."),
     unhealthy_ttft: float = typer.Option(10.0, "--unhealthy-ttft", min=0.0, help="... before unhealthy."),

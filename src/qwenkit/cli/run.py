@@ -10,34 +10,21 @@ from typing import Any
 import typer
 
 from qwenkit.chat.media import LOCAL_POLICY, load_image
-from qwenkit.cli.common import (
-    CtxOpt,
-    DataParallelOpt,
-    DtypeOpt,
-    EngineOpt,
-    ExecutorOpt,
-    ModelOpt,
-    PipelineParallelOpt,
-    PrefixCacheOpt,
-    QuantOpt,
-    TensorParallelOpt,
-    ThinkOpt,
-    ThreadsOpt,
-    app,
-    err,
-    load_model,
-    parse_lora,
-    vllm_parallelism,
-)
+from qwenkit.cli.common import ModelOpt, ThinkOpt, app, err, load_model
+from qwenkit.cli.flags import with_flags
 from qwenkit.errors import QwenkitError
+from qwenkit.model import Model
+from qwenkit.options import LoadOptions
+from qwenkit.serve.options import parse_adapters
 
 LoraOpt = typer.Option(None, "--lora", help="A GGUF LoRA (qwenkit export lora) applied over the model.")
-MmprojOpt = typer.Option(
-    None, "--mmproj", help="A Qwen-VL GGUF's vision projector (llama.cpp); catalogue names bring their own."
-)
-ImageMaxTokensOpt = typer.Option(
-    None, "--image-max-tokens", min=4, help="Most tokens one image may take (vision models; 28x28 px each)."
-)
+
+
+def _load(model: str, flags: dict[str, Any], lora: str | None) -> tuple[Model, tuple[tuple[str, float], ...]]:
+    """The model with its flags and --lora FILE (applied to every turn at scale 1)."""
+    adapters = parse_adapters([f"lora={lora}"] if lora else [])
+    options = LoadOptions.of(**flags, lora=adapters)
+    return load_model(model, options), tuple((name, 1.0) for name in adapters)
 
 
 def user_message(text: str, images: list[Path]) -> dict[str, Any]:
@@ -49,6 +36,7 @@ def user_message(text: str, images: list[Path]) -> dict[str, Any]:
 
 
 @app.command()
+@with_flags(LoadOptions)
 def run(
     prompt: str = typer.Argument(..., help="The prompt; '-' reads it from standard input."),
     model: str = ModelOpt,
@@ -59,20 +47,10 @@ def run(
     think: bool | None = ThinkOpt,
     thinking_budget: int | None = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
-    ctx: int | None = CtxOpt,
-    threads: int | None = ThreadsOpt,
-    engine: str = EngineOpt,
-    dtype: str = DtypeOpt,
-    quantization: str | None = QuantOpt,
+    *,
+    flags: dict[str, Any],
     lora: str | None = LoraOpt,
     image: list[Path] = typer.Option([], "--image", "-i", help="An image file for a vision model (repeatable)."),
-    image_max_tokens: int | None = ImageMaxTokensOpt,
-    mmproj: Path | None = MmprojOpt,
-    prefix_cache_tokens: int | None = PrefixCacheOpt,
-    tensor_parallel: int = TensorParallelOpt,
-    pipeline_parallel: int = PipelineParallelOpt,
-    data_parallel: int = DataParallelOpt,
-    executor: str | None = ExecutorOpt,
 ) -> None:
     """Answer one prompt, streaming the answer to stdout (reasoning to stderr)."""
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -81,29 +59,16 @@ def run(
     for path in image:  # a bad file fails now, before the model loads
         load_image(path, LOCAL_POLICY)
     messages = ([{"role": "system", "content": system}] if system else []) + [user_message(text, image)]
-    adapters = parse_lora([f"lora={lora}"] if lora else [])
-    options = dict(
+    m, adapters = _load(model, flags, lora)
+    options: dict[str, Any] = dict(
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,
         think=think,
         thinking_budget=thinking_budget,
-        adapters=tuple((name, 1.0) for name in adapters),
+        adapters=adapters,
     )
-    parallelism = vllm_parallelism(tensor_parallel, pipeline_parallel, data_parallel, executor)
-    with load_model(
-        model,
-        ctx,
-        threads,
-        engine,
-        dtype,
-        quantization,
-        adapters,
-        image_max_tokens,
-        mmproj,
-        parallelism,
-        prefix_cache_tokens,
-    ) as m:  # closed: engine threads end cleanly
+    with m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)
             print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
@@ -137,28 +102,21 @@ def _stream_reply(m, messages: list[dict], options: dict):
 
 
 @app.command()
+@with_flags(LoadOptions)
 def chat(
     model: str = ModelOpt,
     think: bool | None = ThinkOpt,
     system: str | None = typer.Option(None, "--system", "-s", help="A system message."),
     max_tokens: int = typer.Option(2048, "--max-tokens", "-n", min=1, help="Most tokens per answer."),
     thinking_budget: int | None = typer.Option(None, "--thinking-budget", min=0, help="Most reasoning tokens (Qwen3)."),
-    ctx: int | None = CtxOpt,
-    threads: int | None = ThreadsOpt,
-    engine: str = EngineOpt,
-    dtype: str = DtypeOpt,
-    quantization: str | None = QuantOpt,
+    *,
+    flags: dict[str, Any],
     lora: str | None = LoraOpt,
-    image_max_tokens: int | None = ImageMaxTokensOpt,
-    mmproj: Path | None = MmprojOpt,
-    prefix_cache_tokens: int | None = PrefixCacheOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /image FILE /think /no_think /reset /exit."""
-    adapters = parse_lora([f"lora={lora}"] if lora else [])
-    with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj, None, prefix_cache_tokens
-    ) as m:  # closed: threads end cleanly
-        _chat_loop(m, system, think, max_tokens, thinking_budget, tuple((name, 1.0) for name in adapters))
+    m, adapters = _load(model, flags, lora)
+    with m:  # closed: threads end cleanly
+        _chat_loop(m, system, think, max_tokens, thinking_budget, adapters)
 
 
 def _chat_loop(

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
-from qwenkit.cli.common import ModelOpt, ThreadsOpt, app, err
+from qwenkit.cli.common import ModelOpt, app, err
+from qwenkit.cli.flags import flag
 from qwenkit.errors import QwenkitError
+from qwenkit.options import LoadOptions
 
 
 @app.command()
@@ -37,7 +39,7 @@ def tune(
     ),
     qlora: bool = typer.Option(False, "--qlora", help="CUDA: keep the base in 4-bit (bitsandbytes)."),
     seed: int = typer.Option(0, "--seed"),
-    threads: int | None = ThreadsOpt,
+    threads: int | None = flag(LoadOptions, "n_threads"),
     report: bool = typer.Option(
         False, "--report", help="Then score held-out answers before/after, stop rate, peft/GGUF/merged agreement."
     ),

@@ -64,10 +64,10 @@ class InProcess:
     """A model loaded with `qwenkit.load`; concurrent requests are decoded together by its engine."""
 
     def __init__(self, ref: str, *, engine: str, concurrency: int, n_ctx: int | None, threads: int | None) -> None:
-        from qwenkit import store
         from qwenkit.api import load
+        from qwenkit.catalog.fetch import resolve
 
-        self.local = store.resolve(ref)
+        self.local = resolve(ref)
         self.engine_name = engine
         self.model = load(ref, engine=engine, n_parallel=concurrency, n_ctx=n_ctx, n_threads=threads)
 

@@ -84,10 +84,10 @@ class Base:
 
 def resolve_base(ref: str) -> Base:
     """The base model for `ref`, a GGUF dequantized once into a cached checkpoint."""
-    from qwenkit import store
+    from qwenkit.catalog.fetch import resolve
     from qwenkit.engines.transformers.convert import convert_gguf
 
-    local = store.resolve(ref)
+    local = resolve(ref)
     checkpoint = convert_gguf(local.path) if local.format == "gguf" else local.path
     return Base(ref, local.name, local.path, checkpoint)
 

@@ -35,6 +35,7 @@ from qwenkit.serve.cluster.prefix import prefix_keys
 from qwenkit.serve.cluster.responses import RESPONSES_PATH, ResponseOwners, made_response, named_response
 from qwenkit.serve.cluster.state import ClusterState
 from qwenkit.serve.http_errors import error_body, error_response
+from qwenkit.serve.options import served_aliases
 from qwenkit.serve.security import ApiKeys, key_id
 
 log = logging.getLogger("qwenkit.serve.cluster")
@@ -80,29 +81,11 @@ class ModelReplica:
     """One engine and the single-server app around it; requests arrive whole from the ingress."""
 
     def __init__(self, options: ClusterOptions) -> None:
-        from qwenkit.api import load
-        from qwenkit.chat.budget import parse_effort_budgets
-
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.state = cluster_state(options)
         local = resolve(options.model, progress=False)
-        model = load(
-            options.model,
-            engine=options.engine,
-            n_ctx=options.ctx,
-            n_threads=options.threads,
-            n_parallel=options.parallel,
-            max_waiting=options.max_queue,
-            progress=False,
-            dtype=options.dtype,
-            quantization=options.quantization,
-            lora=options.lora,
-            mmproj=options.mmproj,
-            image_max_tokens=options.image_max_tokens,
-        )
-        model.effort_budgets = parse_effort_budgets(options.effort_budgets)
-        # the names the single server answers to: the store name, the file name, a catalogue reference
-        aliases = (local.name, local.path.name, *([options.model] if local.source != "local" else []))
+        model = options.load()
+        aliases = served_aliases(local, options.model)
         self.app = create_app(lambda: model, options.settings(aliases))
         self.app.state.limiter = _SpendOnlyLimiter(self.state)
         self._lifespan: AbstractAsyncContextManager[Any] | None = None
@@ -305,7 +288,7 @@ def build_app(args: dict[str, Any]) -> Application:
     autoscaling = options.autoscaling()
     replica_options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": options.cpus_per_replica, "resources": options.replica_resources},
-        "max_ongoing_requests": options.parallel + options.max_queue,
+        "max_ongoing_requests": options.n_parallel + options.max_waiting,
         "health_check_period_s": 2,
     }
     if autoscaling is not None:

@@ -1,66 +1,69 @@
-"""What a qwenkit Ray Serve application is made of: model, replicas, limits (a config file's `args`)."""
+"""What a qwenkit Ray Serve application is made of: what `qwenkit serve` serves, on replicas (a
+config file's `args`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from qwenkit.serve.settings import ServeSettings
+from qwenkit.options import option
+from qwenkit.serve.options import ServeOptions
+
+# Options of `qwenkit serve` that a cluster does not take, and why.
+NOT_ON_RAY = {
+    "host": "--host and --port are Ray Serve's to set (http_options in a config file)",
+    "port": "--host and --port are Ray Serve's to set (http_options in a config file)",
+    "allow_runtime_lora": "--allow-runtime-lora is not supported with --ray: a runtime load would reach one "
+    "replica only; give the adapters with --lora (loaded on every replica)",
+    "prefix_cache_tokens": "--prefix-cache-tokens is not supported with --ray yet: replicas keep the default",
+    "cors_origins": "--cors-origin is not supported with --ray yet: set CORS on the proxy in front",
+}
+VLLM = ("tensor_parallel", "pipeline_parallel", "data_parallel", "distributed_executor_backend")
 
 
-class ClusterOptions(BaseModel):
-    """The arguments of `build_app` (the `args:` of a Ray Serve config file)."""
+class ClusterOptions(ServeOptions):
+    """The arguments of `build_app` (the `args:` of a Ray Serve config file): `ServeOptions`
+    (paths must be the same on every node) and the replicas."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = "default"
-    engine: str = "auto"
-    ctx: int | None = Field(None, ge=256)
-    threads: int | None = Field(None, ge=1)
-    parallel: int = Field(4, ge=1, le=64)
-    max_queue: int = Field(64, ge=0)
-    dtype: str = "auto"
-    quantization: str | None = None
-    effort_budgets: str = ""
     # replicas: a fixed count, or autoscaling between min and max
-    replicas: int | None = Field(None, ge=1)
-    min_replicas: int | None = Field(None, ge=0)
-    max_replicas: int | None = Field(None, ge=1)
-    target_ongoing_requests: float = Field(2.0, gt=0)
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
+    replicas: int | None = option(None, "--replicas", ge=1, help="(--ray) A fixed number of replicas.")
+    min_replicas: int | None = option(None, "--min-replicas", ge=0, help="(--ray) Autoscale from this many.")
+    max_replicas: int | None = option(None, "--max-replicas", ge=1, help="(--ray) Autoscale up to this many.")
+    target_ongoing_requests: float = option(
+        2.0, "--target-ongoing-requests", ge=0.1, help="(--ray) Autoscaling target."
+    )
+    upscale_delay_s: float = option(30.0, "--upscale-delay", ge=0, help="(--ray) Seconds of load before adding.")
+    downscale_delay_s: float = option(600.0, "--downscale-delay", ge=0, help="(--ray) Idle seconds before removing.")
     # load is averaged over this window; Ray Serve pushes load metrics every 10 s (its default
     # `metrics_interval_s`, deprecated to set), and wants the window longer than that
     look_back_period_s: float = Field(30.0, gt=10)
-    cpus_per_replica: float = Field(1.0, gt=0)
-    replica_resources: dict[str, float] = {}  # custom Ray resources each replica needs (e.g. one per node)
-    ingress_resources: dict[str, float] = {}  # ... the ingress and the state actor need (e.g. the head node's)
-    router: Literal["prefix", "default"] = "prefix"
-    max_imbalance: int = Field(4, ge=0)
+    cpus_per_replica: float = option(1.0, "--cpus-per-replica", ge=0.01, help="(--ray) CPUs declared per replica.")
+    replica_resources: dict[str, float] = Field(
+        default_factory=dict
+    )  # custom Ray resources each replica needs (e.g. one per node)
+    ingress_resources: dict[str, float] = Field(
+        default_factory=dict
+    )  # ... the ingress and the state actor need (e.g. the head node's)
+    router: Literal["prefix", "default"] = option(
+        "prefix", "--router", help="(--ray) prefix (cache-aware) or default (Ray's)."
+    )
+    max_imbalance: int = option(
+        4, "--max-imbalance", ge=0, help="(--ray) Requests a prefix holder may be busier than the idlest replica."
+    )
     # faults: a request whose replica is lost before it answered is sent to another one
     max_retries: int = Field(2, ge=0, le=10)
     replica_wait_s: float = Field(30.0, gt=0)  # for a replica to take a request (else 503)
-    # the HTTP side, as in `qwenkit serve`
-    api_keys: frozenset[str] = frozenset()
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_tokens_cap: int = Field(8192, ge=1)
-    log_prompts: bool = False
-    max_n: int = Field(4, ge=1, le=128)
-    max_stored_responses: int = Field(256, ge=0)
-    served_model_name: str | None = None
-    lora: dict[str, str] = {}  # name -> adapter file, loaded on every replica (same path on every node)
-    # images (Qwen2.5-VL), as in `qwenkit serve`: paths must be the same on every node
-    mmproj: str | None = None  # the vision projector GGUF beside a llama.cpp model
-    image_max_tokens: int | None = Field(None, ge=4)
-    allow_remote_media: bool = False
-    media_dir: str | None = None
-    max_images: int = Field(8, ge=0)
-    media_hosts: frozenset[str] = frozenset()
     name: str = "qwenkit"
+
+    @model_validator(mode="after")
+    def _what_a_cluster_serves(self) -> ClusterOptions:
+        if self.engine == "vllm" or any(getattr(self, f) != ClusterOptions.model_fields[f].default for f in VLLM):
+            raise ValueError("--ray serves llama.cpp or transformers replicas; vLLM distributes itself (--engine vllm)")
+        for name, reason in NOT_ON_RAY.items():
+            if getattr(self, name) != ClusterOptions.model_fields[name].default:
+                raise ValueError(reason)
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> ClusterOptions:
@@ -83,22 +86,3 @@ class ClusterOptions(BaseModel):
             "downscale_delay_s": self.downscale_delay_s,
             "look_back_period_s": self.look_back_period_s,
         }
-
-    def settings(self, aliases: tuple[str, ...] = ()) -> ServeSettings:
-        """The single-server settings each replica's app runs with (limits are enforced per cluster);
-        `aliases`: more names the model answers to."""
-        return ServeSettings(
-            api_keys=self.api_keys,
-            max_body_bytes=self.max_body_bytes,
-            max_tokens_cap=self.max_tokens_cap,
-            log_prompts=self.log_prompts,
-            max_n=min(self.max_n, self.parallel),  # a request's choices run side by side
-            max_stored_responses=self.max_stored_responses,
-            served_name=self.served_model_name,
-            model_aliases=aliases,
-            lora=tuple(self.lora.items()),
-            allow_remote_media=self.allow_remote_media,
-            media_dir=Path(self.media_dir) if self.media_dir else None,
-            max_images=self.max_images,
-            media_hosts=self.media_hosts,
-        )
