@@ -203,6 +203,7 @@ def test_variants_by_name():
         ),
         (('thinking = "none"', 'thinking = "sometimes"'), "thinking"),
         (("[[models]]", "[[models]\n"), "not valid TOML"),
+        (("mrl_min = 32", "mrl_min = 2048"), "mrl_min <= dimensions"),
     ],
 )
 def test_a_bad_catalogue_is_one_clear_error(patch, message):
@@ -224,3 +225,23 @@ def test_the_onnx_route_is_listed_where_the_builder_takes_the_model():
     assert cat.onnx_export(cat.get("qwen3.5-4b")) is None  # linear attention: not in the builder
     audio = [e for e in cat.entries.values() if e.family == "qwen2-audio"]
     assert audio and all(cat.onnx_export(e) is None for e in audio)
+
+
+def test_retrieval_models_every_size_with_dimensions_from_the_shape():
+    by_kind = {
+        k: sorted(e.name for e in ENTRIES if e.retrieval and e.retrieval.kind == k) for k in ("embedding", "reranker")
+    }
+    assert by_kind == {
+        "embedding": ["qwen3-embedding-0.6b", "qwen3-embedding-4b", "qwen3-embedding-8b"],
+        "reranker": ["qwen3-reranker-0.6b", "qwen3-reranker-4b", "qwen3-reranker-8b"],
+    }
+    for name in by_kind["embedding"]:
+        entry = CAT.get(name)
+        assert entry.retrieval.dimensions == CAT.shape(entry).hidden  # the last hidden state, pooled
+        assert entry.retrieval.mrl_min == 32 and entry.context == 32768
+        assert "embedding" in entry.specialties and entry.gguf.repo == entry.hf + "-GGUF"
+
+
+def test_retrieval_models_are_never_recommended_for_chat():
+    chat_capable = [e.name for e in ENTRIES if e.retrieval and {"chat", "tools"} & set(e.specialties)]
+    assert chat_capable == [] and all(e.thinking == "none" for e in ENTRIES if e.retrieval)

@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Specialty = Literal["chat", "code", "math", "reasoning", "vision", "audio", "tools", "multilingual"]
+Specialty = Literal[
+    "chat", "code", "math", "reasoning", "vision", "audio", "tools", "multilingual", "embedding", "rerank"
+]
 Thinking = Literal["hybrid", "thinking-only", "none"]
 CheckpointKind = Literal["awq", "gptq-int4", "gptq-int8", "fp8"]
 # what a published size is beyond the shapes' count: it holds a tower they do not model, or it is a rounded name (A3B)
@@ -198,6 +200,23 @@ class GGUFSource(_Strict):
         return self
 
 
+class Retrieval(_Strict):
+    """An embedding or reranking model: what it outputs, as its model card states it."""
+
+    kind: Literal["embedding", "reranker"]
+    dimensions: int = Field(0, ge=0)  # embedding: the full output size (the last hidden state's)
+    mrl_min: int = Field(0, ge=0)  # embedding: the smallest Matryoshka (MRL) size it supports
+    pooling: Literal["last"] = "last"  # the hidden state of the last token (the appended end-of-text)
+    confirmed: bool = True
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Retrieval:
+        if (self.kind == "embedding") != (0 < self.mrl_min <= self.dimensions):
+            raise ValueError("an embedding model needs 0 < mrl_min <= dimensions; a reranker neither")
+        return self
+
+
 class Entry(_Strict):
     """One runnable model of the family."""
 
@@ -220,6 +239,7 @@ class Entry(_Strict):
     gguf: GGUFSource | None = None
     pypi: dict[str, str] = {}
     checkpoints: dict[CheckpointKind, str] = {}
+    retrieval: Retrieval | None = None  # embedding and reranking models only
     unconfirmed: list[str] = []  # fields (or `checkpoints.fp8`, `gguf.files`) not confirmed from an official source
 
     @property
