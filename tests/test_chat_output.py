@@ -250,7 +250,7 @@ CORPUS = [
         xml(
             "run_query",
             options='{\n  "where": {"a": [1, 2]},\n  "s": "x\\ny"\n}',
-            tags="[\n  \"a\",\n  \"b\"\n]",
+            tags='[\n  "a",\n  "b"\n]',
             sql="if a < b:\n    print('</div>')\n\n",
         ),
         False,
@@ -336,7 +336,7 @@ def stream(pieces: list[str], starts: bool, fmt: str | None):
     assert [streamed[i] for i in range(len(calls))] == [(c.id, c.name, c.arguments) for c in calls]
     for cut in range(len(calls), len(streamed)):  # announced, then cut off: never valid JSON
         assert parser.truncated_tool_call
-        with pytest.raises(ValueError):
+        with pytest.raises(json.JSONDecodeError):
             json.loads(streamed[cut][2])
     return summary(reasoning, content, calls, parser.truncated_tool_call)
 
@@ -411,7 +411,9 @@ def test_xml_call_streams_name_first_then_its_arguments() -> None:
     head, first = parser.feed("uery>\n<parameter=sql>\nSELECT *\n").tool_call_parts
     assert (head.index, head.name, head.arguments) == (0, "run_query", "") and head.id.startswith("call_")
     assert (first.index, first.id, first.name, first.arguments) == (0, None, None, '{"sql": "SELECT *')
-    pieces = [parser.feed(text).tool_call_parts for text in ("FROM t", "\n</param", "eter>\n", "<parameter=limit>\n5\n")]
+    pieces = [
+        parser.feed(text).tool_call_parts for text in ("FROM t", "\n</param", "eter>\n", "<parameter=limit>\n5\n")
+    ]
     assert [[p.arguments for p in ps] for ps in pieces] == [["\\nFROM t"], [], ['"'], []]
     last = parser.feed("</parameter>\n</function>\n</tool_call>")
     assert [p.arguments for p in last.tool_call_parts] == [', "limit": 5}']

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_cli import THREADS, check_ok, cli
 
 import qwenkit
 from qwenkit.chat import official_template
 from qwenkit.chat.budget import GRACE_TOKENS, STOP_PHRASE, answer_reserve
 from qwenkit.model import Model
 from qwenkit.testing import tiny
-from test_cli import THREADS, check_ok, cli
 
 QWEN35 = official_template("qwen3.5").source
 OPEN_PROMPT_TAIL = "<|im_start|>assistant\n<think>\n"

@@ -69,7 +69,11 @@ class TurnDecoder:
         self.reasoning.append(parsed.reasoning)
         self.tool_calls += parsed.tool_calls
         delta = ChatDelta(
-            parsed.content, parsed.reasoning, parsed.tool_calls, index=chunk.index, tool_call_parts=parsed.tool_call_parts
+            parsed.content,
+            parsed.reasoning,
+            parsed.tool_calls,
+            index=chunk.index,
+            tool_call_parts=parsed.tool_call_parts,
         )
         if chunk.logprobs and self.logprobs is not None:
             delta.logprobs = chunk.logprobs
