@@ -13,7 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from qwenkit.chat import ToolCallPart
+from qwenkit.chat import ToolCallPart, tool_format
+from qwenkit.chat.tools import Qwen3CoderParser
+from qwenkit.chat.tools.qwen3_coder import call_grammar as xml_call_grammar
 from qwenkit.engines.base import TokenLogprob
 from qwenkit.model import Model
 from qwenkit.results import ChatResult
@@ -122,8 +124,11 @@ async def prepare_chat(
         wanted = [t["function"] for t in tools]
         if isinstance(choice, NamedToolChoice):
             wanted = [f for f in wanted if f["name"] == choice.function.name]
-        if "<function=" not in model.template.source:  # Hermes JSON calls can be enforced
-            grammar = structured.hermes_call_grammar(wanted, several=body.parallel_tool_calls and len(wanted) > 1)
+        several = body.parallel_tool_calls and len(wanted) > 1
+        if tool_format(model.template) == Qwen3CoderParser.name:  # the format is the template's
+            grammar = xml_call_grammar(wanted, several=several)
+        else:
+            grammar = structured.hermes_call_grammar(wanted, several=several)
     if grammar is not None:
         think = False  # constrained output is the answer itself: no free-form thinking first
     messages = [m.model_dump(exclude_none=True) for m in body.messages]

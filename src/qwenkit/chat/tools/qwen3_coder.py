@@ -17,7 +17,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qwenkit.chat.tags import WHITESPACE, held_suffix
@@ -147,3 +147,73 @@ def _structured(text: str) -> Any:
         return loads_json(json.dumps(ast.literal_eval(text)))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
+
+
+# ----- forcing a call: the format as a GBNF grammar ----------------------------------------------
+
+# A string value: any text without `</` (which would start the markup), as many characters as
+# `maxLength` allows. JSON values by the grammar of llama.cpp's `grammars/json.gbnf`.
+_VALUE_RULES = r"""xml-char ::= [^<] | "<" [^/<]
+json-value ::= json-object | json-array | json-string | json-number | ("true" | "false" | "null")
+json-object ::= "{" ws (json-string ws ":" ws json-value ws ("," ws json-string ws ":" ws json-value ws)*)? "}"
+json-array ::= "[" ws (json-value ws ("," ws json-value ws)*)? "]"
+json-string ::= "\"" ([^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}))* "\""
+json-number ::= "-"? ([0-9] | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [-+]? [0-9]+)?
+json-integer ::= "-"? ([0-9] | [1-9] [0-9]*)
+ws ::= [ \t\n]*"""
+_TYPED = {
+    "integer": "json-integer",
+    "number": "json-number",
+    "boolean": '("true" | "false")',
+    "null": '"null"',
+    "object": "json-object",
+    "array": "json-array",
+}
+
+
+def _literal(text: str) -> str:
+    """A GBNF string literal (JSON's escapes are GBNF's)."""
+    return json.dumps(text)
+
+
+def _value_rule(schema: Mapping[str, Any]) -> str:
+    """The GBNF expression of a parameter value as the XML format writes it for `schema`."""
+    choices = schema.get("enum", [schema["const"]] if "const" in schema else None)
+    if isinstance(choices, list) and choices:
+        return "(" + " | ".join(_literal(c if isinstance(c, str) else _json(c)) for c in choices) + ")"
+    types = _types(schema)
+    if not types or "string" in types:
+        most = schema.get("maxLength")
+        return f"xml-char{{0,{most}}}" if isinstance(most, int) and most >= 0 else "xml-char*"
+    return "(" + " | ".join(_TYPED.get(kind, "json-value") for kind in types) + ")"
+
+
+def call_grammar(tools: Sequence[Mapping[str, Any]], *, several: bool) -> str:
+    """A GBNF grammar forcing an XML call of one of `tools` (function specs), or several calls.
+
+    Each call is `<tool_call>\\n<function=NAME>\\n` and its parameters, `<parameter=KEY>\\nVALUE\\n
+    </parameter>\\n` each: the required ones in the schema's order, then any optional ones, in order;
+    a tool without properties takes any parameters. Values follow their schema's type (`enum`,
+    `const`, `maxLength` included); nested objects and arrays are any JSON of that kind.
+    """
+    rules: list[str] = []
+    functions: list[str] = []
+    for i, tool in enumerate(tools):
+        parameters = _mapping(tool.get("parameters"))
+        properties = _mapping(parameters.get("properties"))
+        required = [key for key in parameters.get("required") or () if key in properties]
+        args: list[str] = []
+        for j, (key, schema) in enumerate(properties.items()):
+            rule = f"fn{i}-p{j}"
+            rules.append(
+                f'{rule} ::= "<parameter=" {_literal(key)} ">\\n" {_value_rule(_mapping(schema))} "\\n</parameter>\\n"'
+            )
+            args.append(rule if key in required else f"{rule}?")
+        args.sort(key=lambda rule: rule.endswith("?"))  # required first, each group in the schema's order
+        if not properties:
+            args = ['("<parameter=" [^>\\n]+ ">\\n" xml-char* "\\n</parameter>\\n")*']
+        rules.append(f'fn{i} ::= "<function=" {_literal(str(tool["name"]))} ">\\n" {" ".join(args)} "</function>\\n"')
+        functions.append(f"fn{i}")
+    call = f'"<tool_call>\\n" ({" | ".join(functions)}) "</tool_call>"'
+    root = f'root ::= {call} ("\\n" {call})*' if several else f"root ::= {call}"
+    return "\n".join([root, *rules, _VALUE_RULES])
