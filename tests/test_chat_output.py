@@ -489,8 +489,9 @@ def test_registry() -> None:
     assert isinstance(parser_for("hermes"), HermesParser)
     assert isinstance(parser_for("qwen3-coder"), Qwen3CoderParser)
     assert isinstance(parser_for(official_template("qwen3-coder")), Qwen3CoderParser)
-    for name in ("qwen2.5", "qwen3", "qwq"):
+    for name in ("qwen2.5", "qwen3", "qwq", "qwen3-next", "qwen3-next-thinking"):
         assert tool_format(official_template(name)) == "hermes"
+    assert tool_format(official_template("qwen3.5")) == "qwen3_coder"  # XML for every Qwen3.5 model
     assert parser_for(ChatTemplate("{{ messages[0].content }}")) is None
     with pytest.raises(BadRequest, match="unknown tool-call format"):
         parser_for("pythonic")
