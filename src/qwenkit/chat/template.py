@@ -144,9 +144,17 @@ class ChatTemplate:
 
     @functools.cached_property
     def opens_thinking(self) -> bool:
-        """The generation prompt itself opens `<think>` (QwQ, Qwen3-2507-Thinking)."""
+        """The generation prompt itself opens `<think>` (Qwen3.5, Qwen3-Next-Thinking, QwQ,
+        Qwen3-2507-Thinking)."""
         text = self._probe([{"role": "user", "content": "?"}], add_generation_prompt=True, enable_thinking=True)
         return text.rstrip("\n").endswith("<think>")
+
+    @functools.cached_property
+    def thinks_by_default(self) -> bool:
+        """A template that opens thinking does not, without `enable_thinking`, write the empty
+        block itself (as the Qwen3.5 small models' templates do unless asked to think)."""
+        text = self._probe([{"role": "user", "content": "?"}], add_generation_prompt=True)
+        return self.opens_thinking and not text.endswith(EMPTY_THINK)
 
     def _probe(self, messages: list[dict[str, Any]], add_generation_prompt: bool, **kwargs: Any) -> str:
         try:
