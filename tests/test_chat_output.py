@@ -500,8 +500,6 @@ def test_registry() -> None:
 
 
 def test_xml_call_grammar_follows_the_schema() -> None:
-    from qwenkit.chat.tools.qwen3_coder import call_grammar
-
     spec = {
         "name": "book",
         "parameters": {
@@ -514,7 +512,7 @@ def test_xml_call_grammar_follows_the_schema() -> None:
             "required": ["city", "n"],
         },
     }
-    grammar = call_grammar([spec, {"name": "any"}], several=False)
+    grammar = Qwen3CoderParser.call_grammar([spec, {"name": "any"}], several=False)
     lines = grammar.splitlines()
     assert lines[0] == 'root ::= "<tool_call>\\n" (fn0 | fn1) "</tool_call>"'
     assert 'fn0 ::= "<function=" "book" ">\\n" fn0-p1 fn0-p2 fn0-p0? "</function>\\n"' in lines
@@ -522,5 +520,5 @@ def test_xml_call_grammar_follows_the_schema() -> None:
     assert 'fn0-p1 ::= "<parameter=" "city" ">\\n" ("Paris" | "7") "\\n</parameter>\\n"' in lines
     assert 'fn0-p2 ::= "<parameter=" "n" ">\\n" (json-integer | "null") "\\n</parameter>\\n"' in lines
     assert any(line.startswith('fn1 ::= "<function=" "any" ">\\n" ("<parameter="') for line in lines)
-    several = call_grammar([spec], several=True).splitlines()[0]
+    several = Qwen3CoderParser.call_grammar([spec], several=True).splitlines()[0]
     assert several.endswith('("\\n" "<tool_call>\\n" (fn0) "</tool_call>")*')

@@ -15,7 +15,6 @@ from fastapi.responses import StreamingResponse
 
 from qwenkit.chat import ToolCallPart, tool_format
 from qwenkit.chat.tools import Qwen3CoderParser
-from qwenkit.chat.tools.qwen3_coder import call_grammar as xml_call_grammar
 from qwenkit.engines.base import TokenLogprob
 from qwenkit.model import Model
 from qwenkit.results import ChatResult
@@ -126,7 +125,7 @@ async def prepare_chat(
             wanted = [f for f in wanted if f["name"] == choice.function.name]
         several = body.parallel_tool_calls and len(wanted) > 1
         if tool_format(model.template) == Qwen3CoderParser.name:  # the format is the template's
-            grammar = xml_call_grammar(wanted, several=several)
+            grammar = Qwen3CoderParser.call_grammar(wanted, several=several)
         else:
             grammar = structured.hermes_call_grammar(wanted, several=several)
     if grammar is not None:

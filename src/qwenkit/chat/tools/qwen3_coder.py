@@ -45,6 +45,37 @@ class Qwen3CoderParser(ToolParser):
     def partial(self, body: str) -> tuple[str, str] | None:
         return self._scan(body, final=False)
 
+    @classmethod
+    def call_grammar(cls, tools: Sequence[Mapping[str, Any]], *, several: bool) -> str:
+        """A GBNF grammar forcing an XML call of one of `tools` (function specs), or several calls.
+
+        Each call is `<tool_call>\\n<function=NAME>\\n` and its parameters, `<parameter=KEY>\\nVALUE\\n
+        </parameter>\\n` each: the required ones in the schema's order, then any optional ones, in
+        order; a tool without properties takes any parameters. Values follow their schema's type
+        (`enum`, `const`, `maxLength` included); nested objects and arrays are any JSON of that kind.
+        """
+        rules: list[str] = []
+        functions: list[str] = []
+        for i, tool in enumerate(tools):
+            parameters = _mapping(tool.get("parameters"))
+            properties = _mapping(parameters.get("properties"))
+            required = [key for key in parameters.get("required") or () if key in properties]
+            args: list[str] = []
+            for j, (key, schema) in enumerate(properties.items()):
+                rule = f"fn{i}-p{j}"
+                value = _value_rule(_mapping(schema))
+                rules.append(f'{rule} ::= "<parameter=" {_literal(key)} ">\\n" {value} "\\n</parameter>\\n"')
+                args.append(rule if key in required else f"{rule}?")
+            args.sort(key=lambda rule: rule.endswith("?"))  # required first, each group in the schema's order
+            if not properties:
+                args = ['("<parameter=" [^>\\n]+ ">\\n" xml-char* "\\n</parameter>\\n")*']
+            name = _literal(str(tool["name"]))
+            rules.append(f'fn{i} ::= "<function=" {name} ">\\n" {" ".join(args)} "</function>\\n"')
+            functions.append(f"fn{i}")
+        call = f'"<tool_call>\\n" ({" | ".join(functions)}) "</tool_call>"'
+        root = f'root ::= {call} ("\\n" {call})*' if several else f"root ::= {call}"
+        return "\n".join([root, *rules, _VALUE_RULES])
+
     def _scan(self, body: str, final: bool) -> tuple[str, str] | None:
         """(name, arguments JSON text) of a whole body, or of the part of an unfinished one that
         is settled; None before a complete `<function=NAME>`."""
@@ -186,34 +217,3 @@ def _value_rule(schema: Mapping[str, Any]) -> str:
         most = schema.get("maxLength")
         return f"xml-char{{0,{most}}}" if isinstance(most, int) and most >= 0 else "xml-char*"
     return "(" + " | ".join(_TYPED.get(kind, "json-value") for kind in types) + ")"
-
-
-def call_grammar(tools: Sequence[Mapping[str, Any]], *, several: bool) -> str:
-    """A GBNF grammar forcing an XML call of one of `tools` (function specs), or several calls.
-
-    Each call is `<tool_call>\\n<function=NAME>\\n` and its parameters, `<parameter=KEY>\\nVALUE\\n
-    </parameter>\\n` each: the required ones in the schema's order, then any optional ones, in order;
-    a tool without properties takes any parameters. Values follow their schema's type (`enum`,
-    `const`, `maxLength` included); nested objects and arrays are any JSON of that kind.
-    """
-    rules: list[str] = []
-    functions: list[str] = []
-    for i, tool in enumerate(tools):
-        parameters = _mapping(tool.get("parameters"))
-        properties = _mapping(parameters.get("properties"))
-        required = [key for key in parameters.get("required") or () if key in properties]
-        args: list[str] = []
-        for j, (key, schema) in enumerate(properties.items()):
-            rule = f"fn{i}-p{j}"
-            rules.append(
-                f'{rule} ::= "<parameter=" {_literal(key)} ">\\n" {_value_rule(_mapping(schema))} "\\n</parameter>\\n"'
-            )
-            args.append(rule if key in required else f"{rule}?")
-        args.sort(key=lambda rule: rule.endswith("?"))  # required first, each group in the schema's order
-        if not properties:
-            args = ['("<parameter=" [^>\\n]+ ">\\n" xml-char* "\\n</parameter>\\n")*']
-        rules.append(f'fn{i} ::= "<function=" {_literal(str(tool["name"]))} ">\\n" {" ".join(args)} "</function>\\n"')
-        functions.append(f"fn{i}")
-    call = f'"<tool_call>\\n" ({" | ".join(functions)}) "</tool_call>"'
-    root = f'root ::= {call} ("\\n" {call})*' if several else f"root ::= {call}"
-    return "\n".join([root, *rules, _VALUE_RULES])
