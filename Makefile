@@ -36,7 +36,7 @@ lint: setup
 	PYTHONPATH=src $(BIN)/lint-imports --no-logo
 
 test: lint model
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"

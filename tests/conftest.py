@@ -6,6 +6,7 @@ first); tiny models are built once per machine under $QWENKIT_HOME/test-fixtures
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # llama.cpp's OpenMP workers spin while they wait. The suite runs a test process and servers side
@@ -16,6 +17,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 from qwenkit.testing import tiny
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """`app_server(model, **config)`: the server `serve_helpers.serve_in_process(model, **config)`
+    builds, in this process, started on first use and shared by every test module that asks for
+    the same configuration (stopped at the end of the session). Tests that change a server's state
+    for good (stored responses, rate limits, loaded adapters) ask for a configuration of their own."""
+    from serve_helpers import serve_in_process
+
+    with contextlib.ExitStack() as stack:
+        started = {}
+
+        def get(model, **config):
+            key = (str(model), tuple(sorted(config.items())))
+            if key not in started:
+                started[key] = stack.enter_context(serve_in_process(model, **config))
+            return started[key]
+
+        yield get
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +65,16 @@ def tiny_qwen2(source_gguf, tiny_cache):
 @pytest.fixture(scope="session")
 def tiny_qwen3(source_gguf, tiny_cache):
     return tiny.tiny_gguf("qwen3", tiny_cache, source_gguf=source_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_qwen2, tiny_cache):
+    """Two random GGUF LoRAs on `tiny_qwen2`, {"alpha": seed 0, "beta": seed 1}, built once per machine
+    (skipped where peft, the tune extra, is missing)."""
+    pytest.importorskip("peft", reason="the tune extra is not installed (a LoRA is made with peft)")
+    from lora_helpers import gguf_loras
+
+    return gguf_loras(tiny_qwen2, tiny_cache)
 
 
 # ----- the transformers engine (skipped where torch/transformers are not installed) -------
