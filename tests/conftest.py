@@ -158,3 +158,32 @@ def tiny_vl_gguf(source_gguf, tiny_cache):
     from qwenkit.testing.tiny_vl import tiny_vl_gguf
 
     return tiny_vl_gguf(tiny_cache, source_gguf=source_gguf)
+
+
+# ----- tiny hybrid-attention models (Qwen3.5 dense, Qwen3.5-MoE, Qwen3-Next; MTP layer included) ----
+
+HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
+
+
+@pytest.fixture(scope="session", params=HYBRID_ARCHS)
+def hybrid_arch(request):
+    """Each tiny hybrid architecture in turn (llama.cpp's names)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_hybrid(hybrid_arch, source_gguf, tiny_cache):
+    """The tiny random `hybrid_arch` transformers checkpoint (its `mtp.*` layer included)."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_hybrid import tiny_hybrid
+
+    return tiny_hybrid(hybrid_arch, tiny_cache, source_gguf=source_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_hybrid_gguf(hybrid_arch, source_gguf, tiny_cache):
+    """`tiny_hf_hybrid` converted to an f32 GGUF by llama.cpp's vendored converter."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_hybrid import tiny_hybrid_gguf
+
+    return tiny_hybrid_gguf(hybrid_arch, tiny_cache, source_gguf=source_gguf)

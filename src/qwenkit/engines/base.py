@@ -140,6 +140,7 @@ class EngineStats:
     kv_total_cells: int = 0
     prefix_hit_tokens: int = 0  # prompt tokens served from cache, since start
     prompt_tokens: int = 0  # prompt tokens submitted, since start
+    prefix_cache_off: str | None = None  # why the prefix cache asked for is off for this model (None: it is not)
 
 
 @dataclass(frozen=True)

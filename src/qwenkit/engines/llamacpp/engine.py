@@ -29,6 +29,11 @@ class LlamaCppSettings:
     mmproj: Path | None = None  # a Qwen-VL model's vision projector GGUF: the engine then takes images
     image_max_tokens: int | None = None  # LLM tokens per image at most (None: the projector's default)
     image_cache: int = 16  # encoded images kept, by sha256
+    # Models with recurrent layers (Qwen3.5, Qwen3-Next) keep context checkpoints per slot, at
+    # most `ctx_checkpoints`, one before each prompt's end and one after each `turn_start`
+    # (a chat template's assistant-turn opening, e.g. "<|im_start|>assistant\n") in a prompt.
+    turn_start: str | None = None
+    ctx_checkpoints: int = 8
 
 
 class LlamaCppEngine(EngineBase):
@@ -59,6 +64,8 @@ class LlamaCppEngine(EngineBase):
                 n_threads=threads,
                 max_waiting=s.max_waiting,
                 vision=self.vision_tower,
+                turn_start=tuple(self.model.tokenize(s.turn_start, special=True)) if s.turn_start else (),
+                max_checkpoints=s.ctx_checkpoints,
             )
         except BaseException:
             if self.vision_tower is not None:
