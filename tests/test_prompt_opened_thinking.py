@@ -153,3 +153,14 @@ def test_cli_run_with_a_thinking_budget_ends_with_an_answer(qwen35_gguf):
     streamed = cli("run", "Solve 2+2.", "-m", str(qwen35_gguf), "--thinking-budget", "16", "-t", THREADS)
     check_ok(streamed)
     assert streamed.stdout.strip() and STOP_PHRASE in streamed.stderr
+
+
+@pytest.mark.parametrize("hybrid_arch", ["qwen35"], indirect=True)
+def test_cli_run_on_the_tiny_qwen35_gguf_ends_with_an_answer(tiny_hybrid_gguf):
+    """`qwenkit run -m <tiny qwen3.5 gguf> --thinking-budget 16`: a real `qwen35` GGUF (hybrid
+    attention, its own Qwen3.5 template), thinking opened by the prompt and closed by the budget."""
+    proc = cli("run", "Solve 2+2.", "-m", str(tiny_hybrid_gguf), "--thinking-budget", "16", "--json", "-t", THREADS)
+    check_ok(proc)
+    data = json.loads(proc.stdout)
+    assert data["text"].strip() and STOP_PHRASE in data["reasoning"]
+    assert 16 < data["usage"]["reasoning_tokens"] <= 16 + GRACE_TOKENS + 40
