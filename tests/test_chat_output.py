@@ -208,6 +208,103 @@ CORPUS = [
         [("run_query", {"limit": 2})],
         False,
     ),
+    # cut off by max_tokens inside a multi-line value: no call; the text stays in the content
+    (
+        "Writing.\n<tool_call>\n<function=run_query>\n<parameter=sql>\nSELECT *\nFROM t\nWHE",
+        False,
+        "qwen3_coder",
+        "",
+        "Writing.\n<tool_call>\n<function=run_query>\n<parameter=sql>\nSELECT *\nFROM t\nWHE",
+        [],
+        True,
+    ),
+    (
+        "<tool_call>\n<function=run_query>\n<parameter=limit>\n1",
+        False,
+        "qwen3_coder",
+        "",
+        "<tool_call>\n<function=run_query>\n<parameter=limit>\n1",
+        [],
+        True,
+    ),
+    (
+        "<tool_call>\n<function=run_query>\n",
+        False,
+        "qwen3_coder",
+        "",
+        "<tool_call>\n<function=run_query>\n",
+        [],
+        True,
+    ),
+    (  # complete up to </function>, only </tool_call> cut off: a call
+        xml("run_query", limit="3").removesuffix("\n</tool_call>"),
+        False,
+        "qwen3_coder",
+        "",
+        "",
+        [("run_query", {"limit": 3})],
+        False,
+    ),
+    # JSON values over several lines; code with < and </ that is no markup; a value's own newlines
+    (
+        xml(
+            "run_query",
+            options='{\n  "where": {"a": [1, 2]},\n  "s": "x\\ny"\n}',
+            tags='[\n  "a",\n  "b"\n]',
+            sql="if a < b:\n    print('</div>')\n\n",
+        ),
+        False,
+        "qwen3_coder",
+        "",
+        "",
+        [
+            (
+                "run_query",
+                {
+                    "options": {"where": {"a": [1, 2]}, "s": "x\ny"},
+                    "tags": ["a", "b"],
+                    "sql": "if a < b:\n    print('</div>')\n\n",
+                },
+            )
+        ],
+        False,
+    ),
+    (  # </function> forgotten inside a closed frame; a repeated parameter: the first value counts
+        "<tool_call>\n<function=f>\n<parameter=a>\nx\n</parameter>\n<parameter=a>\ny\n</parameter>\n</tool_call>",
+        False,
+        "qwen3_coder",
+        "",
+        "",
+        [("f", {"a": "x"})],
+        False,
+    ),
+    (  # prompt-opened thinking, then the call after </think>, text between calls
+        "Weather first.\n</think>\n\nChecking.\n" + xml("get_weather", city="Paris") + "\nAnd\n" + xml("f"),
+        True,
+        "qwen3_coder",
+        "Weather first.",
+        "Checking.And",
+        [("get_weather", {"city": "Paris"}), ("f", {})],
+        False,
+    ),
+    (  # called from inside thinking that never closed: the call is still made
+        "I need the weather.\n" + xml("get_weather", city="Paris"),
+        True,
+        "qwen3_coder",
+        "I need the weather.\n" + xml("get_weather", city="Paris"),
+        "",
+        [("get_weather", {"city": "Paris"})],
+        False,
+    ),
+    (
+        "Need it.\n" + PARIS + "\n" + xml("x")[:25],
+        True,
+        "hermes",
+        "Need it.\n" + PARIS + "\n" + xml("x")[:25],
+        "",
+        [("get_weather", {"city": "Paris"})],
+        False,
+    ),
 ]
 
 
@@ -226,11 +323,37 @@ def summary(reasoning: str, content: str, calls, truncated: bool):
 
 
 def stream(pieces: list[str], starts: bool, fmt: str | None):
+    """The summary of a streamed parse, after checking that its streaming parts add up to its
+    calls: per index, the first part has the call's id and name, and the pieces join to its
+    arguments; a call cut off leaves parts whose arguments never close."""
     parser = OutputParser(starts, fmt, [QUERY_TOOL])
-    reasoning, content, calls = "", "", []
+    reasoning, content, calls, parts = "", "", [], []
     for delta in [parser.feed(p) for p in pieces] + [parser.finish()]:
         reasoning, content, calls = reasoning + delta.reasoning, content + delta.content, calls + delta.tool_calls
+        content += delta.unfinished_call
+        parts += delta.tool_call_parts
+    streamed = assemble(parts)
+    assert [streamed[i] for i in range(len(calls))] == [(c.id, c.name, c.arguments) for c in calls]
+    for cut in range(len(calls), len(streamed)):  # announced, then cut off: never valid JSON
+        assert parser.truncated_tool_call
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(streamed[cut][2])
     return summary(reasoning, content, calls, parser.truncated_tool_call)
+
+
+def assemble(parts) -> dict[int, tuple[str, str, str]]:
+    """OpenAI tool_calls deltas accumulated as a client does: (id, name, arguments) per index."""
+    calls: dict[int, tuple[str, str, str]] = {}
+    for part in parts:
+        if part.index not in calls:
+            assert part.id and part.name, part
+            calls[part.index] = (part.id, part.name, "")
+        else:
+            assert part.id is None and part.name is None
+        call_id, name, arguments = calls[part.index]
+        calls[part.index] = (call_id, name, arguments + part.arguments)
+    assert sorted(calls) == list(range(len(calls)))
+    return calls
 
 
 @pytest.mark.parametrize(("text", "starts", "fmt", "reasoning", "content", "calls", "truncated"), CORPUS)
@@ -280,6 +403,30 @@ def test_deltas_are_emitted_as_early_as_possible() -> None:
     done = parser.feed("call>")
     assert [(c.name, c.arguments) for c in done.tool_calls] == [("f", '{"a": 1}')] and done.content == ""
     assert not parser.finish() and not parser.truncated_tool_call
+
+
+def test_xml_call_streams_name_first_then_its_arguments() -> None:
+    parser = OutputParser(False, "qwen3_coder", [QUERY_TOOL])
+    assert not parser.feed("<tool_call>\n<function=run_q").tool_call_parts
+    head, first = parser.feed("uery>\n<parameter=sql>\nSELECT *\n").tool_call_parts
+    assert (head.index, head.name, head.arguments) == (0, "run_query", "") and head.id.startswith("call_")
+    assert (first.index, first.id, first.name, first.arguments) == (0, None, None, '{"sql": "SELECT *')
+    pieces = [
+        parser.feed(text).tool_call_parts for text in ("FROM t", "\n</param", "eter>\n", "<parameter=limit>\n5\n")
+    ]
+    assert [[p.arguments for p in ps] for ps in pieces] == [["\\nFROM t"], [], ['"'], []]
+    last = parser.feed("</parameter>\n</function>\n</tool_call>")
+    assert [p.arguments for p in last.tool_call_parts] == [', "limit": 5}']
+    [call] = last.tool_calls
+    assert (call.id, call.arguments) == (head.id, '{"sql": "SELECT *\\nFROM t", "limit": 5}')
+    assert call.to_openai(0)["function"]["arguments"] == call.arguments
+    assert head.to_openai() == {
+        "index": 0,
+        "id": head.id,
+        "type": "function",
+        "function": {"name": "run_query", "arguments": ""},
+    }
+    assert first.to_openai() == {"index": 0, "function": {"arguments": '{"sql": "SELECT *'}}
 
 
 def test_hostile_bodies_never_raise() -> None:
@@ -342,10 +489,36 @@ def test_registry() -> None:
     assert isinstance(parser_for("hermes"), HermesParser)
     assert isinstance(parser_for("qwen3-coder"), Qwen3CoderParser)
     assert isinstance(parser_for(official_template("qwen3-coder")), Qwen3CoderParser)
-    for name in ("qwen2.5", "qwen3", "qwq"):
+    for name in ("qwen2.5", "qwen3", "qwq", "qwen3-next", "qwen3-next-thinking"):
         assert tool_format(official_template(name)) == "hermes"
+    assert tool_format(official_template("qwen3.5")) == "qwen3_coder"  # XML for every Qwen3.5 model
     assert parser_for(ChatTemplate("{{ messages[0].content }}")) is None
     with pytest.raises(BadRequest, match="unknown tool-call format"):
         parser_for("pythonic")
     with pytest.raises(BadRequest):
         OutputParser(False, "hermes", tools=[{"type": "function"}])
+
+
+def test_xml_call_grammar_follows_the_schema() -> None:
+    spec = {
+        "name": "book",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "note": {"type": "string", "maxLength": 5},
+                "city": {"enum": ["Paris", 7]},
+                "n": {"type": ["integer", "null"]},
+            },
+            "required": ["city", "n"],
+        },
+    }
+    grammar = Qwen3CoderParser.call_grammar([spec, {"name": "any"}], several=False)
+    lines = grammar.splitlines()
+    assert lines[0] == 'root ::= "<tool_call>\\n" (fn0 | fn1) "</tool_call>"'
+    assert 'fn0 ::= "<function=" "book" ">\\n" fn0-p1 fn0-p2 fn0-p0? "</function>\\n"' in lines
+    assert 'fn0-p0 ::= "<parameter=" "note" ">\\n" xml-char{0,5} "\\n</parameter>\\n"' in lines
+    assert 'fn0-p1 ::= "<parameter=" "city" ">\\n" ("Paris" | "7") "\\n</parameter>\\n"' in lines
+    assert 'fn0-p2 ::= "<parameter=" "n" ">\\n" (json-integer | "null") "\\n</parameter>\\n"' in lines
+    assert any(line.startswith('fn1 ::= "<function=" "any" ">\\n" ("<parameter="') for line in lines)
+    several = Qwen3CoderParser.call_grammar([spec], several=True).splitlines()[0]
+    assert several.endswith('("\\n" "<tool_call>\\n" (fn0) "</tool_call>")*')

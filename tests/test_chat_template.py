@@ -120,6 +120,25 @@ CORPUS: dict[str, tuple[list[dict], list[dict] | None]] = {
         TOOLS,
     ),
     "final_assistant_with_reasoning": ([user("Hi"), assistant("Hello!", reasoning_content="Greet back.")], None),
+    "multiline_and_typed_arguments": (
+        [
+            SYSTEM,
+            user("Write the file, then check the weather."),
+            assistant(
+                "Writing it.",
+                reasoning_content="A file first.\n\nThen the weather.",
+                tool_calls=[
+                    call("write_file", {"path": "a.py", "code": "def f():\n    return 1\n", "n": 3, "force": True}),
+                    call("get_weather", {"city": "Paris", "opts": {"units": ["C"], "days": None}}, "b"),
+                ],
+            ),
+            tool("written", "call_1"),
+            tool("21C", "b"),
+            assistant("Done: written, and 21°C.", reasoning_content="Both came back."),
+            user("Thanks. Again tomorrow?"),
+        ],
+        TOOLS,
+    ),
 }
 # Conversations whose last message is the assistant's are rendered without a generation prompt.
 NO_GENERATION_PROMPT = {"final_assistant_with_reasoning"}
@@ -166,6 +185,10 @@ def expected(name: str, messages, tools, add_generation_prompt: bool, flag: bool
         # canonical empty block instead.
         assert reference.endswith("<|im_start|>assistant\n<think>\n</think>")
         return reference.removesuffix("<think>\n</think>") + EMPTY_THINK
+    if name == "qwen3-next-thinking" and flag is False and add_generation_prompt:
+        # a thinking-only template without the flag: qwenkit closes the block it opens
+        assert reference.endswith("<|im_start|>assistant\n<think>\n")
+        return reference.removesuffix("<think>\n") + EMPTY_THINK
     return reference
 
 
@@ -277,6 +300,59 @@ def test_qwq_opens_thinking() -> None:
     assert official_template("qwq").render([user("Hi")], enable_thinking=True) == (
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n"
     )
+
+
+def test_qwen35_opens_thinking_and_closes_it_when_off() -> None:
+    qwen35 = official_template("qwen3.5")
+    head = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert qwen35.render([user("Hi")]) == head + "<think>\n"
+    assert qwen35.render([user("Hi")], enable_thinking=False) == head + EMPTY_THINK
+
+
+def test_qwen35_xml_call_and_tool_response() -> None:
+    messages = [user("Weather?"), assistant("", tool_calls=[call("get_weather", {"city": "Paris", "days": 2})])]
+    text = official_template("qwen3.5").render([*messages, tool("21C")], tools=TOOLS)
+    assert text.endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n<tool_call>\n<function=get_weather>\n"
+        "<parameter=city>\nParis\n</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>"
+        "<|im_end|>\n<|im_start|>user\n<tool_response>\n21C\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n"
+    )
+    assert "<function=example_function_name>" in text.split("<|im_end|>")[0]  # the XML format is taught
+
+
+def test_qwen35_image_slot_takes_the_media_marker() -> None:
+    qwen35 = official_template("qwen3.5")
+    assert qwen35.takes_images
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    assert qwen35.render(messages, media_marker="@@m@@") == (
+        "<|im_start|>user\n@@m@@What is it?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    )
+    assert "<|image_pad|>" in qwen35.render(messages)
+
+
+@pytest.mark.parametrize("name", ["qwen3.5", "qwen3-next", "qwen3-next-thinking"])
+def test_current_generation_matches_apply_chat_template(name: str, tiny_hf_qwen3) -> None:
+    """The corpus through a real tokenizer's `apply_chat_template`, given the same template text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_qwen3))
+    source = official_template(name).source
+    for case, (messages, tools) in CORPUS.items():
+        gen = case not in NO_GENERATION_PROMPT
+        for flag in (True, False):
+            want = tokenizer.apply_chat_template(
+                copy.deepcopy(messages),
+                tools=copy.deepcopy(tools),
+                chat_template=source,
+                tokenize=False,
+                add_generation_prompt=gen,
+                enable_thinking=flag,
+            )
+            if name == "qwen3-next-thinking" and gen and not flag:
+                want = want.removesuffix("<think>\n") + EMPTY_THINK
+            got = official_template(name).render(messages, tools=tools, add_generation_prompt=gen, enable_thinking=flag)
+            assert got == want, (case, flag)
 
 
 # History stripping, exactly as the official Qwen3 template does it.
@@ -411,6 +487,16 @@ def test_load_template_prefers_model_file() -> None:
         ("qwen2_5_vl", "tiny-vl", "qwen2.5-vl"),
         ("qwen2vl", None, "qwen2.5-vl"),
         (None, "Qwen2.5-VL-3B-Instruct", "qwen2.5-vl"),
+        ("qwen35", None, "qwen3.5"),
+        ("qwen35moe", "Qwen3.5-35B-A3B", "qwen3.5"),
+        ("qwen3_5_text", None, "qwen3.5"),
+        ("qwen3_5_moe", None, "qwen3.5"),
+        (None, "Qwen3.6-27B", "qwen3.5"),
+        ("qwen3next", "Qwen3-Next-80B-A3B-Instruct", "qwen3-next"),
+        ("qwen3_next", None, "qwen3-next"),
+        ("qwen3next", "Qwen3-Next-80B-A3B-Thinking", "qwen3-next-thinking"),
+        (None, "qwen3-next-80b-a3b-thinking", "qwen3-next-thinking"),
+        ("qwen3next", "Qwen3-Coder-Next", "qwen3-coder"),
     ],
 )
 def test_fallback_choice(architecture, hint, name) -> None:
@@ -425,6 +511,9 @@ def test_thinking_capabilities_of_official_templates() -> None:
         "qwen3-coder": (False, False),
         "qwq": (False, True),
         "qwen2.5-vl": (False, False),
+        "qwen3.5": (False, True),
+        "qwen3-next": (False, False),
+        "qwen3-next-thinking": (False, True),
     }
 
 

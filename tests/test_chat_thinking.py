@@ -133,9 +133,12 @@ def test_build_prompt_hybrid(template: ChatTemplate) -> None:
     assert not hard.thinking and hard.text.endswith("assistant\n" + EMPTY_THINK)
 
 
-@pytest.mark.parametrize("template", [official_template("qwq"), thinking_2507()], ids=["qwq", "2507-thinking"])
+OPENING = [official_template(n) for n in ("qwq", "qwen3.5", "qwen3-next-thinking")] + [thinking_2507()]
+
+
+@pytest.mark.parametrize("template", OPENING, ids=["qwq", "qwen3.5", "qwen3-next-thinking", "2507-thinking"])
 def test_build_prompt_template_opening_think(template: ChatTemplate) -> None:
-    assert template.opens_thinking and not template.supports_thinking
+    assert template.opens_thinking and template.thinks_by_default and not template.supports_thinking
     on = build_prompt(template, [user("Hi /no_think")])  # soft switches are a hybrid-model feature
     assert on.thinking and on.starts_in_thinking
     assert on.text.endswith("<|im_start|>assistant\n<think>\n")
@@ -149,3 +152,27 @@ def test_build_prompt_non_thinking(name: str) -> None:
     prompt = build_prompt(official_template(name), [user("Hi /think")], enable_thinking=True)
     assert not prompt.thinking and not prompt.starts_in_thinking
     assert prompt.text.endswith("<|im_start|>assistant\n")
+
+
+def qwen35_small() -> ChatTemplate:
+    """Qwen3.5's template as the small models ship it (reported for 0.8B and 2B): the generation
+    prompt opens `<think>` only when asked, and writes the empty block otherwise."""
+    source = official_template("qwen3.5").source
+    opened, closed = "{{- '<think>\\n' }}", "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    test = "{%- if enable_thinking is defined and enable_thinking is "
+    default_on = f"{test}false %}}\n        {closed}\n    {{%- else %}}\n        {opened}"
+    default_off = f"{test}true %}}\n        {opened}\n    {{%- else %}}\n        {closed}"
+    assert source.count(default_on) == 1
+    return ChatTemplate(source.replace(default_on, default_off), name="qwen3.5-small")
+
+
+def test_a_template_that_does_not_think_by_default_is_followed() -> None:
+    template = qwen35_small()
+    assert template.opens_thinking and not template.thinks_by_default and not template.supports_thinking
+    default = build_prompt(template, [user("Hi")])
+    assert not default.thinking and not default.starts_in_thinking
+    assert generation_tail(default.text) == "<|im_start|>assistant\n" + EMPTY_THINK
+    on = build_prompt(template, [user("Hi")], enable_thinking=True)
+    assert on.thinking and on.starts_in_thinking and on.text.endswith("<|im_start|>assistant\n<think>\n")
+    off = build_prompt(template, [user("Hi")], enable_thinking=False)
+    assert not off.thinking and generation_tail(off.text) == "<|im_start|>assistant\n" + EMPTY_THINK

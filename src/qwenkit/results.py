@@ -76,9 +76,10 @@ class ChatDelta:
 
     content: str = ""
     reasoning: str = ""
-    tool_calls: list[Any] = field(default_factory=list)
+    tool_calls: list[Any] = field(default_factory=list)  # completed calls (`chat.ToolCall`)
     finish_reason: str | None = None
     result: ChatResult | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # of this delta's sampled tokens, when asked for
     prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first delta, when asked for
     index: int = 0  # which choice of an n > 1 turn
+    tool_call_parts: list[Any] = field(default_factory=list)  # calls as they stream (`chat.ToolCallPart`)

@@ -62,10 +62,19 @@ class TurnDecoder:
             parsed.reasoning += last.reasoning
             parsed.content += last.content
             parsed.tool_calls += last.tool_calls
-        self.content.append(parsed.content)
+            parsed.tool_call_parts += last.tool_call_parts
+            parsed.unfinished_call = last.unfinished_call
+        # a call cut off after it began to stream: its text is the result's content, not the stream's
+        self.content.append(parsed.content + parsed.unfinished_call)
         self.reasoning.append(parsed.reasoning)
         self.tool_calls += parsed.tool_calls
-        delta = ChatDelta(parsed.content, parsed.reasoning, parsed.tool_calls, index=chunk.index)
+        delta = ChatDelta(
+            parsed.content,
+            parsed.reasoning,
+            parsed.tool_calls,
+            index=chunk.index,
+            tool_call_parts=parsed.tool_call_parts,
+        )
         if chunk.logprobs and self.logprobs is not None:
             delta.logprobs = chunk.logprobs
             self.logprobs += chunk.logprobs

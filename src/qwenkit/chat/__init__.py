@@ -11,7 +11,7 @@ from qwenkit.chat.reasoning import ReasoningParser, split_reasoning
 from qwenkit.chat.sampling import sampling_defaults
 from qwenkit.chat.template import ChatTemplate, close_thinking, load_template, official_template
 from qwenkit.chat.thinking import ChatPrompt, build_prompt, resolve_thinking, soft_switch
-from qwenkit.chat.tools import ToolCall, ToolParser, parser_for, tool_format
+from qwenkit.chat.tools import ToolCall, ToolCallPart, ToolParser, parser_for, tool_format
 
 __all__ = [
     "ChatPrompt",
@@ -21,6 +21,7 @@ __all__ = [
     "ParsedOutput",
     "ReasoningParser",
     "ToolCall",
+    "ToolCallPart",
     "ToolParser",
     "build_prompt",
     "close_thinking",

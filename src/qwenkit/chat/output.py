@@ -1,7 +1,10 @@
 """Model output to (reasoning, content, tool calls), streamed or whole.
 
-Reasoning is split off first, so a `<tool_call>` written inside `<think>` is reasoning, never a
-call. Feeding the output in any pieces and calling `finish` gives the same result as `parse`.
+Reasoning is split off first, so a `<tool_call>` written inside `<think>` is reasoning: a model
+that thinks about a call and then closes `</think>` makes its real call after it. One that ends
+the output without ever closing its reasoning (it called from inside `<think>`, a frequent slip
+of prompt-opened thinking) still gets its complete calls: they are taken from the reasoning at
+the end. Feeding the output in any pieces and calling `finish` gives the same result as `parse`.
 """
 
 from __future__ import annotations
@@ -11,19 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenkit.chat.reasoning import ReasoningParser
-from qwenkit.chat.tools import ToolCall, parser_for
+from qwenkit.chat.tools import ToolCall, ToolCallPart, parser_for
 
 
 @dataclass
 class Delta:
-    """What one piece of output added; completed tool calls only."""
+    """What one piece of output added: completed tool calls, and the streaming pieces of calls
+    (`tool_call_parts`, see `tools.base`); at the end, `unfinished_call`, the text of a call that
+    was announced in parts but cut off (it belongs to the whole result's content, not the stream's)."""
 
     reasoning: str = ""
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_parts: list[ToolCallPart] = field(default_factory=list)
+    unfinished_call: str = ""
 
     def __bool__(self) -> bool:
-        return bool(self.reasoning or self.content or self.tool_calls)
+        return bool(self.reasoning or self.content or self.tool_calls or self.tool_call_parts or self.unfinished_call)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class OutputParser:
         self.tools = tools
         self._reasoning = ReasoningParser(starts_in_thinking)
         self._calls = parser_for(tool_format, tools) if tool_format else None
+        self._thought = ""  # the reasoning so far, for calls made inside it
 
     @property
     def truncated_tool_call(self) -> bool:
@@ -73,7 +81,7 @@ class OutputParser:
         first, last = parser.feed(text), parser.finish()
         return ParsedOutput(
             reasoning=first.reasoning + last.reasoning,
-            content=first.content + last.content,
+            content=first.content + last.content + last.unfinished_call,
             tool_calls=first.tool_calls + last.tool_calls,
             truncated_tool_call=parser.truncated_tool_call,
         )
@@ -81,8 +89,21 @@ class OutputParser:
     def _route(self, reasoning: str, content: str, final: bool) -> Delta:
         if self._calls is None:
             return Delta(reasoning, content)
+        self._thought += reasoning
         text, calls = self._calls.feed(content)
-        if final:
-            more_text, more_calls = self._calls.finish()
-            text, calls = text + more_text, calls + more_calls
-        return Delta(reasoning, text, calls)
+        if not final:
+            return Delta(reasoning, text, calls, self._calls.take_parts())
+        more_text, more_calls = self._calls.finish()
+        delta = Delta(reasoning, text + more_text, calls + more_calls, self._calls.take_parts())
+        delta.unfinished_call = self._calls.unfinished
+        if self._reasoning.in_reasoning and self.tool_format:
+            for call in self._calls_in_thought(self.tool_format):
+                delta.tool_calls.append(call)
+                delta.tool_call_parts.append(ToolCallPart(self._calls.count, call.arguments, call.id, call.name))
+                self._calls.count += 1
+        return delta
+
+    def _calls_in_thought(self, tool_format: str) -> list[ToolCall]:
+        """The complete calls written inside reasoning that never closed."""
+        reader = parser_for(tool_format, self.tools)
+        return [] if reader is None else reader.feed(self._thought)[1] + reader.finish()[1]

@@ -46,6 +46,11 @@ class ReasoningParser:
         """Whatever was held back, at the end of the output."""
         return self._drain(final=True)
 
+    @property
+    def in_reasoning(self) -> bool:
+        """Inside reasoning (after `finish`: the output ended there, never closed)."""
+        return self._state in (_State.REASONING_LEAD, _State.REASONING)
+
     def _drain(self, final: bool) -> tuple[str, str]:
         reasoning: list[str] = []
         content: list[str] = []

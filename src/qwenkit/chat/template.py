@@ -17,14 +17,25 @@ from qwenkit.chat.messages import image_sources, normalize_messages, normalize_t
 from qwenkit.chat.vision import IMAGE_SLOT
 from qwenkit.errors import BadRequest, QwenkitError, TemplateError
 
-# Official templates shipped as package data, by the name `official_template` takes.
+# Official templates shipped as package data, by the name `official_template` takes. Qwen3.5's is
+# the vendored llama.cpp's `models/templates/Qwen3.5-4B.jinja`, byte-identical to the copy of
+# Qwen/Qwen3.5-397B-A17B's in xinference's `llm_family.json`; Qwen3-Next's are the copies of
+# Qwen/Qwen3-Next-80B-A3B-Instruct's and -Thinking's there (the Hugging Face files themselves
+# were not reachable offline).
 OFFICIAL = {
     "qwen2.5": "Qwen-Qwen2.5-7B-Instruct.jinja",
     "qwen3": "Qwen-Qwen3-0.6B.jinja",
     "qwen3-coder": "Qwen3-Coder.jinja",
     "qwq": "Qwen-QwQ-32B.jinja",
     "qwen2.5-vl": "Qwen-Qwen2.5-VL-7B-Instruct.jinja",
+    "qwen3.5": "Qwen3.5-4B.jinja",
+    "qwen3-next": "Qwen-Qwen3-Next-80B-A3B-Instruct.jinja",
+    "qwen3-next-thinking": "Qwen-Qwen3-Next-80B-A3B-Thinking.jinja",
 }
+# Architectures of the Qwen3.5 generation: llama.cpp's GGUF names and transformers' model types.
+QWEN35_ARCHS = ("qwen35", "qwen35moe", "qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text")
+QWEN3_NEXT_ARCHS = ("qwen3next", "qwen3_next")
+_QWEN35_NAME = re.compile(r"qwen3\.[5-9]")
 
 _PROBE = "qwenkit-probe-reasoning"
 
@@ -112,10 +123,14 @@ class ChatTemplate:
 
     @functools.cached_property
     def _marked(self) -> jinja2.Template:
-        """This template with each image slot written as the `media_marker` variable."""
+        """This template with each image slot written as the `media_marker` variable: a slot in a
+        string literal (Qwen3.5: `{{- '<|vision_start|>...' }}`) becomes the variable itself."""
         if not self.takes_images:
             raise TemplateError(f"chat template {self.name!r} does not render images")
-        return _ENV.from_string(self.source.replace(IMAGE_SLOT, "{{ media_marker }}"))
+        source = self.source
+        for quote in ("'", '"'):
+            source = source.replace(quote + IMAGE_SLOT + quote, "media_marker")
+        return _ENV.from_string(source.replace(IMAGE_SLOT, "{{ media_marker }}"))
 
     @functools.cached_property
     def supports_thinking(self) -> bool:
@@ -129,9 +144,17 @@ class ChatTemplate:
 
     @functools.cached_property
     def opens_thinking(self) -> bool:
-        """The generation prompt itself opens `<think>` (QwQ, Qwen3-2507-Thinking)."""
+        """The generation prompt itself opens `<think>` (Qwen3.5, Qwen3-Next-Thinking, QwQ,
+        Qwen3-2507-Thinking)."""
         text = self._probe([{"role": "user", "content": "?"}], add_generation_prompt=True, enable_thinking=True)
         return text.rstrip("\n").endswith("<think>")
+
+    @functools.cached_property
+    def thinks_by_default(self) -> bool:
+        """A template that opens thinking does not, without `enable_thinking`, write the empty
+        block itself (as the Qwen3.5 small models' templates do unless asked to think)."""
+        text = self._probe([{"role": "user", "content": "?"}], add_generation_prompt=True)
+        return self.opens_thinking and not text.endswith(EMPTY_THINK)
 
     def _probe(self, messages: list[dict[str, Any]], add_generation_prompt: bool, **kwargs: Any) -> str:
         try:
@@ -167,7 +190,8 @@ def close_thinking(prompt: str) -> str:
 
 
 def official_template(name: str) -> ChatTemplate:
-    """One of the official Qwen templates: 'qwen2.5', 'qwen3', 'qwen3-coder', 'qwq' or 'qwen2.5-vl'."""
+    """One of the official Qwen templates (the keys of `OFFICIAL`: 'qwen2.5', 'qwen3', 'qwen3-coder',
+    'qwq', 'qwen2.5-vl', 'qwen3.5', 'qwen3-next', 'qwen3-next-thinking')."""
     key = name.lower()
     if key not in OFFICIAL:
         raise TemplateError(f"no official Qwen template named {name!r} (known: {', '.join(OFFICIAL)})")
@@ -190,13 +214,22 @@ def load_template(
 
 
 def fallback_name(architecture: str | None, name_hint: str | None) -> str:
-    """The official template for a model without one, from its architecture or name."""
+    """The official template for a model without one, from its architecture (GGUF
+    `general.architecture` or a config's `model_type`) or its name.
+
+    Qwen3.5 and the releases on its architecture (Qwen3.6, ...) get Qwen3.5's; Qwen3-Next gets the
+    Instruct or, by name, the Thinking template; a Coder model the Qwen3-Coder one.
+    """
     arch, hint = (architecture or "").lower(), (name_hint or "").lower()
     if "qwq" in arch or "qwq" in hint:
         return "qwq"
     if "vl" in arch.replace("_", "") or "-vl" in hint:
         return "qwen2.5-vl"
+    if arch in QWEN35_ARCHS or _QWEN35_NAME.search(hint):
+        return "qwen3.5"
     qwen3 = arch.startswith("qwen3") or "qwen3" in hint
     if qwen3 and ("coder" in arch or "coder" in hint):
         return "qwen3-coder"
+    if arch in QWEN3_NEXT_ARCHS or "qwen3-next" in hint:
+        return "qwen3-next-thinking" if "thinking" in hint else "qwen3-next"
     return "qwen3" if qwen3 else "qwen2.5"

@@ -59,15 +59,18 @@ def build_prompt(
     """Render `messages` with Qwen's thinking semantics applied.
 
     Hybrid templates (Qwen3) follow the hard and soft switches; templates whose generation
-    prompt opens `<think>` (QwQ, 2507-Thinking) think unless `enable_thinking=False`, which
-    closes the block; other templates never think. Thinking templates always receive an
-    explicit `enable_thinking`.
+    prompt opens `<think>` (Qwen3.5, Qwen3-Next-Thinking, QwQ, 2507-Thinking) think unless
+    `enable_thinking=False`, which closes the block, or, where the template itself does not think
+    by default (Qwen3.5's small models), only when `enable_thinking=True`; other templates never
+    think. Thinking templates always receive an explicit `enable_thinking`.
     """
     normalized = normalize_messages(messages)
     if template.supports_thinking:
         thinking = resolve_thinking(enable_thinking, normalized)
+    elif enable_thinking is None:
+        thinking = template.thinks_by_default
     else:
-        thinking = template.opens_thinking and enable_thinking is not False
+        thinking = template.opens_thinking and enable_thinking
     flag = thinking if template.supports_thinking or template.opens_thinking else enable_thinking
     text = template.render(
         normalized, tools=tools, add_generation_prompt=add_generation_prompt, enable_thinking=flag, **kwargs

@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from qwenkit.chat import ToolCallPart, tool_format
+from qwenkit.chat.tools import Qwen3CoderParser
 from qwenkit.engines.base import TokenLogprob
 from qwenkit.model import Model
 from qwenkit.results import ChatResult
@@ -78,6 +80,15 @@ def _choices(n: int, settings) -> int:
     return n
 
 
+def _part_out(part: ToolCallPart) -> ToolCallOut:
+    return ToolCallOut(
+        index=part.index,
+        id=part.id,
+        type="function" if part.id else None,
+        function=FunctionCallOut(name=part.name, arguments=part.arguments),
+    )
+
+
 def _tool_out(call: Any, index: int) -> ToolCallOut:
     return ToolCallOut(
         index=index, id=call.id, type="function", function=FunctionCallOut(name=call.name, arguments=call.arguments)
@@ -112,8 +123,11 @@ async def prepare_chat(
         wanted = [t["function"] for t in tools]
         if isinstance(choice, NamedToolChoice):
             wanted = [f for f in wanted if f["name"] == choice.function.name]
-        if "<function=" not in model.template.source:  # Hermes JSON calls can be enforced
-            grammar = structured.hermes_call_grammar(wanted, several=body.parallel_tool_calls and len(wanted) > 1)
+        several = body.parallel_tool_calls and len(wanted) > 1
+        if tool_format(model.template) == Qwen3CoderParser.name:  # the format is the template's
+            grammar = Qwen3CoderParser.call_grammar(wanted, several=several)
+        else:
+            grammar = structured.hermes_call_grammar(wanted, several=several)
     if grammar is not None:
         think = False  # constrained output is the answer itself: no free-form thinking first
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
@@ -258,7 +272,6 @@ async def _chat_events(
 
     for i in range(n):
         yield event(i, DeltaMessage(role="assistant", content=""))
-    n_calls = [0] * n
     results: list[ChatResult] = []
     async for delta in deltas:
         i = delta.index
@@ -267,10 +280,11 @@ async def _chat_events(
             yield event(i, DeltaMessage(reasoning_content=delta.reasoning, reasoning=delta.reasoning))
         if delta.content:
             yield event(i, DeltaMessage(content=delta.content))
-        calls = delta.tool_calls if parallel else delta.tool_calls[: max(0, 1 - n_calls[i])]
-        if calls:
-            yield event(i, DeltaMessage(tool_calls=[_tool_out(c, n_calls[i] + j) for j, c in enumerate(calls)]))
-            n_calls[i] += len(calls)
+        # calls as they stream: id and name first, then pieces of the arguments (only the first
+        # call without parallel_tool_calls)
+        parts = [p for p in delta.tool_call_parts if parallel or p.index == 0]
+        if parts:
+            yield event(i, DeltaMessage(tool_calls=[_part_out(p) for p in parts]))
         if delta.result is not None:
             results.append(delta.result)
             yield event(i, DeltaMessage(), delta.finish_reason)

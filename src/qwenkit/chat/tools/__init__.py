@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qwenkit.chat.template import ChatTemplate
-from qwenkit.chat.tools.base import ToolCall, ToolParser, new_call_id
+from qwenkit.chat.tools.base import ToolCall, ToolCallPart, ToolParser, new_call_id
 from qwenkit.chat.tools.hermes import HermesParser
 from qwenkit.chat.tools.qwen3_coder import Qwen3CoderParser
 from qwenkit.errors import BadRequest
@@ -41,6 +41,7 @@ __all__ = [
     "HermesParser",
     "Qwen3CoderParser",
     "ToolCall",
+    "ToolCallPart",
     "ToolParser",
     "new_call_id",
     "parser_for",

@@ -5,6 +5,13 @@ whitespace touching a frame belongs to the markup. A frame whose body the format
 is given back verbatim as content. At the end of the output an unclosed frame is accepted when
 its body is already a complete call, and is otherwise given back as content with `truncated`
 set. Nothing raises on model output.
+
+Besides whole calls, a parser hands out `ToolCallPart`s for streaming (OpenAI's `tool_calls`
+deltas): a format that can read an unfinished body (`partial`) announces the call's id and name
+as soon as its body names it, then its arguments text piece by piece; the others give each
+call as one part when it completes. A call announced but cut off (the output ended inside it,
+`max_tokens`) never becomes a valid call: its arguments never close, and its text is kept in
+`unfinished`, not in the content (which the stream has no way to take back).
 """
 
 from __future__ import annotations
@@ -57,6 +64,35 @@ class ToolCall:
         return entry if index is None else {"index": index, **entry}
 
 
+@dataclass(frozen=True)
+class ToolCallPart:
+    """A streamed piece of the call at `index` (its place among this output's calls): the first
+    piece of a call carries its `id` and `name`, and `arguments` pieces join to its arguments."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+    def to_openai(self) -> dict[str, Any]:
+        """The piece as an OpenAI streaming `tool_calls` entry."""
+        function: dict[str, str] = {"arguments": self.arguments}
+        if self.name is not None:
+            function["name"] = self.name
+        entry: dict[str, Any] = {"index": self.index, "function": function}
+        return entry if self.id is None else {**entry, "id": self.id, "type": "function"}
+
+
+@dataclass
+class _Announced:
+    """A call whose id and name were streamed before it completed, and the arguments sent so far."""
+
+    index: int
+    id: str
+    name: str
+    sent: str = ""
+
+
 class ToolParser:
     """Streaming splitter of answer text into content and tool calls; subclasses parse bodies."""
 
@@ -65,14 +101,32 @@ class ToolParser:
     def __init__(self, tools: Sequence[Mapping[str, Any]] | None = None) -> None:
         self.tools = {spec["name"]: spec for spec in map(_function_spec, normalize_tools(tools) or ())}
         self.truncated = False
+        self.unfinished = ""  # the text of an announced call the output ended inside
+        self.count = 0  # calls announced or completed so far
+        self._parts: list[ToolCallPart] = []
+        self._announced: _Announced | None = None
         self._buf = ""
         self._pad = ""  # whitespace held back before an open frame
         self._in_call = False
         self._after_call = False
 
     def parse_call(self, body: str) -> ToolCall | None:
-        """The call a frame's body holds, or None when it is not one."""
+        """The call a closed frame's body holds, or None when it is not one."""
         raise NotImplementedError
+
+    def parse_unclosed(self, body: str) -> ToolCall | None:
+        """The call the body of a frame the output ended in holds, only when it is complete."""
+        return self.parse_call(body)
+
+    def partial(self, body: str) -> tuple[str, str] | None:
+        """(name, the arguments text certain so far) of an unfinished body; None when unknown.
+        The arguments text only ever grows, and is a prefix of the complete call's."""
+        return None
+
+    def take_parts(self) -> list[ToolCallPart]:
+        """The streaming pieces since the last call."""
+        parts, self._parts = self._parts, []
+        return parts
 
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
         """The content and the completed calls that `text` adds."""
@@ -91,15 +145,20 @@ class ToolParser:
             if self._in_call:
                 at = buf.find(CLOSE)
                 if at < 0 and not final:
+                    self._stream(buf)
                     break
                 body = buf if at < 0 else buf[:at]
-                call = self.parse_call(body)
+                call = self.parse_call(body) if at >= 0 else self.parse_unclosed(body)
                 if call:
-                    calls.append(call)
+                    calls.append(self._complete(call))
                     self._after_call = True
+                elif self._announced is not None:
+                    self.unfinished += self._pad + OPEN + body + ("" if at < 0 else CLOSE)
+                    self.truncated = self.truncated or at < 0
                 else:
                     content.append(self._pad + OPEN + body + ("" if at < 0 else CLOSE))
                     self.truncated = self.truncated or at < 0
+                self._announced = None
                 self._buf = "" if at < 0 else buf[at + len(CLOSE) :]
                 self._pad, self._in_call = "", False
             elif self._after_call:
@@ -121,6 +180,33 @@ class ToolParser:
             content.append(self._pad + OPEN)
             self.truncated, self._in_call = True, False
         return "".join(content), calls
+
+    def _stream(self, body: str) -> None:
+        """Parts for what the open frame's body already shows."""
+        progress = self.partial(body)
+        if progress is None:
+            return
+        name, arguments = progress
+        if self._announced is None:
+            self._announced = _Announced(self.count, new_call_id(), name)
+            self.count += 1
+            self._parts.append(ToolCallPart(self._announced.index, "", self._announced.id, name))
+        announced = self._announced
+        if len(arguments) > len(announced.sent) and arguments.startswith(announced.sent):
+            self._parts.append(ToolCallPart(announced.index, arguments[len(announced.sent) :]))
+            announced.sent = arguments
+
+    def _complete(self, call: ToolCall) -> ToolCall:
+        """`call`, completed: its last part (or its only one), under the id it was announced with."""
+        announced = self._announced
+        if announced is None:
+            self._parts.append(ToolCallPart(self.count, call.arguments, call.id, call.name))
+            self.count += 1
+            return call
+        rest = call.arguments[len(announced.sent) :]  # `partial` only ever sent a prefix of them
+        if rest:
+            self._parts.append(ToolCallPart(announced.index, rest))
+        return ToolCall(announced.id, call.name, call.arguments)
 
 
 def _function_spec(tool: Mapping[str, Any]) -> Mapping[str, Any]:
