@@ -8,7 +8,7 @@ import random
 import pytest
 
 from qwenkit.chat import ChatTemplate, OutputParser, official_template, parser_for, tool_format
-from qwenkit.chat.tools import HermesParser, Qwen3CoderParser
+from qwenkit.chat.tools import HermesParser, Qwen3CoderParser, forced_call_grammar
 from qwenkit.chat.tools.qwen3_coder import convert_value
 from qwenkit.errors import BadRequest
 
@@ -522,3 +522,17 @@ def test_xml_call_grammar_follows_the_schema() -> None:
     assert any(line.startswith('fn1 ::= "<function=" "any" ">\\n" ("<parameter="') for line in lines)
     several = Qwen3CoderParser.call_grammar([spec], several=True).splitlines()[0]
     assert several.endswith('("\\n" "<tool_call>\\n" (fn0) "</tool_call>")*')
+
+
+def test_forced_calls_are_asked_of_the_templates_format() -> None:
+    spec = [QUERY_TOOL["function"]]
+    one = forced_call_grammar(official_template("qwen3"), spec, several=False)
+    assert one is not None and one.startswith('root ::= "<tool_call>\\n" call-body "\\n</tool_call>"\n')
+    assert '"\\"run_query\\""' in one and "dry-run" in one  # the name and the parameter schema
+    several = forced_call_grammar(official_template("qwen2.5"), spec, several=True)
+    assert several is not None and several.splitlines()[0].endswith(")*")
+    # no markup in the template: Hermes, Qwen's default; Qwen3-Coder's template: its XML calls
+    assert forced_call_grammar(ChatTemplate("{{ messages[0].content }}"), spec, several=False) == one
+    xml = forced_call_grammar(official_template("qwen3-coder"), spec, several=False)
+    assert xml == Qwen3CoderParser.call_grammar(spec, several=False)
+    assert xml is not None and xml.startswith('root ::= "<tool_call>\\n" (fn0) "</tool_call>"')

@@ -147,7 +147,7 @@ def test_n_choices_decode_one_after_another(q2):
 
 
 def test_json_schema_through_guidance(q2):
-    from qwenkit.serve.structured import json_grammar
+    from qwenkit.chat.grammar import json_grammar
 
     schema = {
         "type": "object",

@@ -133,7 +133,7 @@ def test_thinking_budget_in_an_open_think_block_is_vllms(qwen3):
 
 @needs_vllm
 def test_json_schema_grammar_through_structured_outputs(qwen3):
-    from qwenkit.serve.structured import json_grammar
+    from qwenkit.chat.grammar import json_grammar
 
     schema = {
         "type": "object",

@@ -117,12 +117,13 @@ def test_tiny_qwen3_gguf_on_both_engines(tiny_qwen3_f32):
     """A GGUF through `gguf_file=` (converted once, cached): float32 weights on both engines,
     so greedy decoding agrees token for token; a second load converts nothing."""
     from qwenkit.engines.transformers import TransformersEngine, TransformersSettings, convert
+    from qwenkit.store.converted import is_converted
 
     settings = TransformersSettings(n_ctx=256, n_parallel=2, n_threads=TORCH_THREADS)
     hf = TransformersEngine(tiny_qwen3_f32, settings)
     llama = LlamaCppEngine(tiny_qwen3_f32, LlamaCppSettings(n_ctx=256, n_threads=1))
     try:
-        assert hf.path == convert.converted_dir(tiny_qwen3_f32) and convert.is_converted(hf.path)
+        assert hf.path == convert.converted_dir(tiny_qwen3_f32) and is_converted(hf.path)
         assert hf.architecture() == "qwen3" and hf.eos_token_ids() == llama.eos_token_ids()
         assert hf.chat_template() == llama.chat_template()
         params = SamplingParams(max_tokens=N_TOKENS, temperature=0.0)

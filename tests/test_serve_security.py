@@ -14,6 +14,8 @@ import openai
 import pytest
 from serve_helpers import assert_openai_error, start_server
 
+from qwenkit.serve.security import bearer_token
+
 HELLO = [{"role": "user", "content": "hi"}]
 GREEDY = {"temperature": 0, "seed": 1}
 
@@ -205,3 +207,18 @@ def test_prompt_text_is_logged_only_with_log_prompts(app_server, tiny_qwen2, fla
     log = s.log()
     assert "POST /v1/chat/completions 200" in log
     assert (secret in log) == flag
+
+
+@pytest.mark.parametrize(
+    ("header", "key"),
+    [
+        ("Bearer k1", "k1"),
+        ("bearer  k1 ", "k1"),
+        ("BEARER k1", "k1"),
+        ("Basic k1", None),
+        ("Bearer", None),
+        (None, None),
+    ],
+)
+def test_bearer_token_reads_only_the_bearer_scheme(header, key):
+    assert bearer_token(header) == key

@@ -49,7 +49,7 @@ def export_onnx_with_progress(source: Path, precision: str, out: Path | None = N
 
     from qwenkit.engines.onnx import export_onnx
     from qwenkit.engines.onnx.export import exported_dir
-    from qwenkit.engines.transformers.convert import is_converted
+    from qwenkit.store.converted import is_converted
 
     if is_converted(out or exported_dir(source, precision)):
         return export_onnx(source, precision, out=out)

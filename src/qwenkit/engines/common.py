@@ -1,16 +1,28 @@
 """What every engine implementation shares: `submit` building a checked-in `Request`, `generate`
-over `submit`, and (for engines tokenizing with an `hf_vocab.Vocab`) the token delegation.
+over `submit`, (for engines tokenizing with an `hf_vocab.Vocab`) the token delegation, and the
+step loop's thread (`StepLoop`: its queue, its stats, its shutdown).
 
 Subclassing is a convenience: the contract stays the structural `base.Engine` Protocol."""
 
 from __future__ import annotations
 
 import queue
+import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Self
+from typing import ClassVar, Self
 
-from qwenkit.engines.base import Adapters, Chunk, ImageInput, Request, RequestHandle, SamplingParams, StepController
+from qwenkit.engines.base import (
+    Adapters,
+    Chunk,
+    EngineStats,
+    ImageInput,
+    Request,
+    RequestHandle,
+    SamplingParams,
+    StepController,
+)
 from qwenkit.engines.hf_vocab import Vocab
 
 
@@ -83,3 +95,51 @@ class VocabEngine(EngineBase):
 
     def eos_token_ids(self) -> set[int]:
         return set(self._eos)
+
+
+class StepLoop(ABC):
+    """An engine's step loop on a thread of its own: requests wait in `_waiting`, guarded (with
+    everything the loop and the callers share) by `_cv`; `close` ends the loop and joins it."""
+
+    #: how long `close` waits for the loop to finish its step and abort what is left
+    join_timeout_s: ClassVar[float] = 60
+
+    def __init__(self) -> None:
+        self._waiting: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._prefix_hit_tokens = 0  # prompt tokens taken from a prefix cache, in all
+        self._prompt_tokens = 0  # prompt tokens admitted, in all
+        self.prefix_cache_off: str | None = None  # why a prefix cache asked for is off (EngineStats)
+
+    def _start_thread(self, name: str) -> None:
+        """Start the loop's thread (once the subclass is ready for it)."""
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @abstractmethod
+    def _loop(self) -> None:
+        """The step loop; it returns once `_closed` is set, every request left aborted."""
+
+    @abstractmethod
+    def _occupancy(self) -> tuple[int, int, int]:
+        """Running requests, KV cells in use and KV cells in all (called holding `_cv`)."""
+
+    def stats(self) -> EngineStats:
+        with self._cv:
+            running, used, total = self._occupancy()
+            return EngineStats(
+                running=running,
+                waiting=len(self._waiting),
+                kv_used_cells=used,
+                kv_total_cells=total,
+                prefix_hit_tokens=self._prefix_hit_tokens,
+                prompt_tokens=self._prompt_tokens,
+                prefix_cache_off=self.prefix_cache_off,
+            )
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=self.join_timeout_s)

@@ -77,9 +77,6 @@ class Vocab:
             self._plain = plain
         return self._plain.encode(text, add_special_tokens=False).ids
 
-    def is_control(self, token: int) -> bool:
-        return token in self._control
-
     def piece(self, token: int, *, special: bool = False) -> bytes:
         if token in self._control and not special:
             return b""

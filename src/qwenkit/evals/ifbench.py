@@ -17,7 +17,6 @@ DATA = DataFile(
     "ifbench/data/IFBench_test.jsonl",
     "11c3d683dcc7f4908a4d3cacd05c9a8bbd5484af2f8fde969e7abe2b8bad3e34",
 )
-ALL_PROMPTS = 294
 
 
 class IFBench(Suite):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 QWEN25_REPORT = "Qwen2.5 technical report (arXiv 2412.15115), instruct models table"
 CODER_SECONDARY = "Qwen2.5-Coder-Instruct HumanEval as quoted by a secondary source (unverified)"
-CODER_PLUS = "Qwen2.5-Coder technical report (arXiv 2409.12186), EvalPlus table"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from qwenkit.serve.protocol.server import Health, LoadLoraAdapterRequest, ModelC
 from qwenkit.serve.responses_routes import ResponseStore
 from qwenkit.serve.responses_routes import router as responses_router
 from qwenkit.serve.routing import ModelRoutes
-from qwenkit.serve.security import ApiKeys, RateLimiter, key_id
+from qwenkit.serve.security import ApiKeys, RateLimiter, bearer_token, key_id
 from qwenkit.serve.settings import ServeSettings
 from qwenkit.serve.tokens_routes import router as tokens_router
 
@@ -157,8 +157,7 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
 
     def unauthorized(request: Request) -> ApiError | None:
         """The 401 for a request without a valid key (None when the key is fine)."""
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = bearer_token(request.headers.get("authorization"))
         if keys.check(token):
             return None
         return ApiError(
@@ -171,8 +170,7 @@ def create_app(load: Callable[[], Model], settings: ServeSettings | None = None)
     app.state.unauthorized = unauthorized
 
     async def authorize(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = bearer_token(request.headers.get("authorization"))
         refusal = unauthorized(request)
         if refusal is not None:
             raise refusal

@@ -8,20 +8,13 @@ import time
 import uuid
 from collections.abc import Callable
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qwenkit.serve.http_errors import error_body
-from qwenkit.serve.security import key_id
+from qwenkit.serve.security import bearer_token, key_id
 
 access_log = logging.getLogger("qwenkit.access")
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            text = value.decode("latin-1")
-            return text[7:].strip() if text.lower().startswith("bearer ") else None
-    return None
 
 
 class AccessLog:
@@ -68,7 +61,7 @@ class AccessLog:
                 scope["method"],
                 scope["path"],
                 sizes["status"] or "-",
-                key_id(_bearer(scope)),
+                key_id(bearer_token(Headers(scope=scope).get("authorization"))),
                 sizes["in"],
                 sizes["out"],
                 (time.perf_counter() - started) * 1000,

@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from qwenkit.chat import ToolCallPart, tool_format
-from qwenkit.chat.tools import Qwen3CoderParser
+from qwenkit.chat import ToolCallPart
+from qwenkit.chat.grammar import json_grammar
+from qwenkit.chat.tools import forced_call_grammar
 from qwenkit.engines.base import TokenLogprob
 from qwenkit.model import Model
 from qwenkit.results import ChatResult
-from qwenkit.serve import structured
 from qwenkit.serve.http_errors import ApiError, error_body
 from qwenkit.serve.logprobs import chat_logprobs, completion_logprobs
 from qwenkit.serve.openapi import route_errors, streamed
@@ -118,16 +118,13 @@ async def prepare_chat(
     fmt = body.response_format
     if fmt is not None and fmt.type != "text":
         schema = fmt.json_schema.schema_ if fmt.type == "json_schema" and fmt.json_schema is not None else None
-        grammar = structured.json_grammar(schema)
+        grammar = json_grammar(schema)
     elif tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
         wanted = [t["function"] for t in tools]
         if isinstance(choice, NamedToolChoice):
             wanted = [f for f in wanted if f["name"] == choice.function.name]
         several = body.parallel_tool_calls and len(wanted) > 1
-        if tool_format(model.template) == Qwen3CoderParser.name:  # the format is the template's
-            grammar = Qwen3CoderParser.call_grammar(wanted, several=several)
-        else:
-            grammar = structured.hermes_call_grammar(wanted, several=several)
+        grammar = forced_call_grammar(model.template, wanted, several=several)
     if grammar is not None:
         think = False  # constrained output is the answer itself: no free-form thinking first
     messages = [m.model_dump(exclude_none=True) for m in body.messages]

@@ -9,6 +9,13 @@ import time
 from collections import deque
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The key an `Authorization: Bearer KEY` header value presents; None for any other value."""
+    if authorization is None or not authorization.lower().startswith("bearer "):
+        return None
+    return authorization[7:].strip()
+
+
 def key_id(key: str | None) -> str:
     """A short, non-reversible name for a key, for logs and rate-limit buckets."""
     if not key:

@@ -23,6 +23,13 @@ def tool_format(template: ChatTemplate) -> str | None:
     return None
 
 
+def forced_call_grammar(template: ChatTemplate, tools: Sequence[Mapping[str, Any]], *, several: bool) -> str | None:
+    """The grammar forcing a call of one of `tools` (function specs) in the template's call format
+    (Hermes', Qwen's default, for a template without tool markup); None where that format's calls
+    are not enforced."""
+    return PARSERS[tool_format(template) or HermesParser.name].call_grammar(tools, several=several)
+
+
 def parser_for(
     template_or_name: ChatTemplate | str, tools: Sequence[Mapping[str, Any]] | None = None
 ) -> ToolParser | None:
@@ -43,6 +50,7 @@ __all__ = [
     "ToolCall",
     "ToolCallPart",
     "ToolParser",
+    "forced_call_grammar",
     "new_call_id",
     "parser_for",
     "tool_format",

@@ -128,6 +128,12 @@ class ToolParser:
         parts, self._parts = self._parts, []
         return parts
 
+    @classmethod
+    def call_grammar(cls, tools: Sequence[Mapping[str, Any]], *, several: bool) -> str | None:
+        """A GBNF grammar forcing a call of one of `tools` (function specs) in this format, or
+        several calls; None where the format's calls are not enforced (the output stays free)."""
+        return None
+
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
         """The content and the completed calls that `text` adds."""
         self._buf += text

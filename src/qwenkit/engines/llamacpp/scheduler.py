@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,12 +28,12 @@ import llama_cpp as C
 from qwenkit.engines.base import (
     Adapters,
     Chunk,
-    EngineStats,
     FinishReason,
     QueueFull,
     Request,
     check_request,
 )
+from qwenkit.engines.common import StepLoop
 from qwenkit.engines.llamacpp.checkpoints import marks, nearest, restore, save
 from qwenkit.engines.llamacpp.image_step import ImageStep
 from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
@@ -83,8 +82,10 @@ def context_params(*, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int)
     return params
 
 
-class Scheduler:
+class Scheduler(StepLoop):
     """Runs the step loop on a background thread; `submit` from any thread."""
+
+    join_timeout_s = 30
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class Scheduler:
         turn_start: tuple[int, ...] = (),
         max_checkpoints: int = 8,
     ) -> None:
+        super().__init__()
         self.model = model
         # recurrent layers (Qwen3.5, Qwen3-Next): a sequence is cut back only to a checkpoint
         self.recurrent = bool(C.llama_model_is_recurrent(model.ptr) or C.llama_model_is_hybrid(model.ptr))
@@ -117,16 +119,10 @@ class Scheduler:
         self.batch = C.llama_batch_init(self.n_batch, 0, 1)
         self.slots = [Slot(i) for i in range(n_parallel)]
         self.eog_ids = model.eog_ids()
-        self._waiting: deque[Request] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._prefix_hit_tokens = 0
-        self._prompt_tokens = 0
         self._adapters: dict[str, AdapterHandle] = {}
         self._applied: Adapters = ()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()  # run on the scheduler thread
-        self._thread = threading.Thread(target=self._loop, name="qwenkit-scheduler", daemon=True)
-        self._thread.start()
+        self._start_thread("qwenkit-scheduler")
 
     # ----- public, any thread -----------------------------------------------------------
 
@@ -174,25 +170,13 @@ class Scheduler:
             self._cv.notify()
         return request
 
-    def stats(self) -> EngineStats:
-        with self._cv:
-            running = sum(s.busy for s in self.slots)
-            waiting = len(self._waiting)
+    def _occupancy(self) -> tuple[int, int, int]:
         used = sum(len(s.cached) for s in self.slots)  # upper bound: shared cells count per sequence
-        return EngineStats(
-            running=running,
-            waiting=waiting,
-            kv_used_cells=min(used, self.n_ctx * len(self.slots)),
-            kv_total_cells=self.n_ctx * len(self.slots),
-            prefix_hit_tokens=self._prefix_hit_tokens,
-            prompt_tokens=self._prompt_tokens,
-        )
+        total = self.n_ctx * len(self.slots)
+        return sum(s.busy for s in self.slots), min(used, total), total
 
     def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        self._thread.join(timeout=30)
+        super().close()
         C.llama_batch_free(self.batch)
         for slot in self.slots:
             if slot.sampler:

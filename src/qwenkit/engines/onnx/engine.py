@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import onnxruntime_genai as og
 
 from qwenkit.engines.base import Chunk, EngineStats, QueueFull, Request, RequestHandle, TokenLogprob, check_request
-from qwenkit.engines.common import VocabEngine
+from qwenkit.engines.common import StepLoop, VocabEngine
 from qwenkit.engines.hf_vocab import Vocab, directory_chat_template
 from qwenkit.engines.logprobs import logprob_of
 from qwenkit.engines.onnx.grammar import gbnf_to_lark
@@ -132,19 +131,15 @@ class OnnxEngine(VocabEngine):
         self._worker.close()
 
 
-class _Worker:
+class _Worker(StepLoop):
     """The engine's thread: takes requests in arrival order and decodes each to its end."""
 
     def __init__(self, engine: OnnxEngine) -> None:
+        super().__init__()  # no prefix cache: `_prefix_hit_tokens` stays 0
         self.engine = engine
-        self._waiting: deque[Request] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
         self._running: Request | None = None
         self._used = 0  # context positions the running request fills
-        self._prompt_tokens = 0
-        self._thread = threading.Thread(target=self._loop, name="qwenkit-onnx", daemon=True)
-        self._thread.start()
+        self._start_thread("qwenkit-onnx")
 
     def submit(self, request: Request) -> Request:
         check_request(request, n_ctx=self.engine.n_ctx, n_vocab=self.engine.n_vocab)
@@ -162,22 +157,8 @@ class _Worker:
     def max_waiting(self) -> int:
         return self.engine.settings.max_waiting
 
-    def stats(self) -> EngineStats:
-        with self._cv:
-            return EngineStats(
-                running=int(self._running is not None),
-                waiting=len(self._waiting),
-                kv_used_cells=self._used,
-                kv_total_cells=self.engine.n_ctx,
-                prefix_hit_tokens=0,  # no prefix cache on this engine
-                prompt_tokens=self._prompt_tokens,
-            )
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        self._thread.join(timeout=60)
+    def _occupancy(self) -> tuple[int, int, int]:
+        return int(self._running is not None), self._used, self.engine.n_ctx
 
     def _loop(self) -> None:
         while True:

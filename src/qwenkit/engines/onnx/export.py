@@ -4,7 +4,8 @@ The export is ONNX Runtime GenAI's own model builder (`onnxruntime_genai.models.
 in a child process (its memory is returned when it ends; its output drives the progress
 display). The builder reads a Hugging Face checkpoint; a GGUF is first dequantized into one by
 the transformers engine's cached conversion (the builder itself reads only f16/f32 GGUFs).
-The result is published atomically under `$QWENKIT_HOME/converted/onnx/<name>-<precision>-<key>/`
+The result is published atomically, in the store's cache of converted artifacts
+(`qwenkit.store.converted`), under `$QWENKIT_HOME/converted/onnx/<name>-<precision>-<key>/`
 (or `--out DIR`): `model.onnx` + `model.onnx.data`, `genai_config.json`, the tokenizer and chat
 template. The key covers the source's content (a GGUF's verified sha256, or a checkpoint's
 files), the precision and the builder's version, so a changed source is exported again.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from qwenkit.errors import ModelLoadError, QwenkitError
+from qwenkit.store.converted import content_key, converted_root, publish
 from qwenkit.store.gguf_header import read_key
 
 log = logging.getLogger("qwenkit.onnx")
@@ -58,9 +60,7 @@ def is_exported(directory: Path) -> bool:
 
 def exported_dir(source: Path, precision: str) -> Path:
     """Where `export_onnx` caches the export of `source` at `precision`."""
-    from qwenkit.store import home
-
-    return home() / "converted" / "onnx" / f"{_name(source)}-{precision}-{_key(source, precision)}"
+    return converted_root() / "onnx" / f"{_name(source)}-{precision}-{_key(source, precision)}"
 
 
 def export_onnx(
@@ -86,8 +86,6 @@ def export_onnx(
     missing = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
     if missing:
         raise ModelLoadError(f"exporting to ONNX needs {', '.join(missing)}: pip install 'qwenkit[onnx,transformers]'")
-    from qwenkit.engines.transformers.convert import publish
-
     log.warning("exporting %s to ONNX at %s (once; later loads reuse %s)", src.name, precision, target)
     report = progress or (lambda description, done, total: None)
     checkpoint = src
@@ -110,7 +108,7 @@ def export_onnx(
         }
         (tmp / STAMP).write_text(json.dumps(stamp, indent=1))
 
-    return publish(target, build, what=f"{src.name} ({precision})", source=src)
+    return publish(target, build, what=f"{src.name} ({precision})", source=src, version=EXPORT_VERSION)
 
 
 def _run_builder(checkpoint: Path, tmp: Path, precision: str, report: Progress) -> None:
@@ -198,9 +196,7 @@ def _name(source: Path) -> str:
 def _key(source: Path, precision: str) -> str:
     """A short key for the content of `source`, the precision and the builder's version."""
     if source.is_file():
-        from qwenkit.engines.transformers.convert import source_key
-
-        basis = source_key(source)
+        basis = content_key(source, version=EXPORT_VERSION)
     else:
         files = sorted(p for p in source.rglob("*") if p.is_file() and ".cache" not in p.relative_to(source).parts)
         basis = ";".join(f"{p.relative_to(source)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)

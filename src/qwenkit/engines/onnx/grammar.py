@@ -2,7 +2,7 @@
 
 ONNX Runtime GenAI constrains output through llguidance, compiled into its CPU wheel, which reads
 JSON schemas, regexes and Lark grammars, not llama.cpp's GBNF. The grammars qwenkit makes (JSON
-schemas and forced tool calls, `serve/structured.py`) are GBNF, so they are rewritten here:
+schemas and forced tool calls, `chat/grammar.py` and `chat/tools/`) are GBNF, so they are rewritten here:
 `name ::= body` becomes `name: body` (names made Lark-safe, `root` becomes `start`), character
 classes and `.` become regex terminals, strings are re-quoted as JSON strings; alternation,
 grouping and the repetition operators (`? * + {m,n}`) are the same in both.

@@ -2,11 +2,11 @@
 
 Loading a GGUF into transformers (`from_pretrained(..., gguf_file=...)`) dequantizes every
 tensor and parses the whole tokenizer in Python: minutes for a 0.5B model. So it is done once
-per GGUF file and published, atomically, as a checkpoint directory under
-`qwenkit.store.home()/converted/<stem>-<key>/` (safetensors in float32, which holds the
-dequantized values exactly, plus the tokenizer and chat template); every later load reads that.
-The key is the file's verified sha256 when the store has stamped it, else its path, size and
-mtime, so a changed file gets a new conversion.
+per GGUF file and published, atomically, as a checkpoint directory in the store's cache of
+converted artifacts (`qwenkit.store.converted`), `converted/<stem>-<key>/` (safetensors in
+float32, which holds the dequantized values exactly, plus the tokenizer and chat template); every
+later load reads that. The key is the file's verified sha256 when the store has stamped it, else
+its path, size and mtime, so a changed file gets a new conversion.
 
 The tokenizer alone is cached too (`converted/tokenizers/<key>/`): the tiny test checkpoints
 reuse the real model's tokenizer without converting any weights.
@@ -14,26 +14,20 @@ reuse the real model's tokenizer without converting any weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
-
 from qwenkit.errors import ModelLoadError
-from qwenkit.store.cache import home, read_stamp
+from qwenkit.store.converted import STAMP, content_key, converted_root, is_converted, publish
 from qwenkit.store.gguf_header import read_key
 
 log = logging.getLogger("qwenkit.transformers")
 
 #: Bump when what `convert_gguf` writes changes (old conversions are then rebuilt, not reused).
 CONVERTER_VERSION = 1
-_STAMP = "qwenkit-converted.json"
 
 #: Conversions done by this process (tests check that a second load converts nothing).
 conversions = {"model": 0, "tokenizer": 0}
@@ -58,30 +52,15 @@ _EOG_TEXTS = (
 )
 
 
-def converted_root() -> Path:
-    return home() / "converted"
-
-
 def source_key(gguf: Path) -> str:
-    """A short key for the content of `gguf`: its stamped sha256, else its identity on disk."""
-    st = gguf.stat()
-    stamp = read_stamp(gguf)
-    if stamp and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns and stamp.get("sha256"):
-        basis = f"sha256:{stamp['sha256']}"
-    else:
-        basis = f"file:{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return hashlib.sha256(f"{basis}:v{CONVERTER_VERSION}".encode()).hexdigest()[:16]
+    """The key of this converter's conversions of `gguf` (its content and `CONVERTER_VERSION`)."""
+    return content_key(gguf, version=CONVERTER_VERSION)
 
 
 def converted_dir(gguf: str | os.PathLike[str]) -> Path:
     """Where `convert_gguf` puts (or has put) the checkpoint converted from `gguf`."""
     gguf = Path(gguf)
     return converted_root() / f"{gguf.stem}-{source_key(gguf)}"
-
-
-def is_converted(directory: Path) -> bool:
-    """True if `directory` is a finished conversion (its stamp is written last)."""
-    return (directory / _STAMP).is_file()
 
 
 def gguf_tokenizer(gguf: str | os.PathLike[str]) -> Path:
@@ -97,7 +76,7 @@ def gguf_tokenizer(gguf: str | os.PathLike[str]) -> Path:
         tok.save_pretrained(tmp)
         conversions["tokenizer"] += 1
 
-    return publish(out, build, what=f"the tokenizer of {gguf.name}", source=gguf)
+    return publish(out, build, what=f"the tokenizer of {gguf.name}", source=gguf, version=CONVERTER_VERSION)
 
 
 def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
@@ -131,14 +110,14 @@ def convert_gguf(gguf: str | os.PathLike[str]) -> Path:
         elif hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         for name in os.listdir(tokenizer_dir):
-            if name != _STAMP:
+            if name != STAMP:
                 shutil.copy2(tokenizer_dir / name, tmp / name)
         eos = _end_of_generation_ids(tmp, model.generation_config.eos_token_id)
         model.generation_config.eos_token_id = eos
         model.save_pretrained(tmp)
         conversions["model"] += 1
 
-    return publish(out, build, what=gguf.name, source=gguf)
+    return publish(out, build, what=gguf.name, source=gguf, version=CONVERTER_VERSION)
 
 
 def _config_overrides(gguf: Path) -> dict[str, int]:
@@ -165,35 +144,3 @@ def _end_of_generation_ids(tokenizer_dir: Path, eos: int | list[int] | None) -> 
             if text in vocab:
                 ids.add(int(vocab[text]))
     return sorted(ids)
-
-
-def publish(out: Path, build: Callable[[Path], None], *, what: str, source: Path) -> Path:
-    """Build into a temp directory beside `out` and rename it into place, under a file lock."""
-    if is_converted(out):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if is_converted(out):
-            return out
-        if out.exists():  # an interrupted or foreign directory: rebuild it
-            shutil.rmtree(out)
-        for stale in out.parent.glob(f".{out.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-        try:
-            build(tmp)
-            st = source.stat()
-            stamp = {
-                "source": str(source.resolve()),
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "converter_version": CONVERTER_VERSION,
-            }
-            (tmp / _STAMP).write_text(json.dumps(stamp, indent=1))
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    log.info("converted %s into %s", what, out)
-    return out

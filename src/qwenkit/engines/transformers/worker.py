@@ -37,8 +37,6 @@ batch is done.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
 from pathlib import Path
 
 import torch
@@ -46,7 +44,8 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer, LinearAttentionLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, TokenLogprob, check_request
+from qwenkit.engines.base import Chunk, FinishReason, QueueFull, Request, TokenLogprob, check_request
+from qwenkit.engines.common import StepLoop
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.transformers.prefix_cache import Entry, Key, LayerKV, PrefixCache
@@ -98,7 +97,7 @@ class _Row:
         return self.out.generated
 
 
-class Worker:
+class Worker(StepLoop):
     """Runs the step loop on a background thread; `submit` from any thread."""
 
     def __init__(
@@ -114,6 +113,7 @@ class Worker:
         vision: ImagePreprocessor | None = None,
         prefix_cache_tokens: int = 0,
     ) -> None:
+        super().__init__()
         self.model = model
         self.vision = vision
         # M-RoPE models (Qwen2.5-VL) take [3, rows, columns] positions; kept before any peft wrapping
@@ -136,10 +136,6 @@ class Worker:
         self.cache: DynamicCache | None = None  # with `mask`, set exactly while there are rows
         self.mask: torch.Tensor | None = None  # [rows, columns], 1 where a column holds a real token
         self._mergeable: bool | None = None  # learnt from the first cache
-        self._waiting: deque[Request] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._prompt_tokens = 0
         # Linear-attention layers (Qwen3.5, Qwen3-Next) keep one recurrent state per row, which
         # holds the whole past and cannot be cut back to a prefix: no prefix cache for them.
         layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
@@ -150,10 +146,8 @@ class Worker:
             else None
         )
         self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and not self.recurrent else None
-        self._prefix_hit_tokens = 0
         self.adapter_names: list[str] = []
-        self._thread = threading.Thread(target=self._loop, name="qwenkit-transformers", daemon=True)
-        self._thread.start()
+        self._start_thread("qwenkit-transformers")
 
     # ----- public, any thread -----------------------------------------------------------
 
@@ -223,25 +217,9 @@ class Worker:
         request.emit = counted
         return inputs
 
-    def stats(self) -> EngineStats:
-        with self._cv:
-            rows = list(self.rows)
-            waiting = len(self._waiting)
-        return EngineStats(
-            running=sum(r.request is not None for r in rows),
-            waiting=waiting,
-            kv_used_cells=sum(r.pos for r in rows),
-            kv_total_cells=self.n_ctx * self.max_batch,
-            prefix_hit_tokens=self._prefix_hit_tokens,
-            prompt_tokens=self._prompt_tokens,
-            prefix_cache_off=self.prefix_cache_off,
-        )
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        self._thread.join(timeout=60)
+    def _occupancy(self) -> tuple[int, int, int]:
+        rows = list(self.rows)
+        return sum(r.request is not None for r in rows), sum(r.pos for r in rows), self.n_ctx * self.max_batch
 
     # ----- worker thread ----------------------------------------------------------------
 

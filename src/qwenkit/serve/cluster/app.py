@@ -36,7 +36,7 @@ from qwenkit.serve.cluster.responses import RESPONSES_PATH, ResponseOwners, made
 from qwenkit.serve.cluster.state import ClusterState
 from qwenkit.serve.http_errors import error_body, error_response
 from qwenkit.serve.options import served_aliases
-from qwenkit.serve.security import ApiKeys, key_id
+from qwenkit.serve.security import ApiKeys, bearer_token, key_id
 
 log = logging.getLogger("qwenkit.serve.cluster")
 REPLICA_HEADER = "x-qwenkit-replica"
@@ -146,11 +146,6 @@ async def _body(head: list[Message], stream: DeploymentResponseGenerator[Message
         stream.cancel()
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else None
-
-
 ingress_app = FastAPI(title="qwenkit (Ray Serve)")
 
 
@@ -234,7 +229,7 @@ class Ingress:
     @ingress_app.api_route("/{path:path}", methods=["GET", "POST"], include_in_schema=False)
     async def forward(self, path: str, request: Request) -> Response:
         path = "/" + path
-        token = _bearer(request)
+        token = bearer_token(request.headers.get("authorization"))
         if path.startswith("/v1"):
             if not self.keys.check(token):
                 return error_response(

@@ -28,9 +28,6 @@ class ClusterState:
     def report(self, replica: str, metrics: str) -> None:
         self.reports[replica] = (time.monotonic(), metrics)
 
-    def forget(self, replica: str) -> None:
-        self.reports.pop(replica, None)
-
     def metrics(self) -> str:
         """The replicas' metrics summed sample by sample (ratios averaged), plus a replica count."""
         live = self._live()

@@ -1,8 +1,13 @@
-"""Constrained output: JSON (a schema, or any object) and forced tool calls, as llama.cpp grammars."""
+"""JSON Schema to GBNF, the grammar language `SamplingParams.grammar` carries (every engine reads it).
+
+The conversion is llama.cpp's own (`llama_cpp.llama_grammar`, plain Python that ships with the
+llama.cpp bindings, a core dependency): the grammars llama-server writes for the same schema. The
+response formats (`json_grammar`) and the tool-call formats that can be enforced (`chat/tools/`)
+build on it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from llama_cpp.llama_grammar import PRIMITIVE_RULES, SchemaConverter
@@ -37,48 +42,28 @@ class _Converter(SchemaConverter):
         if kind is not None and not all(isinstance(k, str) and k in _JSON_TYPES for k in kinds):
             raise InvalidSchema(f"{kind!r} is not a JSON Schema type")
         try:
-            return super().visit(schema, name)
+            return str(super().visit(schema, name))
         except InvalidSchema:
             raise
         except Exception:  # the converter raises bare exceptions (assertions) on what it cannot read
             value = self._add_primitive("value", PRIMITIVE_RULES["value"])
-            return value if name else self._add_rule("root", value)
+            return str(value if name else self._add_rule("root", value))
 
 
 def json_grammar(schema: dict[str, Any] | None) -> str:
     """A GBNF grammar accepting JSON text valid against `schema` (any object when None)."""
-    converter = _Converter()
-    try:
-        converter.visit(converter.resolve_refs(schema or ANY_OBJECT, "schema"), "")
-    except Exception as exc:  # resolving references can fail too
-        raise BadRequest(f"unsupported JSON schema: {exc}") from None
-    return converter.format_grammar()
+    return schema_rules(schema or ANY_OBJECT, "", source="schema", what="JSON schema")
 
 
-def hermes_call_grammar(tools: Sequence[dict[str, Any]], *, several: bool) -> str:
-    """A grammar forcing Qwen's Hermes tool-call markup for one of `tools` (or several calls).
+def schema_rules(schema: dict[str, Any], rule: str, *, source: str, what: str, order: tuple[str, ...] = ()) -> str:
+    """GBNF rules for JSON valid against `schema`, its rule named `rule` (`root` when empty).
 
-    Each call is `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` with the
-    arguments valid against that tool's parameter schema.
+    `order`: the properties written first, in that order; `source`: the schema's name in its
+    resolved `$ref`s; `what`: its name in the BadRequest for a schema the converter cannot resolve.
     """
-    call_schema = {
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"const": tool["name"]},
-                    "arguments": tool.get("parameters") or ANY_OBJECT,
-                },
-                "required": ["name", "arguments"],
-            }
-            for tool in tools
-        ]
-    }
-    converter = _Converter(name=0, arguments=1)
+    converter = _Converter(**{name: i for i, name in enumerate(order)})
     try:
-        converter.visit(converter.resolve_refs(call_schema, "tools"), "call-body")
-    except Exception as exc:
-        raise BadRequest(f"unsupported tool parameter schema: {exc}") from None
-    call = r'"<tool_call>\n" call-body "\n</tool_call>"'
-    root = f'root ::= {call} ("\\n" {call})*' if several else f"root ::= {call}"
-    return root + "\n" + converter.format_grammar()
+        converter.visit(converter.resolve_refs(schema, source), rule)
+    except Exception as exc:  # resolving references can fail too
+        raise BadRequest(f"unsupported {what}: {exc}") from None
+    return str(converter.format_grammar())
