@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from qwenkit.engines.base import EngineStats, Request
 from qwenkit.engines.common import EngineBase
@@ -14,6 +15,10 @@ from qwenkit.engines.llamacpp.vision import VisionTower
 from qwenkit.errors import QwenkitError
 
 DEFAULT_CTX = 8192
+DEFAULT_DRAFT_MAX = 8
+
+#: How requests that do not say speculate: "ngram" (prompt lookup, lossless) or "off".
+Speculation = Literal["ngram", "off"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class LlamaCppSettings:
     mmproj: Path | None = None  # a Qwen-VL model's vision projector GGUF: the engine then takes images
     image_max_tokens: int | None = None  # LLM tokens per image at most (None: the projector's default)
     image_cache: int = 16  # encoded images kept, by sha256
+    speculative: Speculation = "ngram"  # the default for requests; each may turn it on or off
+    draft_max: int = DEFAULT_DRAFT_MAX  # drafted tokens per sequence and step at most (0: never speculate)
 
 
 class LlamaCppEngine(EngineBase):
@@ -59,6 +66,8 @@ class LlamaCppEngine(EngineBase):
                 n_threads=threads,
                 max_waiting=s.max_waiting,
                 vision=self.vision_tower,
+                speculative=s.speculative == "ngram",
+                draft_max=s.draft_max,
             )
         except BaseException:
             if self.vision_tower is not None:
