@@ -179,7 +179,7 @@ def test_logprobs_are_those_of_plain_decoding(engine):
         # llama.cpp's CPU kernels are not batch-invariant: a row verified in a batch of several
         # positions of one sequence differs a little from a one-token step (measured up to 0.04)
         assert y.logprob == pytest.approx(x.logprob, abs=0.1)
-        assert [t for t, _ in y.top] == [t for t, _ in x.top]
+        assert y.top[0][0] == x.top[0][0] == x.token  # greedy: the row's maximum, both times
     assert spec[-1].accepted_draft_tokens > 0
 
 
