@@ -9,6 +9,7 @@ from typing import Any, Literal
 from qwenkit.catalog.fetch import resolve
 from qwenkit.chat import load_template
 from qwenkit.engines.base import Engine
+from qwenkit.engines.speculation import DEFAULT_DRAFT_MAX, speculation
 from qwenkit.errors import QwenkitError
 from qwenkit.model import Model
 
@@ -54,6 +55,8 @@ def load(
     pipeline_parallel: int = 1,
     data_parallel: int = 1,
     distributed_executor_backend: str | None = None,
+    speculative: str = "ngram",
+    draft_max: int = DEFAULT_DRAFT_MAX,
 ) -> Model:
     """Fetch (if needed) and load a model.
 
@@ -75,12 +78,19 @@ def load(
     vLLM only (`engine="vllm"`, its own environment): `tensor_parallel`, `pipeline_parallel`,
     `data_parallel` and `distributed_executor_backend` ("mp" or "ray") go to vLLM's engine args;
     `lora` there names peft adapter directories.
+    `speculative`: "ngram" (prompt lookup: a sequence drafts the tokens that followed its last
+    tokens' earlier occurrence in its context and verifies them in one batched step; lossless, the
+    output is the one without it) or "off", the default for requests (each may say otherwise);
+    `draft_max`: drafted tokens per sequence and step at most (llama.cpp, transformers).
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
     """
     if engine not in ENGINES:  # before any download
         raise QwenkitError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
+    mode = speculation(speculative)
+    if draft_max < 0:
+        raise QwenkitError(f"draft_max must be >= 0, not {draft_max}")
     local = resolve(ref, progress=progress)  # a catalogue name, or any store reference
     chosen = pick_engine(engine, local.format)
     if mmproj is not None and chosen != "llamacpp":
@@ -148,6 +158,8 @@ def load(
                 max_waiting=max_waiting,
                 mmproj=Path(mmproj) if mmproj is not None else local.mmproj,
                 image_max_tokens=image_max_tokens,
+                speculative=mode,
+                draft_max=draft_max,
             ),
         )
     try:

@@ -25,6 +25,13 @@ ModelOpt = typer.Option(
 )
 CtxOpt = typer.Option(None, "--ctx", help="Context size in tokens (default: 8192, capped at the model's).")
 ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: all cores).")
+SpeculativeOpt = typer.Option(
+    "ngram",
+    "--speculative",
+    help="Speculative decoding for requests that do not say: ngram (draft from the context, verify in one "
+    "batch; lossless) or off.",
+)
+DraftMaxOpt = typer.Option(8, "--draft-max", min=0, max=64, help="Drafted tokens per sequence and step at most.")
 EngineOpt = typer.Option(
     "auto",
     "--engine",

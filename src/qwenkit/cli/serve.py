@@ -9,6 +9,7 @@ import typer
 from qwenkit.cli.common import (
     CtxOpt,
     DataParallelOpt,
+    DraftMaxOpt,
     DtypeOpt,
     EngineOpt,
     ExecutorOpt,
@@ -16,6 +17,7 @@ from qwenkit.cli.common import (
     PipelineParallelOpt,
     PrefixCacheOpt,
     QuantOpt,
+    SpeculativeOpt,
     TensorParallelOpt,
     ThreadsOpt,
     app,
@@ -35,6 +37,8 @@ def serve(
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests decoded together."),
     ctx: int | None = CtxOpt,
     threads: int | None = ThreadsOpt,
+    speculative: str = SpeculativeOpt,
+    draft_max: int = DraftMaxOpt,
     engine: str = EngineOpt,
     dtype: str = DtypeOpt,
     quantization: str | None = QuantOpt,
@@ -257,6 +261,8 @@ def serve(
             mmproj=mmproj,
             image_max_tokens=image_max_tokens,
             prefix_cache_tokens=prefix_cache_tokens,
+            speculative=speculative,
+            draft_max=draft_max,
             **parallelism,
         )
         m.effort_budgets = efforts

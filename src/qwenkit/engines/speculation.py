@@ -12,10 +12,24 @@ Engine-neutral: token ids only.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal, cast
+
+from qwenkit.errors import QwenkitError
+
+#: How requests that do not say speculate: "ngram" (prompt lookup) or "off".
+Speculation = Literal["ngram", "off"]
+DEFAULT_DRAFT_MAX = 8  # drafted tokens per sequence and step at most
 
 MAX_NGRAM = 4  # the longest suffix looked up; a longer match is a better guess
 MIN_NGRAM = 2  # a single repeated token predicts too little to be worth a verified position
 MAX_PAUSE = 64  # steps without drafting at most, after drafts that were all rejected
+
+
+def speculation(value: str) -> Speculation:
+    """`value` checked as a `Speculation` ("ngram" or "off")."""
+    if value not in ("ngram", "off"):
+        raise QwenkitError(f"unknown speculative decoding {value!r} (ngram or off)")
+    return cast(Speculation, value)
 
 
 class NgramDrafter:

@@ -5,20 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from qwenkit.engines.base import EngineStats, Request
 from qwenkit.engines.common import EngineBase
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
 from qwenkit.engines.llamacpp.vision import VisionTower
+from qwenkit.engines.speculation import DEFAULT_DRAFT_MAX, Speculation
 from qwenkit.errors import QwenkitError
 
 DEFAULT_CTX = 8192
-DEFAULT_DRAFT_MAX = 8
-
-#: How requests that do not say speculate: "ngram" (prompt lookup, lossless) or "off".
-Speculation = Literal["ngram", "off"]
 
 
 @dataclass(frozen=True)
