@@ -19,11 +19,11 @@ CAT = catalog()
 
 
 def cpu(gib: float, gbs: float = 40) -> Device:
-    return Device("cpu", int(gib * GIB), int(gib * GIB), gbs, f"given {gbs} GB/s")
+    return Device("cpu", int(gib * GIB), int(gib * GIB), gbs, f"given {gbs} GB/s", bandwidth_origin="given")
 
 
 def gpu(gib: float, gbs: float = 1008) -> Device:
-    return Device("cuda", int(gib * GIB), int(gib * GIB), gbs, f"given {gbs} GB/s")
+    return Device("cuda", int(gib * GIB), int(gib * GIB), gbs, f"given {gbs} GB/s", bandwidth_origin="given")
 
 
 def names(advice) -> list[str]:
@@ -40,9 +40,9 @@ def test_2gb_cpu_box_asking_for_code_gets_a_small_coder_at_q4():
     assert best.commands(1)["pull"] == f"qwenkit pull {best.variant.name}"
 
 
-def test_24gb_gpu_asking_for_reasoning_gets_qwen3_8b_or_14b_thinking():
+def test_24gb_gpu_asking_for_reasoning_gets_a_qwen3_thinking_model():
     best = recommend(CAT, Ask("reasoning"), gpu(24)).picks[0]
-    assert best.variant.entry.name in ("qwen3-8b", "qwen3-14b")
+    assert best.variant.entry.name in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
     assert best.variant.entry.thinking == "hybrid" and best.thinking_budget
     assert best.n_ctx == 32768  # room to think
     assert "--think --thinking-budget" in best.commands(1)["run"]
@@ -150,3 +150,151 @@ def test_cli_json_is_a_ranked_list_and_nothing_fits_exits_1():
     assert "nothing in the catalogue fits" in res.output and "--ctx" in res.output
     res = runner.invoke(app, ["recommend", "--memory", "lots"])
     assert res.exit_code != 0
+
+
+def _roomy(pick, gib: float) -> bool:
+    return not pick.tight and pick.estimate.required <= 0.8 * gib * GIB
+
+
+def test_small_cpu_for_code_puts_a_roomy_coder_first_and_the_tight_moe_only_with_largest():
+    """The issue's 2-core, 24 GiB machine (a 2-core VM's copy bandwidth is about 25 GB/s)."""
+    machine = cpu(24, gbs=25)
+    advice = recommend(CAT, Ask("code"), machine, top=50)
+    best = advice.picks[0]
+    assert best.variant.entry.family == "qwen2.5-coder"  # a coder for code
+    assert _roomy(best, 24)  # with headroom: a tight fit is never the first pick
+    tight = [p for p in advice.picks if p.tight]
+    assert tight, "the 30B-A3B at ~20 GiB fits only tightly here"
+    assert all(advice.picks.index(p) > advice.picks.index(q) for p in tight for q in advice.picks if not q.tight)
+    assert all(any("a tight fit" in r for r in p.reasons) for p in tight)
+    largest = recommend(CAT, Ask("code", largest=True), machine).picks[0]
+    assert largest.tight and cat_params(largest) > 20  # asked for the largest: the big one, warned
+    assert any("a tight fit" in r for r in largest.reasons)
+
+
+def cat_params(pick) -> float:
+    return CAT.params(pick.variant.entry) / 1e9
+
+
+def test_24gb_cuda_plan_for_reasoning_puts_a_qwen3_thinking_model_with_headroom_first():
+    for bandwidth in (400, 1008):  # the plan's assumed figure, and an RTX 4090's
+        best = recommend(CAT, Ask("reasoning"), gpu(24, gbs=bandwidth)).picks[0]
+        assert best.variant.entry.name in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
+        assert best.variant.entry.thinking != "none" and _roomy(best, 24)
+
+
+def test_16gb_mac_plan_for_reasoning_gets_a_qwen3_thinking_model_that_leaves_room():
+    mac = Device("mps", 16 * GIB, 16 * GIB, 100, "given", bandwidth_origin="given", planned=True)
+    best = recommend(CAT, Ask("reasoning"), mac).picks[0]
+    assert best.variant.entry.family.startswith("qwen3") and best.variant.entry.thinking != "none"
+    assert best.variant.format == "gguf" and _roomy(best, 16)  # no CUDA kernels on a Mac
+
+
+def _cli_json(*args: str) -> dict:
+    res = CliRunner().invoke(app, ["recommend", *args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_cli_plans_for_a_cuda_gpu_this_machine_lacks(monkeypatch):
+    import qwenkit.catalog.device as device
+
+    monkeypatch.setattr(device, "cuda_gpus", list)  # a machine with no GPU, whatever runs the test
+    out = _cli_json("--task", "reasoning", "--device", "cuda", "--memory", "24GiB")
+    assert out["plan"] is True and out["device"]["planned"] is True and out["device"]["kind"] == "cuda"
+    assert out["device"]["bandwidth_origin"] == "assumed" and out["device"]["available_bytes"] == 24 * GIB
+    assert out["picks"][0]["model"].split(":")[0] in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
+    assert out["picks"][0]["thinking"] != "none"
+    res = CliRunner().invoke(app, ["recommend", "--device", "cuda"])  # no memory: nothing to plan with
+    assert isinstance(res.exception, QwenkitError) and "plan for one with --memory" in str(res.exception)
+
+
+def test_cli_plans_for_a_gpu_from_the_table():
+    out = _cli_json("--task", "reasoning", "--gpu", "RTX 4090")
+    device = out["device"]
+    assert device["planned"] and device["name"] == "RTX 4090" and device["bandwidth_gbs"] == 1008
+    assert device["bandwidth_origin"] == "GPU table" and device["available_bytes"] == 24 * GIB
+    assert out["picks"][0]["model"].split(":")[0] in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
+    given = _cli_json("--gpu", "rtx4090", "--bandwidth", "900")["device"]
+    assert given["bandwidth_gbs"] == 900 and given["bandwidth_origin"] == "given"
+
+
+def test_cli_plans_for_a_mac():
+    out = _cli_json("--task", "reasoning", "--device", "mps", "--memory", "16GiB")
+    assert out["plan"] and out["device"]["kind"] == "mps"
+    best = out["picks"][0]
+    assert best["thinking"] != "none" and best["model"].split(":")[1].startswith(("q4", "q5", "q6", "q8"))
+    m3 = _cli_json("--gpu", "m3-pro", "--memory", "36GiB")["device"]
+    assert m3["kind"] == "mps" and m3["bandwidth_gbs"] == 150
+
+
+def test_cli_refuses_a_plan_it_cannot_make_in_one_line():
+    runner = CliRunner()
+    for args, message in [
+        (["--gpu", "rtx9999"], "unknown GPU 'rtx9999'"),
+        (["--gpu", "m3-pro"], "comes with 18 or 36 GiB: pass --memory"),
+        (["--gpu", "h100", "--device", "mps"], "is a cuda device, not mps"),
+    ]:
+        res = runner.invoke(app, ["recommend", *args])
+        assert isinstance(res.exception, QwenkitError) and message in str(res.exception)
+
+
+def test_the_gpu_table_names_detected_devices_and_cites_every_row():
+    from qwenkit.catalog.accelerators import accelerators, find, match
+
+    assert all(row.source for row in accelerators())
+    assert match("cuda", "NVIDIA A100-SXM4-80GB", 80 * GIB).bandwidth_gbs == 2039  # not the A10
+    assert match("cuda", "NVIDIA A100-PCIE-40GB", 40 * GIB).bandwidth_gbs == 1555
+    assert match("cuda", "NVIDIA H100 PCIe", 80 * GIB).name == "H100 (PCIe)"
+    assert match("cuda", "NVIDIA H100 80GB HBM3", 80 * GIB).name == "H100 (SXM)"
+    assert match("cuda", "NVIDIA L4", 24 * GIB).name == "L4"
+    assert match("mps", "Apple M3 Pro", 36 * GIB).name == "Apple M3 Pro"
+    assert match("cuda", "Some Future GPU", 0) is None
+    assert find("A100-80").memory_gib == [80] and find("mi300x").kind == "cuda"
+
+
+def test_detected_cpu_bandwidth_is_measured_once_and_said_so(tmp_path, monkeypatch):
+    import qwenkit.bench.memory as memory
+
+    monkeypatch.setenv("QWENKIT_HOME", str(tmp_path))
+    runner = CliRunner()
+    args = ["recommend", "--task", "code", "--device", "cpu", "--memory", "4GiB"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "memory bandwidth" in first.output and "GB/s, measured (a copy on" in first.output
+    assert "cached" not in first.output.split("measured")[1].split(")")[0]
+    cached = list((tmp_path / "machine").glob("bandwidth-*.json"))
+    assert len(cached) == 1
+    calls = []
+    monkeypatch.setattr(memory, "memory_bandwidth", lambda **kw: calls.append(kw) or 1e9)
+    again = runner.invoke(app, [*args, "--json"])
+    device = json.loads(again.stdout)["device"]
+    assert device["bandwidth_origin"] == "measured" and device["planned"] is False
+    assert "cached" in device["bandwidth_source"] and calls == []  # read back, not measured again
+    given = runner.invoke(app, [*args, "--bandwidth", "77"])
+    assert "77.0 GB/s, given" in given.output
+
+
+def test_the_table_reads_at_80_columns():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from qwenkit.cli.recommend import show
+
+    buffer = StringIO()
+    console = Console(file=buffer, width=80, force_terminal=False, color_system=None)
+    machine = cpu(24, gbs=25)
+    ask = Ask("code")
+    advice = recommend(CAT, ask, machine, top=8)
+    show(console, machine, machine.available, ask, advice)
+    lines = buffer.getvalue().splitlines()
+    assert "…" not in buffer.getvalue()
+    for i, pick in enumerate(advice.picks, 1):  # each row whole on one line: number, name, GiB, tok/s
+        row = next(line for line in lines if line.startswith(f"{i:>2} {pick.variant.name} "))
+        assert f"{pick.estimate.required / GIB:.1f}" in row and row.split()[-2] == f"{pick.tps:.0f}"
+    table = lines[lines.index(next(line for line in lines if line.lstrip().startswith("# model"))) :]
+    commands = [line for line in table if line.lstrip().startswith(("pull ", "run ", "serve "))]
+    assert all(len(line) <= 80 for line in table if line not in commands)  # commands stay whole to copy
+    first = lines.index(next(line for line in lines if line.startswith(" 1 ")))
+    assert "specialised for code" in lines[first + 1] and lines[first + 1].startswith("   ")  # folded below

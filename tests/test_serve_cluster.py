@@ -170,7 +170,7 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(endpoint: st
         "target_ongoing_requests": 1,
     }
     options |= {"upscale_delay_s": 0, "downscale_delay_s": 2, "threads": 1, "parallel": 2, "ctx": 2048}
-    options |= {"cpus_per_replica": 1, "name": "qwenkit-auto", "look_back_period_s": 2}
+    options |= {"cpus_per_replica": 1, "name": "qwenkit-auto", "look_back_period_s": 12}
     serve.run(build_app(options), name="qwenkit-auto", route_prefix="/")
     assert _replicas("qwenkit-auto") == 1
     body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 1500, "stream": True}

@@ -63,6 +63,16 @@ def test_replicas_or_autoscaling_not_both() -> None:
     assert auto is not None and auto["max_replicas"] == 2 and auto["upscale_delay_s"] == 1
 
 
+def test_autoscaling_uses_only_ray_serves_current_fields() -> None:
+    serve_config = pytest.importorskip("ray.serve.config", reason="the ray extra is not installed")
+    auto = ClusterOptions(min_replicas=1, max_replicas=2).autoscaling()
+    assert auto is not None and "metrics_interval_s" not in auto  # deprecated in Ray Serve
+    # pyproject's filterwarnings make Ray's deprecation and window warnings errors here
+    assert serve_config.AutoscalingConfig(**auto).look_back_period_s == 30
+    with pytest.raises(ValidationError):
+        ClusterOptions(min_replicas=1, max_replicas=2, look_back_period_s=5)  # not longer than Ray's 10 s push
+
+
 def test_the_cli_refuses_conflicting_ray_options_in_one_line() -> None:
     from typer.testing import CliRunner
 

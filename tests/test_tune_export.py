@@ -91,3 +91,20 @@ def test_merged_export_matches_peft_and_the_modelfile_carries_qwen_template(trai
     assert f"FROM {tiny_qwen2.resolve()}" in text and f"ADAPTER {(tmp_path / 'a.gguf').resolve()}" in text
     assert "<|im_start|>user\n{{ .Content }}<|im_end|>\n{{ else if" in text  # newline kept after each turn
     assert 'PARAMETER stop "<|im_end|>"' in text and "You are Qwen, created by Alibaba Cloud." in text
+
+
+def test_export_takes_the_run_directory_tune_made_as_well_as_its_adapter(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from qwenkit.cli import app
+
+    _base, adapter = trained
+    run_dir = adapter.parent  # `qwenkit tune --out RUN_DIR` wrote RUN_DIR/adapter
+    runner = CliRunner()
+    from_run = runner.invoke(app, ["export", "lora", "--adapter", str(run_dir), "--out", str(tmp_path / "run.gguf")])
+    assert from_run.exit_code == 0, from_run.output
+    assert f"using the adapter in {adapter}" in " ".join(from_run.output.split())
+    direct = runner.invoke(app, ["export", "lora", "--adapter", str(adapter), "--out", str(tmp_path / "dir.gguf")])
+    assert direct.exit_code == 0, direct.output
+    assert "using the adapter in" not in direct.output
+    assert (tmp_path / "run.gguf").read_bytes() == (tmp_path / "dir.gguf").read_bytes()

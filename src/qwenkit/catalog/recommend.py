@@ -9,7 +9,10 @@ Ranking, stated so it can be argued with:
 - speed: below the target decode speed (10 tok/s unless a floor is given) costs
   1.5 x log2(target / expected); below an explicit `--min-speed` floor a pick is dropped;
 - it must fit: required memory (memory.Estimate.required) at most 95% of what is available;
-  above 80% it costs 0.5 (a tight fit leaves little for anything else).
+  above 80% it is a tight fit (little left for the rest of the machine): it costs 0.5 and ranks
+  after every pick that fits with headroom, a warning rather than a first pick.
+The picks are ordered by that score; with `Ask.largest` by quality alone (size, specialty,
+quantization: the largest model that fits first, tight or slow).
 Expected decode speed = bandwidth x 0.6 / bytes read per token (the weights of the active
 parameters plus the KV cache at half the context): decoding is memory-bound, and 60% of peak
 bandwidth is what llama.cpp typically sustains.
@@ -53,6 +56,7 @@ class Ask:
     n_parallel: int = 1
     min_tps: float | None = None
     model: str | None = None  # restrict to one catalogue entry
+    largest: bool = False  # rank by quality alone: the largest model that fits first, tight or slow
 
     @property
     def context(self) -> int:
@@ -69,6 +73,12 @@ class Pick:
     score: float
     reasons: list[str] = field(default_factory=list)
     thinking_budget: int | None = None
+    quality: float = 0.0  # the score before the speed and tight-fit costs
+    tight: bool = False  # needs more than TIGHT of the memory
+
+    def rank(self, largest: bool) -> tuple[float, ...]:
+        """Sort key, best first when reversed: quality alone, or headroom first, then the score."""
+        return (self.quality,) if largest else (not self.tight, self.score)
 
     def commands(self, n_parallel: int) -> dict[str, str]:
         name = self.variant.name
@@ -119,12 +129,12 @@ def recommend(cat: Catalog, ask: Ask, device: Device, *, budget: int | None = No
     for entry in entries:
         best = max(
             (p for v in _runnable(cat, entry, device) if (p := _consider(cat, v, ask, device, memory)) is not None),
-            key=lambda p: (p.score, p.variant.bits_per_weight),  # on a tie, the more precise quant
+            key=lambda p: (*p.rank(ask.largest), p.variant.bits_per_weight),  # on a tie, the more precise quant
             default=None,
         )
         if best is not None:
             picks.append(best)
-    picks.sort(key=lambda p: p.score, reverse=True)
+    picks.sort(key=lambda p: p.rank(ask.largest), reverse=True)
     notes = [
         f"speed assumes decoding reads the active weights and half the KV cache per token at "
         f"{BANDWIDTH_EFFICIENCY:.0%} of {device.bandwidth_source}",
@@ -163,12 +173,12 @@ def _consider(cat: Catalog, v: Variant, ask: Ask, device: Device, memory: int) -
     tps = decode_tps(cat, v, est, n_ctx, device)
     if ask.min_tps is not None and tps < ask.min_tps:
         return None
-    score, reasons = _score(cat, v, ask, tps, est, memory)
+    quality, score, reasons = _score(cat, v, ask, tps, est, memory)
     budget = min(8192, n_ctx // 2) if entry.thinking != "none" else None
     engine = "llamacpp" if v.format == "gguf" else "transformers"
     if engine == "llamacpp" and device.kind != "cpu":
         reasons.append("on the GPU only with a CUDA/Metal build of llama-cpp-python")
-    return Pick(v, engine, n_ctx, est, tps, score, reasons, budget)
+    return Pick(v, engine, n_ctx, est, tps, score, reasons, budget, quality, est.required > TIGHT * memory)
 
 
 def decode_tps(cat: Catalog, v: Variant, est: Estimate, n_ctx: int, device: Device) -> float:
@@ -181,7 +191,11 @@ def decode_tps(cat: Catalog, v: Variant, est: Estimate, n_ctx: int, device: Devi
     return device.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY / per_token
 
 
-def _score(cat: Catalog, v: Variant, ask: Ask, tps: float, est: Estimate, memory: int) -> tuple[float, list[str]]:
+def _score(
+    cat: Catalog, v: Variant, ask: Ask, tps: float, est: Estimate, memory: int
+) -> tuple[float, float, list[str]]:
+    """(quality, score, reasons): quality from size, specialty and quantization; the score also
+    weighs expected speed and headroom."""
     entry = v.entry
     params = cat.params(entry) / 1e9
     reasons = []
@@ -208,6 +222,7 @@ def _score(cat: Catalog, v: Variant, ask: Ask, tps: float, est: Estimate, memory
     reasons.append(
         f"{v.quant} is the best quantization that fits" + (" (lossless enough)" if cost <= 0.05 else f" (-{cost})")
     )
+    quality = score
     target = ask.min_tps or TARGET_TPS
     if tps < target:
         score -= 1.5 * math.log2(target / tps)
@@ -215,10 +230,10 @@ def _score(cat: Catalog, v: Variant, ask: Ask, tps: float, est: Estimate, memory
     reasons.append(f"needs {est.required / 2**30:.1f} GiB of {memory / 2**30:.1f} GiB")
     if est.required > TIGHT * memory:
         score -= 0.5
-        reasons.append("a tight fit: little left for the rest of the machine")
+        reasons.append("a tight fit: little left for the rest of the machine (ranked after roomier picks)")
     if entry.license != "apache-2.0":
         reasons.append(f"licence: {entry.license} (not Apache-2.0)")
-    return score, reasons
+    return quality, score, reasons
 
 
 def _what_would_fit(cat: Catalog, entries: list[Entry], ask: Ask, device: Device, memory: int) -> list[str]:

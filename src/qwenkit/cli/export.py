@@ -43,7 +43,9 @@ def onnx(
     print(path)
 
 
-AdapterOpt = typer.Option(..., "--adapter", "-a", help="The peft adapter directory (qwenkit tune's OUT/adapter).")
+AdapterOpt = typer.Option(
+    ..., "--adapter", "-a", help="The peft adapter directory, or the run directory `qwenkit tune --out` made."
+)
 BaseOpt = typer.Option(
     None, "--model", "-m", help="The base model reference (default: the one the adapter was trained on)."
 )
@@ -58,6 +60,14 @@ def _export():
     return export
 
 
+def _adapter(export, path: Path) -> Path:
+    """The adapter directory `path` names; a run directory's `adapter/`, said so."""
+    adapter = export.adapter_dir(path)
+    if adapter != path:
+        err.print(f"using the adapter in {adapter} (the run directory's adapter/)")
+    return adapter
+
+
 def _written(path: Path) -> None:
     err.print(f"[green]ok[/] {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
@@ -70,7 +80,8 @@ def lora(
     outtype: str = typer.Option("f32", "--outtype", help="f32, f16, bf16 or q8_0."),
 ) -> None:
     """A GGUF LoRA for the base GGUF (serve it with `qwenkit serve --lora NAME=FILE`)."""
-    _written(_export().export_lora(adapter, out, model=model, outtype=outtype))
+    export = _export()
+    _written(export.export_lora(_adapter(export, adapter), out, model=model, outtype=outtype))
 
 
 @export_app.command("merged")
@@ -81,7 +92,8 @@ def merged(
     quant: str = typer.Option("q4_k_m", "--quant", help="q4_k_m, q5_k_m, q6_k, q8_0, f16, bf16 or f32."),
 ) -> None:
     """The adapter merged into the base in full precision, then quantized by llama.cpp."""
-    _written(_export().export_merged(adapter, out, model=model, quant=quant))
+    export = _export()
+    _written(export.export_merged(_adapter(export, adapter), out, model=model, quant=quant))
 
 
 @export_app.command("ollama")
@@ -92,6 +104,7 @@ def ollama(
 ) -> None:
     """An Ollama Modelfile (base GGUF + GGUF LoRA, Qwen's template and stop tokens)."""
     export = _export()
+    adapter = _adapter(export, adapter)
     base = export.adapter_base(adapter, model)
     if base.source.suffix != ".gguf":
         raise QwenkitError("Ollama needs a GGUF base; pass --model with the GGUF the adapter was trained on")

@@ -22,11 +22,22 @@ from qwenkit.tune.trainer import ADAPTER_INFO, Base, resolve_base
 QUANTS = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32")
 
 
+def adapter_dir(path: Path) -> Path:
+    """The peft adapter directory `path` is, or holds as `adapter/` (the run directory `qwenkit tune
+    --out` writes)."""
+    path = Path(path)
+    for candidate in (path, path / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise QwenkitError(
+        f"{path} is not a peft adapter directory (no adapter_config.json), nor a `qwenkit tune --out` "
+        "run directory with one in adapter/"
+    )
+
+
 def adapter_base(adapter: Path, model: str | None) -> Base:
     """The base to export `adapter` against: `model` if given, else the one it was trained on."""
-    config = adapter / "adapter_config.json"
-    if not config.is_file():
-        raise QwenkitError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
+    adapter = adapter_dir(adapter)
     if model is None:
         info = adapter / ADAPTER_INFO
         if not info.is_file():
@@ -77,7 +88,7 @@ def _run_script(script: str, args: list[str]) -> None:
 
 def export_lora(adapter: Path, out: Path, *, model: str | None = None, outtype: str = "f32") -> Path:
     """Write `adapter` as a GGUF LoRA for its base model's GGUF; returns `out`."""
-    adapter = Path(adapter)
+    adapter = adapter_dir(adapter)
     base = adapter_base(adapter, model)
     _check_adapter(adapter)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +125,7 @@ def export_merged(adapter: Path, out: Path, *, model: str | None = None, quant: 
     quant = quant.lower()
     if quant not in QUANTS:
         raise QwenkitError(f"unknown quantization {quant!r} (one of: {', '.join(QUANTS)})")
-    adapter = Path(adapter)
+    adapter = adapter_dir(adapter)
     base = adapter_base(adapter, model)
     _check_adapter(adapter)
     out.parent.mkdir(parents=True, exist_ok=True)

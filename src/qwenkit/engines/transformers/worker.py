@@ -335,7 +335,7 @@ class Worker:
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=(positions if mrope is None else mrope).to(self.device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=0 if every else 1,
             **mixed,

@@ -31,7 +31,9 @@ class ClusterOptions(BaseModel):
     target_ongoing_requests: float = Field(2.0, gt=0)
     upscale_delay_s: float = Field(30.0, ge=0)
     downscale_delay_s: float = Field(600.0, ge=0)
-    look_back_period_s: float = Field(30.0, gt=0)  # load is averaged over this window
+    # load is averaged over this window; Ray Serve pushes load metrics every 10 s (its default
+    # `metrics_interval_s`, deprecated to set), and wants the window longer than that
+    look_back_period_s: float = Field(30.0, gt=10)
     cpus_per_replica: float = Field(1.0, gt=0)
     replica_resources: dict[str, float] = {}  # custom Ray resources each replica needs (e.g. one per node)
     ingress_resources: dict[str, float] = {}  # ... the ingress and the state actor need (e.g. the head node's)
@@ -80,7 +82,6 @@ class ClusterOptions(BaseModel):
             "upscale_delay_s": self.upscale_delay_s,
             "downscale_delay_s": self.downscale_delay_s,
             "look_back_period_s": self.look_back_period_s,
-            "metrics_interval_s": min(10.0, self.look_back_period_s / 2),
         }
 
     def settings(self, aliases: tuple[str, ...] = ()) -> ServeSettings:
