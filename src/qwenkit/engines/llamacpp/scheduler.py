@@ -14,8 +14,9 @@ Speculation (prompt lookup, `engines/speculation.py`): a decoding slot whose las
 earlier in its context appends the tokens that followed them there to its one token, with a logits
 row for each; its sampler then samples every row in order exactly as plain decoding would, the
 draft is kept while the samples agree with it, and the cells of the rest are removed from its KV
-stream. Speculating and plain slots share the step; drafted positions per step are bounded
-(`max_drafted`) so prompt chunks keep their room.
+stream. Speculating and plain slots share the step; the decoding slots share one slot's worth of
+drafted positions per step (`draft_max`), so prompt chunks keep their room and a busy batch does
+not spend compute on guesses.
 
 Slots and their prefix cache: `slots.py`; images (vision models): `image_step.py`.
 """
@@ -62,8 +63,8 @@ SCORED_CHUNK = 16
 
 
 def max_drafted(*, n_parallel: int, n_batch: int, draft_max: int) -> int:
-    """Drafted positions one step verifies at most: every slot's full draft, within half a batch."""
-    return min(n_parallel * draft_max, max(n_batch, n_parallel) // 2)
+    """Drafted positions one step verifies at most: one slot's full draft, within half a batch."""
+    return min(draft_max, max(n_batch, n_parallel) // 2)
 
 
 def context_params(
@@ -366,6 +367,11 @@ class Scheduler:
         # Decoding slots (one token) first so a long prompt never starves running streams.
         active.sort(key=lambda s: len(s.feed))
         batch, n, budget = self.batch, 0, self.n_batch
+        # One slot's worth of drafts per step, shared by the decoding slots: a batch of several
+        # sequences already keeps a CPU busy, where every further verified position costs nearly a
+        # whole token's compute and only the accepted ones pay it back.
+        decoding = sum(1 for s in active if len(s.feed) == 1 and s.drafter is not None)
+        share = max(1, self.draft_max // max(decoding, 1))
         drafts_left = self.max_drafted
         taken: list[
             tuple[Slot, int, int | None, int, list[int]]
@@ -383,7 +389,8 @@ class Scheduler:
                 take = min(take, SCORED_CHUNK)
             if take <= 0:
                 continue
-            draft = self._draft(slot, min(drafts_left, budget - n - 1)) if take == len(slot.feed) == 1 else []
+            room = min(share, drafts_left, budget - n - 1)
+            draft = self._draft(slot, room) if take == len(slot.feed) == 1 else []
             drafts_left -= len(draft)
             pos0 = slot.end_pos
             for i, token in enumerate([*cast(list[int], slot.feed[:take]), *draft]):
