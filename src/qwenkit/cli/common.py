@@ -93,8 +93,10 @@ def load_model(
     mmproj: Path | None = None,
     parallelism: dict[str, Any] | None = None,
     prefix_cache_tokens: int | None = None,
+    speculation: dict[str, Any] | None = None,
 ):
-    """`qwenkit.load` for a verb; `parallelism`: vLLM's sizes and executor (load's keywords)."""
+    """`qwenkit.load` for a verb; `parallelism`: vLLM's sizes and executor, `speculation`:
+    `speculative` and `draft_max` (load's keywords)."""
     from qwenkit.api import load
 
     if engine == "onnx":  # export first (once, cached) with a progress display
@@ -115,6 +117,7 @@ def load_model(
         mmproj=mmproj,
         prefix_cache_tokens=prefix_cache_tokens,
         **(parallelism or {}),
+        **(speculation or {}),
     )
 
 

@@ -13,6 +13,7 @@ from qwenkit.chat.media import LOCAL_POLICY, load_image
 from qwenkit.cli.common import (
     CtxOpt,
     DataParallelOpt,
+    DraftMaxOpt,
     DtypeOpt,
     EngineOpt,
     ExecutorOpt,
@@ -20,6 +21,7 @@ from qwenkit.cli.common import (
     PipelineParallelOpt,
     PrefixCacheOpt,
     QuantOpt,
+    SpeculativeOpt,
     TensorParallelOpt,
     ThinkOpt,
     ThreadsOpt,
@@ -69,6 +71,8 @@ def run(
     image_max_tokens: int | None = ImageMaxTokensOpt,
     mmproj: Path | None = MmprojOpt,
     prefix_cache_tokens: int | None = PrefixCacheOpt,
+    speculative: str = SpeculativeOpt,
+    draft_max: int = DraftMaxOpt,
     tensor_parallel: int = TensorParallelOpt,
     pipeline_parallel: int = PipelineParallelOpt,
     data_parallel: int = DataParallelOpt,
@@ -103,6 +107,7 @@ def run(
         mmproj,
         parallelism,
         prefix_cache_tokens,
+        {"speculative": speculative, "draft_max": draft_max},
     ) as m:  # closed: engine threads end cleanly
         if as_json:
             result = m.chat(messages, **options)
@@ -152,11 +157,24 @@ def chat(
     image_max_tokens: int | None = ImageMaxTokensOpt,
     mmproj: Path | None = MmprojOpt,
     prefix_cache_tokens: int | None = PrefixCacheOpt,
+    speculative: str = SpeculativeOpt,
+    draft_max: int = DraftMaxOpt,
 ) -> None:
     """An interactive chat keeping history. Commands: /image FILE /think /no_think /reset /exit."""
     adapters = parse_lora([f"lora={lora}"] if lora else [])
     with load_model(
-        model, ctx, threads, engine, dtype, quantization, adapters, image_max_tokens, mmproj, None, prefix_cache_tokens
+        model,
+        ctx,
+        threads,
+        engine,
+        dtype,
+        quantization,
+        adapters,
+        image_max_tokens,
+        mmproj,
+        None,
+        prefix_cache_tokens,
+        {"speculative": speculative, "draft_max": draft_max},
     ) as m:  # closed: threads end cleanly
         _chat_loop(m, system, think, max_tokens, thinking_budget, tuple((name, 1.0) for name in adapters))
 
