@@ -291,3 +291,41 @@ def test_concurrent_mixed_requests_with_cancellations(engine):
     assert accepted > 0
     stats = engine.stats()
     assert stats.drafted_tokens >= stats.accepted_draft_tokens > 0
+
+
+# ----- the transformers engine: the same rule on its batched cache ------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_engine(converted_source):
+    from qwenkit.engines.transformers import TransformersEngine, TransformersSettings
+
+    engine = TransformersEngine(
+        converted_source, TransformersSettings(n_ctx=1024, n_parallel=2, n_threads=THREADS, speculative="off")
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.mark.integration
+def test_transformers_greedy_and_sampled_outputs_are_equal(hf_engine):
+    plain, spec = both(hf_engine, EDITS[2], max_tokens=40, temperature=0)
+    assert_same(plain, spec)
+    assert spec[-1].accepted_draft_tokens > 0
+    plain, spec = both(hf_engine, EDITS[2], max_tokens=24, **SAMPLED)
+    assert_same(plain, spec)
+
+
+@pytest.mark.integration
+def test_transformers_rows_speculating_beside_plain_ones(hf_engine):
+    story = chat("Tell me a short story.")
+    expected = [run(hf_engine, p, max_tokens=24, temperature=0, **OFF) for p in (EDITS[2], story)]
+    got: dict[int, queue.Queue[Chunk]] = {0: queue.Queue(), 1: queue.Queue()}
+    for i, (p, params) in enumerate(((EDITS[2], ON), (story, OFF))):
+        hf_engine.submit(hf_engine.tokenize(p), SamplingParams(max_tokens=24, temperature=0, **params), got[i].put)
+    for i in (0, 1):
+        chunks = [got[i].get(timeout=300)]
+        while chunks[-1].finish_reason is None and len(chunks) < 30:
+            chunks.append(got[i].get(timeout=300))
+        assert_same(expected[i], chunks)
+    assert hf_engine.stats().accepted_draft_tokens > 0

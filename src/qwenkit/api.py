@@ -129,6 +129,8 @@ def load(
             n_threads=n_threads,
             image_max_tokens=image_max_tokens,
             prefix_cache_tokens=prefix_cache_tokens,
+            speculative=mode,
+            draft_max=draft_max,
         )
         eng = TransformersEngine(local.path, settings)
     elif chosen == "onnx":
