@@ -36,7 +36,7 @@ lint: setup
 	PYTHONPATH=src $(BIN)/lint-imports --no-logo
 
 test: lint model
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"
@@ -50,6 +50,7 @@ bench: model
 	$(BIN)/python benchmarks/onnx_vs_llamacpp.py
 	$(BIN)/python benchmarks/loadtest_crosscheck.py
 	$(BIN)/python benchmarks/logprobs_n.py
+	$(BIN)/python benchmarks/hybrid_followup.py
 	$(BIN)/python benchmarks/ray_scaleout.py --conversations 6 --max-tokens 32
 	$(BIN)/python benchmarks/lora_serving.py
 	$(BIN)/python benchmarks/speculative.py

@@ -6,7 +6,13 @@ worst-case compute graph runs) and a short one on every other sequence, all at o
 decoded tokens, and reports its peak RSS (VmHWM). The parent prints qwenkit's estimate for the same settings and the
 error. Results go to benchmarks/results/memory_estimate.json.
 
-    python benchmarks/memory_estimate.py [--quick]
+`--gguf PATH ...` measures those files instead (the tiny hybrid Qwen3.5 / Qwen3.5-MoE /
+Qwen3-Next GGUFs of `qwenkit.testing.tiny_hybrid.tiny_hybrid_gguf`, whose recurrent state and
+full-attention-only KV the estimate must get right), into memory_estimate_hybrid.json, with
+llama.cpp's dry run of every Qwen3.5 shape of the catalogue beside the formula's (sparse GGUFs
+of `qwenkit.testing.sparse`: the real tensor table, no data) for KV, recurrent state and compute.
+
+    python benchmarks/memory_estimate.py [--quick] [--gguf PATH ...]
 """
 
 from __future__ import annotations
@@ -67,27 +73,31 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one model, one context")
+    ap.add_argument("--gguf", nargs="+", type=Path, help="measure these GGUFs (named by their architecture)")
     args = ap.parse_args()
     models = (
         ["qwen2.5-coder-0.5b-instruct"]
         if args.quick
         else ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
     )
+    files = [(*_architecture_and_type(p), p) for p in args.gguf or []]
+    for name in [] if args.gguf else models:
+        local = store.resolve(name)
+        files.append((name, local.quant, local.path))
     contexts = [2048] if args.quick else [2048, 8192]
     rows = []
-    for name in models:
-        local = store.resolve(name)
+    for name, quant, path in files:
         for ctx in contexts:
             for par in (1, 4):
-                est = estimate_gguf(local.path, n_ctx=ctx, n_parallel=par, dry_run=dry_run)
-                formula = estimate_gguf(local.path, n_ctx=ctx, n_parallel=par)
-                got = measure(str(local.path), ctx, par)
+                est = estimate_gguf(path, n_ctx=ctx, n_parallel=par, dry_run=dry_run)
+                formula = estimate_gguf(path, n_ctx=ctx, n_parallel=par)
+                got = measure(str(path), ctx, par)
                 peak = got["peak"]["VmHWM"]
                 err = est.total / peak - 1
                 rows.append(
                     {
                         "model": name,
-                        "quantization": local.quant,
+                        "quantization": quant,
                         "n_ctx": ctx,
                         "n_parallel": par,
                         "estimate": est.total,
@@ -108,7 +118,7 @@ def main() -> None:
                     f"(metadata formula {formula.total / peak - 1:+.1%})",
                     flush=True,
                 )
-    result = {
+    result: dict[str, object] = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, shared with other jobs",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "n_batch": N_UBATCH,
@@ -117,8 +127,50 @@ def main() -> None:
         "max_abs_error": max(abs(r["error"]) for r in rows),
         "worst_under": min(r["error"] for r in rows),
     }
+    if args.gguf:
+        result["shapes"] = real_shapes()
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "memory_estimate.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "memory_estimate_hybrid.json" if args.gguf else "memory_estimate.json"
+    (HERE / "results" / name).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def real_shapes() -> list[dict[str, object]]:
+    """llama.cpp's dry run against the formula for each Qwen3.5 shape, at 8K x 1, 128K x 1, 32K x 4."""
+    import tempfile
+
+    from qwenkit.catalog import catalog
+    from qwenkit.catalog.memory import estimate_gguf
+    from qwenkit.engines.llamacpp.dryrun import dry_run
+    from qwenkit.testing.sparse import sparse_hybrid_gguf
+    from qwenkit.testing.tiny import default_source_gguf
+
+    cat, source, rows = catalog(), default_source_gguf(), []
+    names = [e.name for e in cat.entries.values() if e.family in ("qwen3.5", "qwen3.5-moe")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            path = sparse_hybrid_gguf(Path(tmp) / f"{name}.gguf", cat.shape(cat.get(name)), source)
+            for ctx, par in ((8192, 1), (131072, 1), (32768, 4)):
+                llama = estimate_gguf(path, n_ctx=ctx, n_parallel=par, dry_run=dry_run)
+                formula = estimate_gguf(path, n_ctx=ctx, n_parallel=par)
+                rows.append(
+                    {"model": name, "n_ctx": ctx, "n_parallel": par}
+                    | {f"{part}_llama": getattr(llama, part) for part in ("kv", "state", "compute")}
+                    | {f"{part}_formula": getattr(formula, part) for part in ("kv", "state", "compute")}
+                )
+                print(f"{name:20s} {ctx:6d} x{par}  kv/state/compute {rows[-1]}", flush=True)
+            path.unlink()
+    return rows
+
+
+def _architecture_and_type(path: Path) -> tuple[str, str]:
+    """The file's `general.architecture` and its weight type (e.g. "qwen35", "ALL_F32")."""
+    from gguf import LlamaFileType
+
+    from qwenkit.store.gguf_header import decoded, read_metadata
+
+    meta = read_metadata(path, ("general.architecture", "general.file_type"))
+    file_type = LlamaFileType(meta["general.file_type"].value).name.removeprefix("MOSTLY_")
+    return str(decoded(meta["general.architecture"].value)), file_type
 
 
 if __name__ == "__main__":

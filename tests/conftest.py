@@ -6,6 +6,7 @@ first); tiny models are built once per machine under $QWENKIT_HOME/test-fixtures
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # llama.cpp's OpenMP workers spin while they wait. The suite runs a test process and servers side
@@ -16,6 +17,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 from qwenkit.testing import tiny
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """`app_server(model, **config)`: the server `serve_helpers.serve_in_process(model, **config)`
+    builds, in this process, started on first use and shared by every test module that asks for
+    the same configuration (stopped at the end of the session). Tests that change a server's state
+    for good (stored responses, rate limits, loaded adapters) ask for a configuration of their own."""
+    from serve_helpers import serve_in_process
+
+    with contextlib.ExitStack() as stack:
+        started = {}
+
+        def get(model, **config):
+            key = (str(model), tuple(sorted(config.items())))
+            if key not in started:
+                started[key] = stack.enter_context(serve_in_process(model, **config))
+            return started[key]
+
+        yield get
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +65,16 @@ def tiny_qwen2(source_gguf, tiny_cache):
 @pytest.fixture(scope="session")
 def tiny_qwen3(source_gguf, tiny_cache):
     return tiny.tiny_gguf("qwen3", tiny_cache, source_gguf=source_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_qwen2, tiny_cache):
+    """Two random GGUF LoRAs on `tiny_qwen2`, {"alpha": seed 0, "beta": seed 1}, built once per machine
+    (skipped where peft, the tune extra, is missing)."""
+    pytest.importorskip("peft", reason="the tune extra is not installed (a LoRA is made with peft)")
+    from lora_helpers import gguf_loras
+
+    return gguf_loras(tiny_qwen2, tiny_cache)
 
 
 # ----- the transformers engine (skipped where torch/transformers are not installed) -------
@@ -127,3 +158,32 @@ def tiny_vl_gguf(source_gguf, tiny_cache):
     from qwenkit.testing.tiny_vl import tiny_vl_gguf
 
     return tiny_vl_gguf(tiny_cache, source_gguf=source_gguf)
+
+
+# ----- tiny hybrid-attention models (Qwen3.5 dense, Qwen3.5-MoE, Qwen3-Next; MTP layer included) ----
+
+HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
+
+
+@pytest.fixture(scope="session", params=HYBRID_ARCHS)
+def hybrid_arch(request):
+    """Each tiny hybrid architecture in turn (llama.cpp's names)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_hybrid(hybrid_arch, source_gguf, tiny_cache):
+    """The tiny random `hybrid_arch` transformers checkpoint (its `mtp.*` layer included)."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_hybrid import tiny_hybrid
+
+    return tiny_hybrid(hybrid_arch, tiny_cache, source_gguf=source_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_hybrid_gguf(hybrid_arch, source_gguf, tiny_cache):
+    """`tiny_hf_hybrid` converted to an f32 GGUF by llama.cpp's vendored converter."""
+    _needs_transformers()
+    from qwenkit.testing.tiny_hybrid import tiny_hybrid_gguf
+
+    return tiny_hybrid_gguf(hybrid_arch, tiny_cache, source_gguf=source_gguf)

@@ -4,6 +4,8 @@ step controller that forces tokens. Every wait is bounded."""
 from __future__ import annotations
 
 import queue
+import threading
+import time
 
 from qwenkit.engines.base import Chunk, SamplingParams
 
@@ -65,3 +67,27 @@ class ForceAfter:
     def after_token(self, generated):
         self.calls += 1
         return self.tokens if len(generated) == self.after else ()
+
+
+class HoldAfter:
+    """Forces nothing, but holds the engine's step loop after the `after`-th generated token until
+    `release` is set (at most `timeout_s`): the request is then known to be decoding. `decoding` is
+    set when the hold starts."""
+
+    def __init__(self, after: int, timeout_s: float = 120.0) -> None:
+        self.after, self.timeout_s = after, timeout_s
+        self.decoding, self.release = threading.Event(), threading.Event()
+
+    def after_token(self, generated):
+        if len(generated) == self.after:
+            self.decoding.set()
+            self.release.wait(self.timeout_s)
+        return ()
+
+
+def wait_until(predicate, timeout_s: float = 120.0) -> bool:
+    """Poll `predicate()` until it holds or `timeout_s` passes; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while not (held := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return held

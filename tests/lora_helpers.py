@@ -70,3 +70,24 @@ def llama_logits(gguf: Path, tokens: list[int], adapter: Path | None = None) -> 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1])
+
+
+def gguf_loras(base: Path, cache: Path, names: tuple[str, ...] = ("alpha", "beta")) -> dict[str, Path]:
+    """Random GGUF LoRAs for the GGUF `base`, one per name (seeds 0, 1, ...: each changes the model
+    its own way), built once per machine under `cache` (keyed by base, names and builders' source)."""
+    from qwenkit.engines.transformers import convert_gguf
+    from qwenkit.testing.build_cache import build_once, source_digest
+    from qwenkit.tune import export
+
+    key = source_digest(Path(__file__), Path(export.__file__))
+    out = cache / f"lora-{base.stem}-{'-'.join(names)}-{key}"
+
+    def build(tmp: Path) -> Path:
+        checkpoint = convert_gguf(base)
+        for seed, name in enumerate(names):
+            export.export_lora(random_adapter(checkpoint, tmp / name, seed=seed), tmp / f"{name}.gguf", model=str(base))
+        (tmp / "done").touch()
+        return tmp
+
+    build_once(out, out / "done", build)
+    return {name: out / f"{name}.gguf" for name in names}

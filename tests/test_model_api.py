@@ -75,7 +75,7 @@ def test_chat_with_a_string_and_with_messages(real_model):
     assert real_model.architecture == "qwen2"
     result = real_model.chat("Say hello in one word.", max_tokens=8, temperature=0)
     assert isinstance(result, ChatResult)
-    assert result.content.strip()
+    assert result.content.strip(" .!").lower() == "hello"  # greedy: "Hello"
     assert result.reasoning is None and result.tool_calls == []
     assert result.finish_reason in ("stop", "length")
     assert result.usage.prompt_tokens == len(real_model.prepare("Say hello in one word.").prompt)
@@ -116,11 +116,11 @@ def test_stream_deltas_join_to_the_whole_result(real_model):
     assert 1 <= result.usage.completion_tokens <= 16
     assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
     assert result.usage.reasoning_tokens == 0
-    t = result.timings
-    assert 0 <= t.ttft_s <= t.total_s
-    assert t.decode_tokens_per_s >= 0 and t.decode_tps == t.decode_tokens_per_s
-    if result.usage.completion_tokens > 1:
-        assert t.decode_tokens_per_s > 0
+    t = result.timings  # more than 3 streamed deltas: a first token, then decoding after it
+    assert 0 < t.ttft_s < t.total_s
+    decode_s = t.total_s - t.ttft_s
+    assert t.decode_tokens_per_s == pytest.approx((result.usage.completion_tokens - 1) / decode_s, rel=1e-6)
+    assert t.decode_tps == t.decode_tokens_per_s
 
 
 @pytest.mark.integration

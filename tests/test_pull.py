@@ -142,3 +142,19 @@ def test_modelscope_without_its_package_says_how_to_get_it(monkeypatch, tmp_path
         resolve("qwen3-8b:q4_k_m", source="modelscope")
     with pytest.raises(QwenkitError, match="takes catalogue names"):
         resolve("hf:Qwen/Qwen3-8B-GGUF", source="modelscope")
+
+
+def test_a_qwen35_name_resolves_to_its_gguf_and_models_all_lists_the_new_generation(tmp_path, gguf_bytes):
+    """`qwenkit pull qwen3.5-4b` takes the default quant (q4_k_m) from the catalogue's repo."""
+    repo, file = "unsloth/Qwen3.5-4B-GGUF", "Qwen3.5-4B-Q4_K_M.gguf"
+    with FakeHub() as hub:
+        hub.add(repo, file, gguf_bytes)
+        res = qwenkit(hub, tmp_path, "pull", "qwen3.5-4b")
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / "hf" / repo / file).read_bytes() == gguf_bytes
+        assert any(r[1].startswith(f"/{repo}/resolve/") for r in hub.requests)
+        res = qwenkit(hub, tmp_path, "models", "--all", "--json")
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["qwen3.5-4b:q4_k_m"]["cached"]
+    wanted = {"qwen3.5-397b-a17b:fp8", "qwen3-next-80b-a3b-instruct:q4_k_m", "qwen3-coder-30b-a3b-instruct:q4_k_m"}
+    assert wanted <= set(rows) and not rows["qwen3.5-397b-a17b:fp8"]["cached"]

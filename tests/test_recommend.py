@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from qwenkit.catalog import catalog
 from qwenkit.catalog.device import Device, parse_nvidia_smi
+from qwenkit.catalog.memory import estimate_variant
 from qwenkit.catalog.recommend import Ask, recommend
 from qwenkit.cli import app
 from qwenkit.cli.recommend import parse_size
@@ -26,6 +27,18 @@ def gpu(gib: float, gbs: float = 1008) -> Device:
     return Device("cuda", int(gib * GIB), int(gib * GIB), gbs, f"given {gbs} GB/s", bandwidth_origin="given")
 
 
+# thinking models a 24 GiB GPU or a 16 GiB Mac can run with headroom: Qwen3.5 where it fits, else Qwen3
+THINKING_PICKS = (
+    "qwen3.5-4b",
+    "qwen3.5-9b",
+    "qwen3.5-27b",
+    "qwen3.5-35b-a3b",
+    "qwen3-8b",
+    "qwen3-14b",
+    "qwen3-30b-a3b",
+)
+
+
 def names(advice) -> list[str]:
     return [p.variant.name for p in advice.picks]
 
@@ -40,9 +53,9 @@ def test_2gb_cpu_box_asking_for_code_gets_a_small_coder_at_q4():
     assert best.commands(1)["pull"] == f"qwenkit pull {best.variant.name}"
 
 
-def test_24gb_gpu_asking_for_reasoning_gets_a_qwen3_thinking_model():
+def test_24gb_gpu_asking_for_reasoning_gets_a_hybrid_thinking_qwen35_or_qwen3():
     best = recommend(CAT, Ask("reasoning"), gpu(24)).picks[0]
-    assert best.variant.entry.name in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
+    assert best.variant.entry.name in THINKING_PICKS
     assert best.variant.entry.thinking == "hybrid" and best.thinking_budget
     assert best.n_ctx == 32768  # room to think
     assert "--think --thinking-budget" in best.commands(1)["run"]
@@ -152,6 +165,43 @@ def test_cli_json_is_a_ranked_list_and_nothing_fits_exits_1():
     assert res.exit_code != 0
 
 
+def test_24gb_gpu_asking_for_code_gets_qwen3_coder_or_a_qwen35_that_fits():
+    advice = recommend(CAT, Ask("code"), gpu(24))
+    best = advice.picks[0]
+    assert best.variant.entry.name == "qwen3-coder-30b-a3b-instruct" or best.variant.entry.family == "qwen3.5"
+    assert best.estimate.required <= 0.95 * 24 * GIB
+    coder = recommend(CAT, Ask("code", model="qwen3-coder-30b-a3b-instruct"), gpu(24)).picks[0]
+    assert any("qwen3-coder is specialised for code" in r for r in coder.reasons)
+    offered = {p.variant.entry.name: p for p in recommend(CAT, Ask("code"), gpu(24), top=50).picks}
+    assert offered["qwen3-coder-30b-a3b-instruct"].tight  # 20.6 GiB of 24: offered, after the roomy picks
+    roomy = [p.variant.entry.name for p in recommend(CAT, Ask("code"), gpu(32)).picks]
+    assert "qwen3-coder-30b-a3b-instruct" in roomy
+
+
+def test_16gb_cpu_asking_for_128k_gets_a_hybrid_model_and_is_told_why():
+    best = recommend(CAT, Ask("chat", n_ctx=131072), cpu(16)).picks[0]
+    shape = CAT.shape(best.variant.entry)
+    assert shape.is_hybrid and best.n_ctx == 131072
+    why = next(r for r in best.reasons if r.startswith("hybrid attention"))
+    assert f"a KV cache in {shape.attention_layers} of {shape.layers} layers" in why and "MiB of recurrent state" in why
+    assert best.estimate.state > 0 and best.estimate.kv < 2 * GIB
+
+
+def test_a_qwen35_128k_context_costs_a_fraction_of_a_qwen3_of_its_size():
+    hybrid = recommend(CAT, Ask("chat", n_ctx=131072, model="qwen3.5-9b"), cpu(64)).picks[0]
+    qwen3 = recommend(CAT, Ask("chat", n_ctx=131072, model="qwen3-8b"), cpu(64)).picks[0]
+    assert hybrid.estimate.kv + hybrid.estimate.state < 0.25 * qwen3.estimate.kv  # 4.05 GiB against 18 GiB
+    why = next(r for r in hybrid.reasons if r.startswith("hybrid attention"))
+    assert "qwen3-8b would need 18.0 GiB of KV" in why
+    assert not any(r.startswith("hybrid attention") for r in qwen3.reasons)
+
+
+def test_a_gptq_hybrid_counts_its_bf16_attention_and_deltanet_layers():
+    gptq = estimate_variant(CAT, CAT.variant("qwen3.5-27b:gptq-int4"), n_ctx=4096, device="cuda")
+    gguf = estimate_variant(CAT, CAT.variant("qwen3.5-27b:q4_k_m"), n_ctx=4096, device="cuda")
+    assert gptq.weights > 1.3 * gguf.weights  # only the MLPs are 4-bit
+
+
 def _roomy(pick, gib: float) -> bool:
     return not pick.tight and pick.estimate.required <= 0.8 * gib * GIB
 
@@ -179,7 +229,7 @@ def cat_params(pick) -> float:
 def test_24gb_cuda_plan_for_reasoning_puts_a_qwen3_thinking_model_with_headroom_first():
     for bandwidth in (400, 1008):  # the plan's assumed figure, and an RTX 4090's
         best = recommend(CAT, Ask("reasoning"), gpu(24, gbs=bandwidth)).picks[0]
-        assert best.variant.entry.name in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
+        assert best.variant.entry.name in THINKING_PICKS
         assert best.variant.entry.thinking != "none" and _roomy(best, 24)
 
 
@@ -203,7 +253,7 @@ def test_cli_plans_for_a_cuda_gpu_this_machine_lacks(monkeypatch):
     out = _cli_json("--task", "reasoning", "--device", "cuda", "--memory", "24GiB")
     assert out["plan"] is True and out["device"]["planned"] is True and out["device"]["kind"] == "cuda"
     assert out["device"]["bandwidth_origin"] == "assumed" and out["device"]["available_bytes"] == 24 * GIB
-    assert out["picks"][0]["model"].split(":")[0] in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
+    assert out["picks"][0]["model"].split(":")[0] in THINKING_PICKS
     assert out["picks"][0]["thinking"] != "none"
     res = CliRunner().invoke(app, ["recommend", "--device", "cuda"])  # no memory: nothing to plan with
     assert isinstance(res.exception, QwenkitError) and "plan for one with --memory" in str(res.exception)
@@ -214,7 +264,7 @@ def test_cli_plans_for_a_gpu_from_the_table():
     device = out["device"]
     assert device["planned"] and device["name"] == "RTX 4090" and device["bandwidth_gbs"] == 1008
     assert device["bandwidth_origin"] == "GPU table" and device["available_bytes"] == 24 * GIB
-    assert out["picks"][0]["model"].split(":")[0] in ("qwen3-8b", "qwen3-14b", "qwen3-30b-a3b")
+    assert out["picks"][0]["model"].split(":")[0] in THINKING_PICKS
     given = _cli_json("--gpu", "rtx4090", "--bandwidth", "900")["device"]
     assert given["bandwidth_gbs"] == 900 and given["bandwidth_origin"] == "given"
 

@@ -1,23 +1,25 @@
 """`qwenkit serve` through the official `openai` client: models, health, chat and completions.
 
-One tiny random-weight Qwen2 server (real Qwen tokenizer and template) for the whole module:
-its text is meaningless but greedy decoding is deterministic, which is what these tests need.
+One tiny random-weight Qwen2 server (real Qwen tokenizer and template), in this process and shared
+with the other modules serving it so: its text is meaningless but greedy decoding is
+deterministic, which is what these tests need (and the Python API on the same model gives the
+same text, which is what the server must return).
 """
 
 from __future__ import annotations
 
-import httpx
 import pytest
-from serve_helpers import sse_events, start_server
+from serve_helpers import sse_events
+
+from qwenkit.engines.base import SamplingParams
 
 HELLO = [{"role": "user", "content": "Say something about tea."}]
 GREEDY = {"temperature": 0, "seed": 7}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen2):
-    with start_server(tiny_qwen2, parallel=2) as s:
-        yield s
+def server(app_server, tiny_qwen2):
+    return app_server(tiny_qwen2, parallel=2)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def _stream_chat(client, **kw):
 
 
 def test_health(server):
-    r = httpx.get(f"{server.url}/health", timeout=10)
+    r = server.get("/health", timeout=10)
     assert r.status_code == 200
     assert r.json() == {"status": "ok"}
 
@@ -53,8 +55,9 @@ def test_models_list(client, tiny_qwen2):
     assert isinstance(models.data[0].created, int)
 
 
-def test_chat_plain(client, tiny_qwen2):
+def test_chat_plain(server, client, tiny_qwen2):
     r = client.chat.completions.create(model="default", messages=HELLO, max_tokens=12, **GREEDY)
+    local = server.model.chat(HELLO, max_tokens=12, temperature=0)
     assert r.id.startswith("chatcmpl-")
     assert r.object == "chat.completion"
     assert r.model == tiny_qwen2.stem
@@ -62,12 +65,12 @@ def test_chat_plain(client, tiny_qwen2):
     choice = r.choices[0]
     assert choice.index == 0
     assert choice.message.role == "assistant"
-    assert isinstance(choice.message.content, str) and choice.message.content
+    assert choice.message.content == local.content and len(local.content) >= 2  # the Python API's greedy text
     assert choice.message.tool_calls is None
     assert choice.finish_reason == "length"  # a random model never says <|im_end|> in 12 tokens
     u = r.usage
     assert u.completion_tokens == 12
-    assert u.prompt_tokens > 10  # the Qwen2.5 template adds its default system message
+    assert u.prompt_tokens == local.usage.prompt_tokens > 10  # the Qwen2.5 template adds its default system message
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens
     assert u.completion_tokens_details.reasoning_tokens == 0
 
@@ -155,7 +158,7 @@ def test_immediate_end_of_turn(client):
     assert r.usage.completion_tokens == 1
 
 
-def test_multi_turn_and_system_messages(client):
+def test_multi_turn_and_system_messages(server, client):
     messages = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Hi"},
@@ -164,17 +167,22 @@ def test_multi_turn_and_system_messages(client):
         {"role": "user", "content": [{"type": "text", "text": "Again"}]},
     ]
     r = client.chat.completions.create(model="default", messages=messages, max_tokens=3, **GREEDY)
-    assert r.choices[0].message.content
-    assert r.usage.prompt_tokens > 15
+    local = server.model.chat(messages, max_tokens=3, temperature=0)
+    assert r.choices[0].message.content == local.content and local.content
+    assert r.usage.prompt_tokens == local.usage.prompt_tokens > 15
 
 
-def test_completions_plain(client, tiny_qwen2):
+def test_completions_plain(server, client, tiny_qwen2):
     r = client.completions.create(model="default", prompt="def fib(n):", max_tokens=6, **GREEDY)
     assert r.id.startswith("cmpl-")
     assert r.object == "text_completion"
     assert r.model == tiny_qwen2.stem
     assert len(r.choices) == 1
-    assert isinstance(r.choices[0].text, str) and r.choices[0].text
+    engine = server.model.engine
+    greedy = [
+        c.text for c in engine.generate(engine.tokenize("def fib(n):"), SamplingParams(max_tokens=6, temperature=0))
+    ]
+    assert r.choices[0].text == "".join(greedy) and r.choices[0].text  # the engine's own greedy text
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 6
     assert r.usage.prompt_tokens == 4  # "def", " fib", "(n", "):" -- no chat template

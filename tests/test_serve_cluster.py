@@ -193,17 +193,9 @@ def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(endpoint: st
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_qwen2, tmp_path_factory):
+def adapter(tiny_loras):
     """A GGUF LoRA (random, so it changes the tiny model's answers)."""
-    pytest.importorskip("peft", reason="the tune extra is not installed (a LoRA is made with peft)")
-    from lora_helpers import random_adapter
-
-    from qwenkit.engines.transformers import convert_gguf
-    from qwenkit.tune.export import export_lora
-
-    tmp = tmp_path_factory.mktemp("cluster-lora")
-    peft_dir = random_adapter(convert_gguf(tiny_qwen2), tmp / "alpha", seed=0)
-    return export_lora(peft_dir, tmp / "alpha.gguf", model=str(tiny_qwen2))
+    return tiny_loras["alpha"]
 
 
 def test_the_cli_serves_on_a_local_ray_with_the_serve_options_and_stops_it(tiny_qwen2, adapter) -> None:

@@ -9,21 +9,20 @@ import json
 import httpx
 import openai
 import pytest
-from serve_helpers import assert_openai_error, start_server
+from serve_helpers import assert_openai_error
 
 MAX_BODY = 4096
 HELLO = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen2):
-    with start_server(tiny_qwen2, "--max-body-bytes", str(MAX_BODY), "--max-tokens-cap", "4096", parallel=1) as s:
-        yield s
+def server(app_server, tiny_qwen2):
+    return app_server(tiny_qwen2, parallel=1, max_body_bytes=MAX_BODY, max_tokens_cap=4096)
 
 
 def _post(server, path: str, content: bytes | str, **headers) -> httpx.Response:
     headers = {"content-type": "application/json", **headers}
-    return httpx.post(server.url + path, content=content, headers=headers, timeout=60)
+    return server.post(path, content=content, headers=headers, timeout=60)
 
 
 def _chat(**fields) -> str:
@@ -150,7 +149,7 @@ def _oversized() -> bytes:
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_oversized_body_with_content_length_is_413(server, path):
-    r = httpx.post(server.url + path, content=_oversized(), headers={"content-type": "application/json"}, timeout=60)
+    r = server.post(path, content=_oversized(), headers={"content-type": "application/json"}, timeout=60)
     error = assert_openai_error(r, 413)
     assert str(MAX_BODY) in error["message"]
 
@@ -162,9 +161,7 @@ def test_oversized_body_chunked_is_413(server):
         for i in range(0, len(data), 1000):
             yield data[i : i + 1000]
 
-    r = httpx.post(
-        f"{server.url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=60
-    )
+    r = server.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
     assert "content-length" not in r.request.headers  # really sent chunked
     assert r.request.headers.get("transfer-encoding") == "chunked"
     assert_openai_error(r, 413)
@@ -174,9 +171,7 @@ def test_body_just_under_the_limit_is_accepted(server):
     filler = "y" * (MAX_BODY - 300)
     body = json.dumps({"messages": [{"role": "user", "content": filler}], "max_tokens": 1}).encode()
     assert len(body) < MAX_BODY
-    r = httpx.post(
-        f"{server.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=120
-    )
+    r = server.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"}, timeout=120)
     assert r.status_code == 200, r.text
 
 
@@ -192,8 +187,8 @@ def test_oversized_body_through_openai_client(server):
 
 
 def test_unknown_route_and_wrong_method(server):
-    assert_openai_error(httpx.get(f"{server.url}/v1/no-such-thing", timeout=10), 404)
-    assert_openai_error(httpx.get(f"{server.url}/v1/chat/completions", timeout=10), 405)
+    assert_openai_error(server.get("/v1/no-such-thing", timeout=10), 404)
+    assert_openai_error(server.get("/v1/chat/completions", timeout=10), 405)
 
 
 # ----- afterwards ----------------------------------------------------------------------------
@@ -207,8 +202,8 @@ def test_server_still_healthy_after_all_that(server):
     for body in BAD_COMPLETION_BODIES.values():
         assert _post(server, "/v1/completions", body).status_code == 400
     assert (
-        httpx.post(
-            f"{server.url}/v1/chat/completions",
+        server.post(
+            "/v1/chat/completions",
             content=iter([_oversized()]),
             headers={"content-type": "application/json"},
             timeout=60,
@@ -216,8 +211,7 @@ def test_server_still_healthy_after_all_that(server):
         == 413
     )
     assert _post(server, "/v1/completions", _oversized()).status_code == 413
-    assert server.proc.poll() is None
-    r = httpx.get(f"{server.url}/health", timeout=10)
+    r = server.get("/health", timeout=10)
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     with server.client() as c:
         ok = c.chat.completions.create(model="default", messages=HELLO, max_tokens=3, temperature=0)

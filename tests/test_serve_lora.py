@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from lora_helpers import random_adapter
-from serve_helpers import assert_openai_error, start_server
+from serve_helpers import assert_openai_error
 
 pytest.importorskip("peft")
 
@@ -16,25 +15,14 @@ PROMPT = [{"role": "user", "content": "Name three colours."}]
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_qwen2, tmp_path_factory):
+def adapters(tiny_loras):
     """Two GGUF LoRAs (random, so each changes the tiny model's answers its own way)."""
-    from qwenkit.engines.transformers import convert_gguf
-    from qwenkit.tune.export import export_lora
-
-    tmp = tmp_path_factory.mktemp("serve-lora")
-    checkpoint = convert_gguf(tiny_qwen2)
-    files = {}
-    for seed, name in enumerate(("alpha", "beta")):
-        peft_dir = random_adapter(checkpoint, tmp / name, seed=seed)
-        files[name] = export_lora(peft_dir, tmp / f"{name}.gguf", model=str(tiny_qwen2))
-    return files
+    return tiny_loras
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen2, adapters):
-    lora = [arg for name, path in adapters.items() for arg in ("--lora", f"{name}={path}")]
-    with start_server(tiny_qwen2, *lora, parallel=3) as s:
-        yield s
+def server(app_server, tiny_qwen2, adapters):
+    return app_server(tiny_qwen2, parallel=3, lora=tuple((name, str(path)) for name, path in adapters.items()))
 
 
 def _answer(client: openai.OpenAI, model: str, **extra) -> tuple[str, str]:
@@ -84,10 +72,9 @@ KEY = "lora-key"
 
 
 @pytest.fixture(scope="module")
-def runtime_server(tiny_qwen2, adapters):
-    args = ("--lora", f"alpha={adapters['alpha']}", "--api-key", KEY, "--allow-runtime-lora")
-    with start_server(tiny_qwen2, *args, parallel=2) as s:
-        yield s
+def runtime_server(app_server, tiny_qwen2, adapters):
+    lora = (("alpha", str(adapters["alpha"])),)
+    return app_server(tiny_qwen2, parallel=2, lora=lora, api_keys=frozenset({KEY}), allow_runtime_lora=True)
 
 
 def _post(server, path: str, body: dict, key: str = KEY):

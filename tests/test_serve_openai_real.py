@@ -7,7 +7,6 @@ import json
 
 import openai
 import pytest
-from serve_helpers import start_server
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +24,8 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def client(source_gguf):
-    with start_server(source_gguf, "--max-n", "3", parallel=3) as s, s.client(timeout=300) as c:
+def client(app_server, source_gguf):
+    with app_server(source_gguf, max_n=3, parallel=3).client(timeout=300) as c:
         yield c
 
 

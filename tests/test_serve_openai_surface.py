@@ -11,20 +11,19 @@ import math
 
 import openai
 import pytest
-from serve_helpers import assert_openai_error, sse_events, start_server
+from serve_helpers import assert_openai_error, sse_events
 
 HELLO = [{"role": "user", "content": "Say something about tea."}]
 GREEDY = {"temperature": 0, "seed": 7}
 
 
 @pytest.fixture(scope="module", params=["llamacpp", "transformers"])
-def server(request):
+def server(request, app_server):
     if request.param == "llamacpp":
-        model, args = request.getfixturevalue("tiny_qwen2"), ()
+        model, engine = request.getfixturevalue("tiny_qwen2"), "auto"
     else:
-        model, args = request.getfixturevalue("tiny_hf_qwen2"), ("--engine", "transformers")
-    with start_server(model, *args, "--max-n", "3", parallel=3, ctx=1024) as s:
-        yield s
+        model, engine = request.getfixturevalue("tiny_hf_qwen2"), "transformers"
+    return app_server(model, engine=engine, max_n=3, parallel=3, ctx=1024)
 
 
 @pytest.fixture(scope="module")

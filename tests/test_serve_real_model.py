@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from serve_helpers import start_server
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +27,8 @@ WEATHER_TOOL = {
 
 
 @pytest.fixture(scope="module")
-def server(source_gguf):
-    with start_server(source_gguf, parallel=1) as s:
-        yield s
+def server(app_server, source_gguf):
+    return app_server(source_gguf, parallel=1)
 
 
 @pytest.fixture(scope="module")

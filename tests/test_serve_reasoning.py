@@ -12,9 +12,8 @@ A small `max_tokens` (no room to think and answer) turns thinking off, so these 
 
 from __future__ import annotations
 
-import httpx
 import pytest
-from serve_helpers import THINK_CLOSE, assert_openai_error, start_server
+from serve_helpers import THINK_CLOSE, assert_openai_error
 
 HELLO = [{"role": "user", "content": "Why is the sky blue?"}]
 GREEDY = {"temperature": 0, "seed": 3}
@@ -22,9 +21,8 @@ THINK_TOKENS = 96  # room to think, close thinking and answer
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen3):
-    with start_server(tiny_qwen3, parallel=2) as s:
-        yield s
+def server(app_server, tiny_qwen3):
+    return app_server(tiny_qwen3, parallel=2)
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +81,14 @@ def test_streamed_reasoning_and_usage_match_non_streamed(client):
     ],
     ids=["chat_template_kwargs", "top_level"],
 )
-def test_thinking_off(client, switch):
+def test_thinking_off(server, client, switch):
     on = client.chat.completions.create(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY)
     r = client.chat.completions.create(model="default", messages=HELLO, max_tokens=THINK_TOKENS, **GREEDY, **switch)
     message = r.choices[0].message
     assert not _extra(message).get("reasoning_content")
     assert not _extra(message).get("reasoning")
-    assert message.content
+    local = server.model.chat(HELLO, max_tokens=THINK_TOKENS, temperature=0, think=False)  # the Python API's
+    assert message.content == local.content and local.reasoning is None and local.content
     assert r.usage.completion_tokens_details.reasoning_tokens == 0
     assert _extra(on.choices[0].message).get("reasoning_content")  # the same request thinks by default
     # The template appended the empty think block: the prompt grew by "<think>\n\n</think>\n\n".
@@ -142,8 +141,8 @@ def test_history_with_reasoning_is_accepted(client):
 
 def test_non_boolean_enable_thinking_is_a_400(server):
     body = {"messages": HELLO, "max_tokens": 2, "chat_template_kwargs": {"enable_thinking": "yes"}}
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    r = server.post("/v1/chat/completions", json=body, timeout=30)
     assert_openai_error(r, 400)
     body = {"messages": HELLO, "max_tokens": 2, "enable_thinking": "maybe"}
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    r = server.post("/v1/chat/completions", json=body, timeout=30)
     assert_openai_error(r, 400)

@@ -8,7 +8,6 @@ import json
 
 import openai
 import pytest
-from serve_helpers import start_server
 
 from qwenkit.chat.tools.base import ToolCall
 from qwenkit.serve.responses_protocol import ResponsesRequest
@@ -100,18 +99,24 @@ def test_no_output_is_one_empty_message():
 
 
 @pytest.fixture(scope="module")
-def client(tiny_qwen2):
-    with start_server(tiny_qwen2, "--max-stored-responses", "4", parallel=2) as s, s.client() as c:
+def server(app_server, tiny_qwen2):
+    return app_server(tiny_qwen2, parallel=2, max_stored_responses=4)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with server.client() as c:
         yield c
 
 
-def test_text_response_whole_and_streamed(client):
+def test_text_response_whole_and_streamed(server, client):
     kw = dict(model="default", input="Say something about tea.", max_output_tokens=6, temperature=0)
     whole = client.responses.create(**kw)
     assert whole.object == "response" and whole.id.startswith("resp")
     assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
     assert [item.type for item in whole.output] == ["message"]
-    assert whole.output_text and whole.usage.output_tokens == 6
+    local = server.model.chat("Say something about tea.", max_tokens=6, temperature=0)  # the chat path's answer
+    assert whole.output_text == local.content and local.content and whole.usage.output_tokens == 6
     assert whole.usage.total_tokens == whole.usage.input_tokens + 6
     events = list(client.responses.create(stream=True, **kw))
     kinds = [e.type for e in events]

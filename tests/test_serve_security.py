@@ -132,9 +132,8 @@ def test_key_never_logged(auth_server):
 
 
 @pytest.fixture(scope="module")
-def rpm_server(tiny_qwen2):
-    with start_server(tiny_qwen2, "--api-key", "alpha", "--api-key", "beta", "--rate-limit-rpm", "3", parallel=1) as s:
-        yield s
+def rpm_server(app_server, tiny_qwen2):
+    return app_server(tiny_qwen2, parallel=1, api_keys=frozenset({"alpha", "beta"}), requests_per_minute=3)
 
 
 def test_requests_per_minute(rpm_server):
@@ -151,8 +150,8 @@ def test_requests_per_minute(rpm_server):
     error = response.json()["error"]
     assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
     # Streamed requests are refused up front too, with a proper 429.
-    r = httpx.post(
-        f"{rpm_server.url}/v1/chat/completions",
+    r = rpm_server.post(
+        "/v1/chat/completions",
         headers={"Authorization": "Bearer alpha"},
         json={"messages": HELLO, "max_tokens": 1, "stream": True},
         timeout=30,
@@ -171,13 +170,12 @@ def test_rate_limits_are_per_key(rpm_server):
 
 def test_rate_limit_leaves_health_open(rpm_server):
     for _ in range(5):
-        assert httpx.get(f"{rpm_server.url}/health", timeout=10).status_code == 200
+        assert rpm_server.get("/health", timeout=10).status_code == 200
 
 
 @pytest.fixture(scope="module")
-def tpm_server(tiny_qwen2):
-    with start_server(tiny_qwen2, "--rate-limit-tpm", "40", parallel=1) as s:
-        yield s
+def tpm_server(app_server, tiny_qwen2):
+    return app_server(tiny_qwen2, parallel=1, tokens_per_minute=40)
 
 
 def test_tokens_per_minute(tpm_server):
@@ -195,15 +193,15 @@ def test_tokens_per_minute(tpm_server):
 
 
 @pytest.mark.parametrize("flag", [False, True])
-def test_prompt_text_is_logged_only_with_log_prompts(tiny_qwen2, flag):
-    secret = "MY-PRIVATE-PROMPT-TEXT-42"
-    with start_server(tiny_qwen2, *(["--log-prompts"] if flag else []), parallel=1) as s:
-        with s.client() as c:
-            c.chat.completions.create(model="default", messages=[{"role": "user", "content": secret}], max_tokens=2)
-        for _ in range(50):  # the access line is written once the response is sent: bounded wait
-            if "POST /v1/chat/completions 200" in s.log():
-                break
-            time.sleep(0.1)
-        log = s.log()
-        assert "POST /v1/chat/completions 200" in log
-        assert (secret in log) == flag
+def test_prompt_text_is_logged_only_with_log_prompts(app_server, tiny_qwen2, flag):
+    secret = f"MY-PRIVATE-PROMPT-TEXT-{flag}"
+    s = app_server(tiny_qwen2, parallel=1, **({"log_prompts": True} if flag else {}))
+    with s.client() as c:
+        c.chat.completions.create(model="default", messages=[{"role": "user", "content": secret}], max_tokens=2)
+    for _ in range(50):  # the access line is written once the response is sent: bounded wait
+        if "POST /v1/chat/completions 200" in s.log():
+            break
+        time.sleep(0.1)
+    log = s.log()
+    assert "POST /v1/chat/completions 200" in log
+    assert (secret in log) == flag

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from serve_helpers import start_server
 
 GREEDY = {"temperature": 0, "seed": 11}
 ASK = [{"role": "user", "content": "What is the weather in Paris, and the time?"}]
@@ -46,9 +45,8 @@ TOOLS = [WEATHER, TIME]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_qwen2):
-    with start_server(tiny_qwen2, parallel=2) as s:
-        yield s
+def server(app_server, tiny_qwen2):
+    return app_server(tiny_qwen2, parallel=2)
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +150,16 @@ def test_streamed_tool_call_accumulates_to_the_same_call(client):
     )
 
 
-def test_tool_choice_none_gives_no_calls(client):
+def test_tool_choice_none_gives_no_calls(server, client):
     auto = client.chat.completions.create(model="default", messages=ASK, tools=TOOLS, max_tokens=6, **GREEDY)
     none = client.chat.completions.create(
         model="default", messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=6, **GREEDY
     )
     assert none.choices[0].message.tool_calls is None
     assert none.choices[0].finish_reason == "length"
-    assert none.choices[0].message.content
+    assert (
+        none.choices[0].message.content == server.model.chat(ASK, max_tokens=6, temperature=0).content
+    )  # as if toolless
     # "none" leaves the tools out of the prompt altogether.
     assert none.usage.prompt_tokens < auto.usage.prompt_tokens - 50
 
@@ -180,8 +180,8 @@ def test_tool_result_round_trip_is_accepted(client):
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"time": "12:00"})},
     ]
     second = client.chat.completions.create(model="default", messages=messages, tools=TOOLS, max_tokens=4, **GREEDY)
-    assert second.choices[0].finish_reason == "length"
-    assert second.choices[0].message.content
+    assert second.choices[0].finish_reason == "length" and second.usage.completion_tokens == 4
+    assert second.choices[0].message.content and not second.choices[0].message.tool_calls
     # The call and its result are now part of the prompt.
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens
     # Arguments given as an object (not a string) and content parts are accepted too.
@@ -280,9 +280,9 @@ def test_json_schema_integer_range(client):
         assert 0 <= json.loads(r.choices[0].message.content)["n"] <= 9
 
 
-def test_json_schema_on_qwen3_skips_thinking(tiny_qwen3):
+def test_json_schema_on_qwen3_skips_thinking(app_server, tiny_qwen3):
     # Constrained output is the answer itself: no reasoning first, even with thinking on.
-    with start_server(tiny_qwen3, parallel=1) as s, s.client() as c:
+    with app_server(tiny_qwen3, parallel=2).client() as c:
         fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
         r = c.chat.completions.create(
             model="default",

@@ -17,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 from PIL import Image
-from serve_helpers import start_server
+from serve_helpers import running_meanwhile
 
 GREEDY: dict[str, Any] = {"max_tokens": 5, "temperature": 0}
 
@@ -84,12 +84,19 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vl_server(tiny_hf_qwen2_vl: Path, media_dir: Path) -> Iterator[Any]:
-    args = ("--engine", "transformers", "--served-model-name", "m", "--media-dir", str(media_dir))
-    args += ("--allow-remote-media",)
-    args += ("--media-host", "127.0.0.1", "--max-images", "2", "--max-body-bytes", "3000000")
-    with start_server(tiny_hf_qwen2_vl, *args, parallel=4, threads=2) as server:
-        yield server
+def vl_server(app_server: Any, tiny_hf_qwen2_vl: Path, media_dir: Path) -> Any:
+    return app_server(
+        tiny_hf_qwen2_vl,
+        engine="transformers",
+        parallel=4,
+        threads=2,
+        served_name="m",
+        media_dir=media_dir,
+        allow_remote_media=True,
+        media_hosts=frozenset({"127.0.0.1"}),
+        max_images=2,
+        max_body_bytes=3_000_000,
+    )
 
 
 def test_data_uri_images(vl_server: Any) -> None:
@@ -153,27 +160,28 @@ def test_bad_images_are_400_while_another_request_completes(vl_server: Any, imag
         (image_message("data:image/png;base64,@@@"), "malformed"),
         ([{"role": "user", "content": "see <|vision_start|><|image_pad|><|vision_end|>"}], "vision tokens"),
     ]
-    # a streamed image request is open (its first chunk read) while every bad one is answered
-    stream = client.chat.completions.create(
-        model="m", messages=image_message(data_uri(png((9, 9, 9)))), max_tokens=64, temperature=0, stream=True
-    )
-    chunks = iter(stream)
-    first = next(chunks)
-    for messages, message in bad:
-        with pytest.raises(openai.BadRequestError, match=message):
-            client.chat.completions.create(model="m", messages=messages, **GREEDY)  # type: ignore[arg-type]
-    finish = [c.choices[0].finish_reason for c in [first, *chunks] if c.choices and c.choices[0].finish_reason]
+
+    # a streamed image request runs while every bad one is answered
+    def streamed() -> list[Any]:
+        messages = image_message(data_uri(png((9, 9, 9))))
+        return list(
+            client.chat.completions.create(model="m", messages=messages, max_tokens=64, temperature=0, stream=True)
+        )
+
+    with running_meanwhile(vl_server, streamed) as stream:
+        for messages, message in bad:
+            with pytest.raises(openai.BadRequestError, match=message):
+                client.chat.completions.create(model="m", messages=messages, **GREEDY)  # type: ignore[arg-type]
+    finish = [c.choices[0].finish_reason for c in stream.result() if c.choices and c.choices[0].finish_reason]
     assert finish in (["stop"], ["length"])
     assert vl_server.healthy()
 
 
-def test_a_text_only_model_answers_400(tiny_qwen2: Path) -> None:
-    with start_server(tiny_qwen2, "--served-model-name", "m", parallel=1) as server:
-        with pytest.raises(openai.BadRequestError, match="takes text only"):
-            server.client().chat.completions.create(
-                model="m", messages=image_message(data_uri(png((1, 1, 1)))), **GREEDY
-            )  # type: ignore[arg-type]
-        assert server.healthy()
+def test_a_text_only_model_answers_400(app_server: Any, tiny_qwen2: Path) -> None:
+    server = app_server(tiny_qwen2, parallel=1, served_name="m")
+    with pytest.raises(openai.BadRequestError, match="takes text only"):
+        server.client().chat.completions.create(model="m", messages=image_message(data_uri(png((1, 1, 1)))), **GREEDY)  # type: ignore[arg-type]
+    assert server.healthy()
 
 
 def test_tokenize_keeps_to_the_servers_media_policy(vl_server: Any, media_dir: Path) -> None:

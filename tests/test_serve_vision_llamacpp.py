@@ -4,12 +4,11 @@ turn served from the cache, bad input answered 400 while an image request stream
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-from serve_helpers import start_server
+from serve_helpers import running_meanwhile
 from test_serve_vision import bomb, data_uri, image_message, png
 
 GREEDY: dict[str, Any] = {"max_tokens": 5, "temperature": 0}
@@ -18,11 +17,11 @@ IMAGE_TOKENS = 9
 
 
 @pytest.fixture(scope="module")
-def vl_server(tiny_vl_gguf) -> Iterator[Any]:
+def vl_server(app_server, tiny_vl_gguf) -> Any:
     model, mmproj = tiny_vl_gguf
-    args = ("--mmproj", str(mmproj), "--served-model-name", "m", "--max-images", "2", "--max-body-bytes", "3000000")
-    with start_server(model, *args, parallel=3, threads=2) as server:
-        yield server
+    return app_server(
+        model, mmproj=mmproj, parallel=3, threads=2, served_name="m", max_images=2, max_body_bytes=3_000_000
+    )
 
 
 def test_data_uri_images_streaming_and_usage(vl_server: Any) -> None:
@@ -66,17 +65,22 @@ def test_bad_input_is_400_while_an_image_request_streams(vl_server: Any) -> None
         # two 1008x1008 images are 1296 tokens each: more than the 2048-token context
         (image_message(*[data_uri(png((i, 9, 9), (1008, 1008))) for i in range(2)]), "with its images is"),
     ]
-    stream = client.chat.completions.create(
-        model="m", messages=image_message(data_uri(png((9, 9, 9), SIZE))), max_tokens=48, temperature=0, stream=True
-    )
-    chunks = iter(stream)
-    first = next(chunks)
-    for messages, message in bad:
-        with pytest.raises(openai.BadRequestError, match=message):
-            client.chat.completions.create(model="m", messages=messages, **GREEDY)  # type: ignore[arg-type]
-    # llama.cpp's default media marker is plain text to qwenkit: no image slot, no error
-    marker = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "<__media__>"}], **GREEDY)
-    assert marker.choices[0].finish_reason in ("stop", "length")
-    finish = [c.choices[0].finish_reason for c in [first, *chunks] if c.choices and c.choices[0].finish_reason]
+
+    def streamed() -> list[Any]:
+        messages = image_message(data_uri(png((9, 9, 9), SIZE)))
+        return list(
+            client.chat.completions.create(model="m", messages=messages, max_tokens=48, temperature=0, stream=True)
+        )
+
+    with running_meanwhile(vl_server, streamed) as stream:
+        for messages, message in bad:
+            with pytest.raises(openai.BadRequestError, match=message):
+                client.chat.completions.create(model="m", messages=messages, **GREEDY)  # type: ignore[arg-type]
+        # llama.cpp's default media marker is plain text to qwenkit: no image slot, no error
+        marker = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "<__media__>"}], **GREEDY
+        )
+        assert marker.choices[0].finish_reason in ("stop", "length")
+    finish = [c.choices[0].finish_reason for c in stream.result() if c.choices and c.choices[0].finish_reason]
     assert finish in (["stop"], ["length"])
     assert vl_server.healthy()

@@ -151,7 +151,7 @@ def test_budget_bounds_reasoning_and_an_answer_follows(qwen3, budget):
 
 def test_max_tokens_200_with_thinking_still_answers(qwen3):
     r = qwen3.chat("Explain gravity.", max_tokens=200, seed=3)
-    assert r.content.strip()
+    assert r.content.strip() and "</think>" not in r.content and r.usage.reasoning_tokens > 0
     assert r.usage.reasoning_tokens <= 200 - answer_reserve(200)
     assert r.finish_reason == "length" and r.usage.completion_tokens == 200
 
@@ -160,7 +160,8 @@ def test_too_few_tokens_to_think_turns_thinking_off(qwen3):
     turn = qwen3.prepare("hi", max_tokens=24)
     assert not turn.thinking
     r = qwen3.chat("hi", max_tokens=24, seed=1)
-    assert r.reasoning is None and r.content
+    assert r.reasoning is None and r.usage.reasoning_tokens == 0
+    assert r.finish_reason == "length" and r.usage.completion_tokens == 24 and r.content.strip()  # all answer
 
 
 def test_reasoning_effort_none_turns_thinking_off(qwen3):

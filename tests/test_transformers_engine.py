@@ -19,7 +19,7 @@ pytest.importorskip("transformers", reason="the transformers extra is not instal
 
 import engine_helpers
 import torch
-from engine_helpers import GREEDY, ForceAfter, check_stream_shape, ids_of, run, text_of
+from engine_helpers import GREEDY, ForceAfter, HoldAfter, check_stream_shape, ids_of, run, text_of, wait_until
 
 import qwenkit
 from qwenkit.engines.base import Chunk, Engine, QueueFull, SamplingParams
@@ -117,15 +117,22 @@ def _collect(engine, prompt, out, key, controller=None, **params):
 def test_concurrent_requests_match_their_solo_output(q2, solo):
     """Requests joining a running batch (merged caches, different lengths) decode as if alone."""
     out: dict[str, list[int]] = {}
-    threads = []
-    for i, prompt in enumerate(PROMPTS):
-        t = threading.Thread(target=_collect, args=(q2, prompt, out, prompt), kwargs=dict(max_tokens=12, **GREEDY))
+    hold = HoldAfter(2)  # the second request holds the step loop once it decodes: the later ones queue meanwhile
+    controllers = [None, hold] + [None] * (len(PROMPTS) - 2)
+    threads = [
+        threading.Thread(target=_collect, args=(q2, p, out, p, c), kwargs=dict(max_tokens=12, **GREEDY))
+        for p, c in zip(PROMPTS, controllers, strict=True)
+    ]
+    for t in threads[:2]:
         t.start()
-        threads.append(t)
-        if i == 1:
-            time.sleep(0.3)  # the later ones join a batch already decoding
+    assert hold.decoding.wait(120)
+    for t in threads[2:]:
+        t.start()
+    joined = wait_until(lambda: q2.stats().waiting == len(PROMPTS) - 2)
+    hold.release.set()  # the later ones join a batch already decoding
     for t in threads:
         t.join(timeout=300)
+    assert joined, "the later requests never queued behind the running batch"
     assert out == solo
 
 
@@ -273,7 +280,9 @@ def test_thinking_budget_on_transformers(tiny_hf_qwen3):
         r = model.chat("Solve 2+2.", max_tokens=budget + 120, thinking_budget=budget, seed=7)
         assert 0 < r.usage.reasoning_tokens <= budget + GRACE_TOKENS + len(model._closing) + 1
         assert "Considering the limited time" in r.reasoning
-        assert r.content.strip()
+        # the answer took the rest of max_tokens (a random model never ends its turn), outside the reasoning
+        assert r.finish_reason == "length" and r.usage.completion_tokens == budget + 120
+        assert r.content.strip() and "</think>" not in r.content and "</think>" not in r.reasoning
 
 
 # ----- the command line and the server on this engine --------------------------------------
@@ -331,49 +340,49 @@ def test_cli_engine_options_fail_in_one_line(tiny_hf_qwen2, args, message):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
 
 
-def test_serve_on_transformers_keeps_concurrent_requests_apart(tiny_hf_qwen2):
+def test_serve_on_transformers_keeps_concurrent_requests_apart(app_server, tiny_hf_qwen2):
     """`qwenkit serve --engine transformers`: concurrent requests, batched, each as if alone."""
     import concurrent.futures as cf
 
-    from serve_helpers import sse_events, start_server
+    from serve_helpers import sse_events
 
     questions = ["Write a poem about the sea.", "你好", "List three colours.", "def fib(n):", "Why is the sky blue?"]
-    with start_server(tiny_hf_qwen2, "--engine", "transformers", parallel=4, threads=THREADS) as server:
-        client = server.client()
+    server = app_server(tiny_hf_qwen2, engine="transformers", parallel=4, threads=THREADS)
+    client = server.client()
 
-        def ask(q: str) -> str:
-            r = client.chat.completions.create(
-                model="default", messages=[{"role": "user", "content": q}], max_tokens=10, temperature=0
+    def ask(q: str) -> str:
+        r = client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": q}], max_tokens=10, temperature=0
+        )
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
+        return r.choices[0].message.content
+
+    solo = [ask(q) for q in questions]
+    with cf.ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, questions))
+    assert together == solo
+    with server.http() as h:  # streaming works the same
+        body = {
+            "messages": [{"role": "user", "content": questions[0]}],
+            "max_tokens": 10,
+            "temperature": 0,
+            "stream": True,
+        }
+        with h.stream("POST", "/v1/chat/completions", json=body) as response:
+            text = "".join(
+                e["choices"][0]["delta"].get("content") or ""
+                for e in sse_events(response)
+                if isinstance(e, dict) and e["choices"]
             )
-            assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 10
-            return r.choices[0].message.content
-
-        solo = [ask(q) for q in questions]
-        with cf.ThreadPoolExecutor(len(questions)) as pool:
-            together = list(pool.map(ask, questions))
-        assert together == solo
-        with server.http() as h:  # streaming works the same
-            body = {
-                "messages": [{"role": "user", "content": questions[0]}],
-                "max_tokens": 10,
-                "temperature": 0,
-                "stream": True,
-            }
-            with h.stream("POST", "/v1/chat/completions", json=body) as response:
-                text = "".join(
-                    e["choices"][0]["delta"].get("content") or ""
-                    for e in sse_events(response)
-                    if isinstance(e, dict) and e["choices"]
-                )
-        assert text == solo[0]
-        with server.http() as h:  # grammars are llama.cpp's: a clear 400, not a failure mid-way
-            body = {
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 10,
-                "response_format": {"type": "json_object"},
-            }
-            r = h.post("/v1/chat/completions", json=body)
-            assert r.status_code == 400 and "llama.cpp" in r.json()["error"]["message"]
+    assert text == solo[0]
+    with server.http() as h:  # grammars are llama.cpp's: a clear 400, not a failure mid-way
+        body = {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 10,
+            "response_format": {"type": "json_object"},
+        }
+        r = h.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and "llama.cpp" in r.json()["error"]["message"]
 
 
 # ----- the prefix cache -------------------------------------------------------------------

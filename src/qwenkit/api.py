@@ -16,6 +16,11 @@ from qwenkit.model import Model
 ENGINES = ("auto", "llamacpp", "transformers", "onnx", "vllm")
 
 
+# Where Qwen's chat templates open an assistant turn: a hybrid model's llama.cpp slots keep a
+# checkpoint there, so a conversation's next turn resumes where the last answer starts.
+ASSISTANT_TURN = "<|im_start|>assistant\n"
+
+
 def pick_engine(engine: str, fmt: str) -> str:
     """The engine to run weights of format `fmt` ("gguf", "hf" or "onnx") on: `auto` picks
     llama.cpp for a GGUF file, transformers for a checkpoint directory and ONNX Runtime GenAI
@@ -162,6 +167,7 @@ def load(
                 image_max_tokens=image_max_tokens,
                 speculative=mode,
                 draft_max=draft_max,
+                turn_start=ASSISTANT_TURN,
             ),
         )
     try:

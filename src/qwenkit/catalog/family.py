@@ -86,9 +86,11 @@ class Catalog:
         """The command exporting `entry` to ONNX Runtime GenAI int4, where its model builder takes it.
 
         The builder converts dense Qwen2/Qwen2.5 (Coder, Math, QwQ), Qwen3 and Qwen2.5-VL
-        checkpoints; it refuses mixture-of-experts models and has no audio tower.
+        checkpoints; it refuses mixture-of-experts and hybrid (linear-attention) models and has no
+        audio tower.
         """
-        if self.shape(entry).is_moe or entry.family in _NO_ONNX_BUILDER:
+        shape = self.shape(entry)
+        if shape.is_moe or shape.is_hybrid or entry.family in _NO_ONNX_BUILDER:
             return None
         return f"qwenkit export onnx --model {entry.name} --precision int4"
 

@@ -2,9 +2,12 @@
 
 Ranking, stated so it can be argued with:
 - quality ~ log2(parameters in billions); a MoE counts as sqrt(total x active) (a common rule
-  of thumb for MoE capability); a specialist for the task (Coder for code, Math for math, VL for
-  vision) or a thinking model for reasoning gets +1 (as if twice the size); Qwen3-2507 +0.3;
-  a vision or audio model asked for another task -0.5 (its tower costs memory for nothing);
+  of thumb for MoE capability); a specialist for the task (Qwen2.5-Coder and Qwen3-Coder for
+  code, Math for math, VL for vision) or a thinking model for reasoning gets +1 (as if twice the
+  size); a later generation gets its `GENERATION` bonus (Qwen3-2507 +0.3; Qwen3-Coder,
+  Qwen3-Next, Qwen3.5, 3.6 and 3.8 +1: a rule of thumb, not a measurement, that counts the
+  2025-2026 generations as if twice the size of an earlier model); a vision or audio model asked
+  for another task -0.5 (its tower costs memory for nothing);
 - quantization costs: q2_k -1.5, q3_k_m -0.7, q4_0 -0.35, q4_k_m/AWQ/GPTQ-Int4 -0.2, q5 -0.05..-0.1;
 - speed: below the target decode speed (10 tok/s unless a floor is given) costs
   1.5 x log2(target / expected); below an explicit `--min-speed` floor a pick is dropped;
@@ -14,8 +17,10 @@ Ranking, stated so it can be argued with:
 The picks are ordered by that score; with `Ask.largest` by quality alone (size, specialty,
 quantization: the largest model that fits first, tight or slow).
 Expected decode speed = bandwidth x 0.6 / bytes read per token (the weights of the active
-parameters plus the KV cache at half the context): decoding is memory-bound, and 60% of peak
-bandwidth is what llama.cpp typically sustains.
+parameters, the KV cache at half the context, a hybrid's recurrent state): decoding is
+memory-bound, and 60% of peak bandwidth is what llama.cpp typically sustains.
+A hybrid model (Qwen3.5, Qwen3-Next) says what its long context costs: KV in a quarter of its
+layers plus a fixed recurrent state, beside the KV of the Qwen3 model nearest its size.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from qwenkit.catalog.device import Device
 from qwenkit.catalog.family import Catalog, Variant
-from qwenkit.catalog.memory import HEADROOM, Estimate, estimate_variant, kv_bytes
+from qwenkit.catalog.memory import HEADROOM, Estimate, estimate_variant, kv_bytes, state_bytes
 from qwenkit.catalog.schema import Entry
 from qwenkit.errors import QwenkitError
 
@@ -44,7 +49,17 @@ QUANT_COST = {
     "q5_0": 0.1,
     "q5_k_m": 0.05,
 }
-SPECIALIST = {"code": "qwen2.5-coder", "math": "qwen2.5-math", "vision": "qwen2.5-vl"}
+SPECIALIST = {"code": ("qwen2.5-coder", "qwen3-coder"), "math": ("qwen2.5-math",), "vision": ("qwen2.5-vl",)}
+GENERATION = {
+    "qwen3-2507": (0.3, "Qwen3-2507: the July 2025 refresh, 256K native context"),
+    "qwen3-coder": (1.0, "Qwen3-Coder: the agentic coding generation, 256K native context"),
+    "qwen3-next": (1.0, "Qwen3-Next: hybrid attention, 256K native context"),
+    "qwen3.5": (1.0, "Qwen3.5: the 2026 generation, 256K native context"),
+    "qwen3.5-moe": (1.0, "Qwen3.5: the 2026 generation, 256K native context"),
+    "qwen3.6": (1.0, "Qwen3.6: a later release on the Qwen3.5 architecture"),
+    "qwen3.8": (1.0, "Qwen3.8: a later release on the Qwen3.5 architecture"),
+}
+TRANSFORMER_PEERS = ("qwen3", "qwen3-moe")  # what a hybrid model's context cost is set beside
 
 
 @dataclass(frozen=True)
@@ -187,7 +202,7 @@ def decode_tps(cat: Catalog, v: Variant, est: Estimate, n_ctx: int, device: Devi
     weights = est.weights
     if shape.is_moe:
         weights = int(weights * cat.params(v.entry, active=True) / cat.params(v.entry))
-    per_token = weights + kv_bytes(shape, n_ctx, 1) / 2
+    per_token = weights + kv_bytes(shape, n_ctx, 1) / 2 + state_bytes(shape, 1)
     return device.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY / per_token
 
 
@@ -205,18 +220,23 @@ def _score(
     else:
         effective = params
     score = math.log2(effective)
-    if SPECIALIST.get(ask.task) == entry.family:
+    if entry.family in SPECIALIST.get(ask.task, ()):
         score += 1
         reasons.append(f"{entry.family} is specialised for {ask.task}")
     if ask.task == "reasoning" and entry.thinking != "none":
         score += 1
-        reasons.append("thinking model" if entry.thinking == "thinking-only" else "hybrid thinking (Qwen3)")
+        reasons.append(
+            "thinking model" if entry.thinking == "thinking-only" else "hybrid thinking (on or off per request)"
+        )
     if entry.vision is not None and ask.task not in ("vision", "audio"):
         score -= 0.5
         reasons.append("carries a vision/audio tower this task does not use")
-    if entry.family == "qwen3-2507":
-        score += 0.3
-        reasons.append("Qwen3-2507: the July 2025 refresh, 256K native context")
+    if entry.family in GENERATION:
+        bonus, why = GENERATION[entry.family]
+        score += bonus
+        reasons.append(why)
+    if cat.shape(entry).is_hybrid:
+        reasons.append(_context_cost(cat, entry, ask))
     cost = QUANT_COST.get(v.quant, 0.0)
     score -= cost
     reasons.append(
@@ -234,6 +254,29 @@ def _score(
     if entry.license != "apache-2.0":
         reasons.append(f"licence: {entry.license} (not Apache-2.0)")
     return quality, score, reasons
+
+
+def _context_cost(cat: Catalog, entry: Entry, ask: Ask) -> str:
+    """What a hybrid model's context costs, beside the KV of the Qwen3 transformer (dense or MoE
+    as it is) nearest its size."""
+    shape = cat.shape(entry)
+    n_ctx, gib = ask.context, 2**30
+    kv = kv_bytes(shape, n_ctx, ask.n_parallel)
+    state = state_bytes(shape, ask.n_parallel)
+    text = (
+        f"hybrid attention: a KV cache in {shape.attention_layers} of {shape.layers} layers, "
+        f"{kv / gib:.1f} GiB at {n_ctx} tokens, plus {state / 2**20:.0f} MiB of recurrent state"
+    )
+    peers = [
+        e
+        for e in cat.entries.values()
+        if e.family in TRANSFORMER_PEERS and not cat.shape(e).is_hybrid and cat.shape(e).is_moe == shape.is_moe
+    ]
+    if not peers:
+        return text
+    peer = min(peers, key=lambda e: abs(math.log(cat.params(e) / cat.params(entry))))
+    peer_kv = kv_bytes(cat.shape(peer), n_ctx, ask.n_parallel)
+    return f"{text} ({peer.name} would need {peer_kv / gib:.1f} GiB of KV: {(kv + state) / peer_kv:.0%} of it)"
 
 
 def _what_would_fit(cat: Catalog, entries: list[Entry], ask: Ask, device: Device, memory: int) -> list[str]:

@@ -148,6 +148,7 @@ class EngineStats:
     prompt_tokens: int = 0  # prompt tokens submitted, since start
     drafted_tokens: int = 0  # tokens drafted by speculation and verified, since start
     accepted_draft_tokens: int = 0  # of those, the ones kept, since start
+    prefix_cache_off: str | None = None  # why the prefix cache asked for is off for this model (None: it is not)
 
 
 @dataclass(frozen=True)

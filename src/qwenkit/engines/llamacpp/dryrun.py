@@ -23,6 +23,7 @@ from qwenkit.errors import ModelLoadError
 MIB = 1 << 20
 _MODEL = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
 _KV = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB")
+_STATE = re.compile(r"llama_memory_recurrent: size =\s*([\d.]+) MiB")  # a hybrid's recurrent state
 _OUTPUT = re.compile(r"(\S+)\s+output buffer size =\s*([\d.]+) MiB")
 _COMPUTE = re.compile(r"(\S+) compute buffer size =\s*([\d.]+) MiB")
 
@@ -33,12 +34,13 @@ class Breakdown:
 
     model: dict[str, int] = field(default_factory=dict)
     kv: int = 0
+    state: int = 0
     output: dict[str, int] = field(default_factory=dict)
     compute: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
-        return sum(self.model.values()) + self.kv + sum(self.output.values()) + sum(self.compute.values())
+        return sum(self.model.values()) + self.kv + self.state + sum(self.output.values()) + sum(self.compute.values())
 
 
 class _Collect(logging.Handler):
@@ -90,6 +92,8 @@ def _parse(lines: list[str]) -> Breakdown:
             b.model[m[1]] = b.model.get(m[1], 0) + _bytes(m[2])
         elif m := _KV.search(line):
             b.kv += _bytes(m[1])
+        elif m := _STATE.search(line):
+            b.state += _bytes(m[1])
         elif m := _OUTPUT.search(line):
             b.output[m[1]] = b.output.get(m[1], 0) + _bytes(m[2])
         elif m := _COMPUTE.search(line):

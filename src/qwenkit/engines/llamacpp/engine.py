@@ -32,6 +32,11 @@ class LlamaCppSettings:
     image_cache: int = 16  # encoded images kept, by sha256
     speculative: Speculation = "ngram"  # the default for requests; each may turn it on or off
     draft_max: int = DEFAULT_DRAFT_MAX  # drafted tokens per sequence and step at most (0: never speculate)
+    # Models with recurrent layers (Qwen3.5, Qwen3-Next) keep context checkpoints per slot, at
+    # most `ctx_checkpoints`, one before each prompt's end and one after each `turn_start`
+    # (a chat template's assistant-turn opening, e.g. "<|im_start|>assistant\n") in a prompt.
+    turn_start: str | None = None
+    ctx_checkpoints: int = 8
 
 
 class LlamaCppEngine(EngineBase):
@@ -64,6 +69,8 @@ class LlamaCppEngine(EngineBase):
                 vision=self.vision_tower,
                 speculative=s.speculative == "ngram",
                 draft_max=s.draft_max,
+                turn_start=tuple(self.model.tokenize(s.turn_start, special=True)) if s.turn_start else (),
+                max_checkpoints=s.ctx_checkpoints,
             )
         except BaseException:
             if self.vision_tower is not None:

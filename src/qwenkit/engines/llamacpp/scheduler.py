@@ -43,10 +43,20 @@ from qwenkit.engines.base import (
     Request,
     check_request,
 )
+from qwenkit.engines.llamacpp.checkpoints import marks, nearest, restore, save
 from qwenkit.engines.llamacpp.image_step import ImageStep
 from qwenkit.engines.llamacpp.model import AdapterHandle, LlamaModel
 from qwenkit.engines.llamacpp.sampler import SamplerChain, token_logprob
-from qwenkit.engines.llamacpp.slots import Key, Slot, expand, reusable, shared_prefix, slot_for, text_run
+from qwenkit.engines.llamacpp.slots import (
+    Key,
+    Slot,
+    expand,
+    reachable,
+    reusable,
+    shared_prefix,
+    slot_for,
+    text_run,
+)
 from qwenkit.engines.llamacpp.vision import VisionTower
 from qwenkit.engines.output import RequestOutput
 from qwenkit.engines.speculation import DraftLength, NgramDrafter
@@ -106,8 +116,14 @@ class Scheduler:
         vision: VisionTower | None = None,
         speculative: bool = False,
         draft_max: int = 0,
+        turn_start: tuple[int, ...] = (),
+        max_checkpoints: int = 8,
     ) -> None:
         self.model = model
+        # recurrent layers (Qwen3.5, Qwen3-Next): a sequence is cut back only to a checkpoint
+        self.recurrent = bool(C.llama_model_is_recurrent(model.ptr) or C.llama_model_is_hybrid(model.ptr))
+        self.turn_start = turn_start
+        self.max_checkpoints = max_checkpoints
         self.images = ImageStep(vision, model, n_ctx=n_ctx) if vision is not None else None
         self.image_pad = self.images.image_pad if self.images is not None else None
         self.n_ctx = n_ctx
@@ -287,21 +303,15 @@ class Scheduler:
         # Scoring the prompt needs its logits at every position: nothing is reused then. Only the
         # first choice scores it; the others copy the cache it leaves.
         scored = request.params.prompt_logprobs is not None and request.index == 0
-        reuse = 0 if scored else reusable(keys, shared_prefix(slot, keys, request.adapters))
-        donor = max(
-            (s for s in self.slots if s is not slot),
-            key=lambda s: shared_prefix(s, keys, request.adapters),
-            default=None,
-        )
-        if donor is not None and not scored:
-            shared = reusable(keys, shared_prefix(donor, keys, request.adapters))
-            if shared > reuse:  # copy the donor's stream whole (across streams only whole copies
-                C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)  # work), trim below
-                slot.cached, slot.positions = donor.cached[:shared], donor.positions[:shared]
-                slot.end_pos = donor.position(shared)
-                reuse = shared
-        C.llama_memory_seq_rm(self.mem, slot.seq_id, slot.position(reuse), -1)
-        slot.keep(reuse)
+        reuse, donor, donor_reuse = 0, None, 0
+        if not scored:
+            reuse = self._reachable(slot, keys, request.adapters)
+            for other in self.slots:
+                n = self._reachable(other, keys, request.adapters) if other is not slot else 0
+                if n > max(reuse, donor_reuse):
+                    donor, donor_reuse = other, n
+        reuse = self._cut(slot, reuse, donor, donor_reuse)
+        slot.marks = {m for m in marks(keys, self.turn_start) if m >= reuse} if self.recurrent and not scored else set()
         slot.adapters = request.adapters
         self._prefix_hit_tokens += reuse
         self._prompt_tokens += len(keys)
@@ -327,7 +337,9 @@ class Scheduler:
         slot.prompt_logprobs = [None] if scored else None
         slot.top_logprobs = request.params.logprobs
         limit = self._draft_limit(request)
-        slot.drafter = NgramDrafter(request.prompt) if limit and not images else None
+        # a cache with recurrent layers cannot drop a rejected guess: those models do not speculate
+        speculates = limit > 0 and not images and not self.recurrent
+        slot.drafter = NgramDrafter(request.prompt) if speculates else None
         slot.draft_length = DraftLength(limit) if slot.drafter is not None else None
 
     def _draft_limit(self, request: Request) -> int:
@@ -335,6 +347,40 @@ class Scheduler:
         p = request.params
         on = self.speculative if p.speculative is None else p.speculative
         return min(self.draft_max, self.draft_max if p.draft_max is None else p.draft_max) if on else 0
+
+    def _reachable(self, slot: Slot, keys: list[Key], adapters: Adapters) -> int:
+        """How many of `keys` `slot`'s cache can give (a cache with recurrent layers only to a
+        checkpoint or whole)."""
+        return reachable(slot, reusable(keys, shared_prefix(slot, keys, adapters)), recurrent=self.recurrent)
+
+    def _cut(self, slot: Slot, reuse: int, donor: Slot | None, donor_reuse: int) -> int:
+        """Leave `slot` holding the first `reuse` entries of its cache, or the first `donor_reuse`
+        of `donor`'s copied in (across KV streams only whole copies work: copy, then cut); the
+        entries it holds. A cut the memory refuses empties the sequence: never a wrong state."""
+        if donor is not None:
+            C.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)
+            slot.cached, slot.positions, slot.end_pos = list(donor.cached), list(donor.positions), donor.end_pos
+            slot.checkpoints = list(donor.checkpoints)
+            reuse = donor_reuse
+        if self.recurrent and 0 < reuse < len(slot.cached):  # back to a checkpoint, then drop cells after it
+            checkpoint = nearest(slot.checkpoints, reuse)
+            if checkpoint is None or checkpoint.n != reuse or not restore(self.ctx, slot.seq_id, checkpoint):
+                reuse = 0
+        if reuse == 0 or not C.llama_memory_seq_rm(self.mem, slot.seq_id, slot.position(reuse), -1):
+            C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+            reuse = 0
+        slot.keep(reuse)
+        return reuse
+
+    def _checkpoint(self, slot: Slot) -> None:
+        """Save `slot`'s recurrent state at its cache's end, the oldest checkpoint out when full."""
+        here = len(slot.cached)
+        slot.marks.discard(here)
+        if any(c.n == here for c in slot.checkpoints):
+            return
+        if len(slot.checkpoints) >= self.max_checkpoints:
+            slot.checkpoints.remove(min(slot.checkpoints, key=lambda c: c.n))
+        slot.checkpoints.append(save(self.ctx, slot.seq_id, here))
 
     def _step(self) -> None:
         for slot in self.slots:
@@ -373,14 +419,19 @@ class Scheduler:
         decoding = sum(1 for s in active if len(s.feed) == 1 and s.drafter is not None)
         share = max(1, self.draft_max // max(decoding, 1))
         drafts_left = self.max_drafted
-        taken: list[
-            tuple[Slot, int, int | None, int, list[int]]
-        ] = []  # slot, tokens taken, logits row, first row, draft
+        # slot, tokens taken, logits row, first row, draft
+        taken: list[tuple[Slot, int, int | None, int, list[int]]] = []
         scored = False  # one prompt scored per step: the output buffer has room for one
         for slot in active:
             if n >= budget:
                 break
             take = text_run(slot.feed, budget - n)
+            if slot.marks:  # a checkpoint is saved between two decodes: end this chunk at the next mark
+                here = len(slot.cached)
+                if here in slot.marks:
+                    self._checkpoint(slot)
+                ahead = [m - here for m in slot.marks if m > here]
+                take = min(take, *ahead) if ahead else take
             scoring = slot.prompt_logprobs is not None
             if scoring:  # every row's logits are kept: bound the output buffer
                 if scored:
@@ -515,6 +566,7 @@ class Scheduler:
         slot.images = {}
         slot.prompt_logprobs = None
         slot.drafter = slot.draft_length = None
+        slot.marks = set()
         if slot.sampler:
             slot.sampler.close()
             slot.sampler = None
@@ -522,4 +574,4 @@ class Scheduler:
     def _forget(self, slot: Slot) -> None:
         """Drop a slot's cache (after a failed step its contents are unknown)."""
         C.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
-        slot.cached, slot.positions, slot.end_pos = [], [], 0
+        slot.cached, slot.positions, slot.end_pos, slot.checkpoints = [], [], 0, []

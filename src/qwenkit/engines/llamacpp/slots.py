@@ -10,6 +10,9 @@ at the same place share nothing. An image is reused whole or not at all. A cache
 by a request on the same LoRA adapter set. Positions are kept per cache entry apart from cell
 counts: with M-RoPE an image's tokens all sit at its first position and the text after it
 continues `n_pos` (its grid size) further on, not `n_tokens`.
+
+On a model with recurrent layers a slot also keeps `checkpoints` (`checkpoints.py`): its cache
+can be cut back only to one of them (or emptied), and `reachable` says how much of it that keeps.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qwenkit.engines.base import Adapters, Request, TokenLogprob
+from qwenkit.engines.llamacpp.checkpoints import Checkpoint, nearest
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.llamacpp.vision import PreparedImage
 from qwenkit.engines.output import RequestOutput
@@ -46,6 +50,8 @@ class Slot:
         self.top_logprobs: int | None = None  # the request's `logprobs` (None: none computed)
         self.drafter: NgramDrafter | None = None  # its context's n-grams, while it speculates
         self.draft_length: DraftLength | None = None
+        self.checkpoints: list[Checkpoint] = []  # recurrent states saved along `cached` (hybrid models)
+        self.marks: set[int] = set()  # cache lengths at which the running prompt saves a checkpoint
 
     @property
     def busy(self) -> bool:
@@ -60,6 +66,7 @@ class Slot:
         self.end_pos = self.position(n)
         del self.cached[n:]
         del self.positions[n:]
+        self.checkpoints = [c for c in self.checkpoints if c.n <= n]
 
     def extend_text(self, tokens: Sequence[int]) -> None:
         self.cached.extend(tokens)
@@ -89,6 +96,16 @@ def common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:
 def shared_prefix(slot: Slot, prompt: Sequence[Key], adapters: Adapters) -> int:
     """Prompt tokens `slot`'s cache holds for `prompt` on `adapters` (none across adapter sets)."""
     return common_prefix(slot.cached, prompt) if slot.adapters == adapters else 0
+
+
+def reachable(slot: Slot, n: int, *, recurrent: bool) -> int:
+    """How many of `n` wanted cache entries `slot` can keep: all of them where its cache can be
+    cut anywhere; with recurrent layers, all only when nothing is cut, else up to its nearest
+    checkpoint (0: none, a full prefill)."""
+    if not recurrent or n >= len(slot.cached) or n == 0:
+        return min(n, len(slot.cached))
+    checkpoint = nearest(slot.checkpoints, n)
+    return checkpoint.n if checkpoint is not None else 0
 
 
 def slot_for(free: list[Slot], running: set[int], prompt: Sequence[Key], adapters: Adapters = ()) -> Slot:

@@ -144,10 +144,16 @@ def load_checkpoint(path: Path, settings: TransformersSettings) -> tuple[PreTrai
     return model, tokenizer
 
 
+# Natively multimodal checkpoints whose vision tower this engine does not run: loaded as their
+# text model (`AutoModelForCausalLM` takes the language half of a conditional-generation checkpoint).
+TEXT_HALF_ONLY = frozenset({"qwen3_5", "qwen3_5_moe"})
+
+
 def is_vision(path: Path) -> bool:
-    """A checkpoint with a vision tower (Qwen2.5-VL)."""
+    """A checkpoint with a vision tower this engine runs (Qwen2.5-VL)."""
     try:
-        return getattr(AutoConfig.from_pretrained(str(path)), "vision_config", None) is not None
+        config = AutoConfig.from_pretrained(str(path))
+        return getattr(config, "vision_config", None) is not None and config.model_type not in TEXT_HALF_ONLY
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"transformers cannot read {path / 'config.json'}: {_first_line(exc)}") from None
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, LinearAttentionLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from qwenkit.engines.base import Chunk, EngineStats, FinishReason, QueueFull, Request, TokenLogprob, check_request
@@ -153,7 +153,16 @@ class Worker:
         self._cv = threading.Condition()
         self._closed = False
         self._prompt_tokens = 0
-        self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        # Linear-attention layers (Qwen3.5, Qwen3-Next) keep one recurrent state per row, which
+        # holds the whole past and cannot be cut back to a prefix: no prefix cache for them.
+        layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []
+        self.recurrent = "linear_attention" in layer_types
+        self.prefix_cache_off = (
+            "recurrent (linear-attention) layers: a state cannot be cut back to a prefix"
+            if self.recurrent and prefix_cache_tokens > 0
+            else None
+        )
+        self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 and not self.recurrent else None
         self._prefix_hit_tokens = 0
         self.adapter_names: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="qwenkit-transformers", daemon=True)
@@ -240,6 +249,7 @@ class Worker:
             prompt_tokens=self._prompt_tokens,
             drafted_tokens=self._drafted_tokens,
             accepted_draft_tokens=self._accepted_draft_tokens,
+            prefix_cache_off=self.prefix_cache_off,
         )
 
     def close(self) -> None:
@@ -376,14 +386,14 @@ class Worker:
             logits = logits[:, -1, :]
         if len(leaders) < len(rows):
             index = [leaders.index(r.source or r) for r in rows]
-            cache.batch_select_indices(torch.tensor(index, dtype=torch.long))
+            _select(cache, torch.tensor(index, dtype=torch.long))
             mask, logits = mask[index], logits[index]
             for row in rows:
                 leader = row.source or row
                 row.pos, row.delta, row.tokens, row.keys = leader.pos, leader.delta, list(leader.tokens), leader.keys
                 row.out.cached_prompt_tokens = leader.out.cached_prompt_tokens
         if self._mergeable is None:
-            self._mergeable = all(type(layer) is DynamicLayer for layer in cache.layers)
+            self._mergeable = all(type(layer) in (DynamicLayer, LinearAttentionLayer) for layer in cache.layers)
         if not self.rows:
             self.rows, self.cache, self.mask = rows, cache, mask
         else:
@@ -466,6 +476,11 @@ class Worker:
         running, running_mask = self._running()
         width = max(running_mask.shape[1], mask.shape[1])
         for mine, theirs in zip(running.layers, cache.layers, strict=False):
+            if isinstance(mine, LinearAttentionLayer):  # a state per row, whatever the columns
+                for i in range(mine.number_of_states):
+                    mine.conv_states[i] = torch.cat([mine.conv_states[i], theirs.conv_states[i]])
+                    mine.recurrent_states[i] = torch.cat([mine.recurrent_states[i], theirs.recurrent_states[i]])
+                continue
             mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)], dim=0)
             mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)], dim=0)
         self.mask = torch.cat([_pad_left(running_mask, width, 1), _pad_left(mask, width, 1)], dim=0)
@@ -479,16 +494,24 @@ class Worker:
 
     def _decode(self) -> None:
         cache, mask = self._running()
-        drafts = [self._draft(row) for row in self.rows]
+        # A filler column would still advance a recurrent state (decay, convolution): with such
+        # layers every row runs one token per step, forced tokens over the next steps unsampled,
+        # and nothing is drafted (a rejected guess could not be taken back out of the state).
+        later = {id(row): row.feed[1:] for row in self.rows} if self.recurrent else {}
+        for row in self.rows:
+            row.feed = row.feed[:1] if self.recurrent else row.feed
+        drafts = [[] if self.recurrent else self._draft(row) for row in self.rows]
         for row, draft in zip(self.rows, drafts, strict=True):
             row.feed = row.feed + draft
         every = any(drafts)  # a drafting row needs the logits of each of its columns
         fed = [len(row.feed) for row in self.rows]
         logits, self.mask = self._forward(self.rows, cache, mask, every=every)
         for i, row in enumerate(self.rows):
-            if row.request is None:
+            if later.get(id(row)):
+                row.feed = later[id(row)]
+            elif row.request is None:
                 continue
-            if not every:
+            elif not every:
                 self._on_token(row, logits[i])
             elif drafts[i]:
                 self._verify(i, row, logits[i, -fed[i] :], drafts[i])
@@ -546,13 +569,15 @@ class Worker:
         cache, mask = self._running()
         if len(keep) < len(self.rows):
             index = torch.tensor(keep, dtype=torch.long)  # on the CPU: layers may sit on several devices
-            cache.batch_select_indices(index)
+            _select(cache, index)
             mask = self.mask = mask[index.to(mask.device)]
             self.rows = [self.rows[i] for i in keep]
         used = mask.any(dim=0).nonzero()
         first = int(used[0]) if used.numel() else 0
         if first > 0 and self._mergeable:
             for layer in cache.layers:
+                if isinstance(layer, LinearAttentionLayer):
+                    continue
                 layer.keys = layer.keys[:, :, first:]
                 layer.values = layer.values[:, :, first:]
             self.mask = mask[:, first:]
@@ -577,6 +602,15 @@ class Worker:
 
     def _finish(self, row: _Row, reason: FinishReason, *, error: str | None = None) -> None:
         row.out.finish(reason, error=error)
+
+
+def _select(cache: DynamicCache, index: torch.Tensor) -> None:
+    """Keep the rows `index` of every layer (a recurrent layer's states included)."""
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionLayer):
+            layer.reorder_cache(index)
+        else:
+            layer.batch_select_indices(index)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
