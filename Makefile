@@ -53,6 +53,7 @@ bench: model
 	$(BIN)/python benchmarks/hybrid_followup.py
 	$(BIN)/python benchmarks/ray_scaleout.py --conversations 6 --max-tokens 32
 	$(BIN)/python benchmarks/lora_serving.py
+	$(BIN)/python benchmarks/speculative.py
 	$(MAKE) bench-report
 
 # vLLM (`--engine vllm`) in an environment of its own, .venv-vllm: vLLM pins torch, transformers and

@@ -107,3 +107,19 @@ def test_bench_vs_llama_bench_interleaves_and_reports_ratios():
     assert ratios["decode"] == pytest.approx(
         out["decode_tokens_per_s"]["median"] / out["llama_bench"]["decode_tokens_per_s"]["median"], rel=1e-3
     )
+
+
+@pytest.mark.integration
+def test_bench_speculative_decodes_a_code_edit_off_and_on(tmp_path):
+    cmd = [*CLI, "bench", "--prompt-tokens", "16", "--gen-tokens", "48", "--parallel", "1", "--repeat", "1"]
+    done = subprocess.run(
+        [*cmd, "--threads", "2", "--speculative", "--json"], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(done.stdout)["speculative"]
+    assert spec["case"]["name"] == "copy.py" and 200 <= spec["case"]["lines"] <= 400
+    assert spec["decode_tokens_per_s_off"]["min"] > 0 and spec["decode_tokens_per_s_on"]["min"] > 0
+    assert spec["accepted_share"]["median"] > 0.3  # the answer copies the file
+    assert spec["speedup"] == pytest.approx(
+        spec["decode_tokens_per_s_on"]["median"] / spec["decode_tokens_per_s_off"]["median"], rel=1e-2
+    )

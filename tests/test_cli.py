@@ -277,3 +277,13 @@ def test_chat_reset_drops_images_attached_for_the_next_message(tiny2, pictures):
 def test_a_text_only_model_refuses_run_image(tiny2, pictures):
     proc = cli("run", "What is this?", "--image", str(pictures / "red.png"), "-m", tiny2, "-n", "3", "-t", THREADS)
     check_one_line_error(proc, "takes text only")
+
+
+def test_run_with_speculation_off_and_on_prints_the_same(tiny2):
+    args = ("run", "Tell me a story.", "-m", tiny2, "-n", "12", "--temperature", "0", "--json", "-t", THREADS)
+    off, on = cli(*args, "--speculative", "off"), cli(*args, "--speculative", "ngram", "--draft-max", "4")
+    check_ok(off)
+    check_ok(on)
+    assert json.loads(on.stdout)["text"] == json.loads(off.stdout)["text"]
+    check_one_line_error(cli("run", "hi", "--speculative", "sometimes"), "speculative")
+    check_one_line_error(cli("run", "hi", "--draft-max", "-1"), "draft-max")

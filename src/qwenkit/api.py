@@ -9,6 +9,7 @@ from typing import Any, Literal
 from qwenkit.catalog.fetch import resolve
 from qwenkit.chat import load_template
 from qwenkit.engines.base import Engine
+from qwenkit.engines.speculation import speculation
 from qwenkit.errors import QwenkitError
 from qwenkit.model import Model
 from qwenkit.options import LoadOptions
@@ -60,6 +61,10 @@ def load(ref: str = "default", **options: Any) -> Model:
     vLLM only (`engine="vllm"`, its own environment): `tensor_parallel`, `pipeline_parallel`,
     `data_parallel` and `distributed_executor_backend` ("mp" or "ray") go to vLLM's engine args;
     `lora` there names peft adapter directories.
+    `speculative`: "ngram" (prompt lookup: a sequence drafts the tokens that followed its last
+    tokens' earlier occurrence in its context and verifies them in one batched step; lossless, the
+    output is the one without it) or "off", the default for requests (each may say otherwise);
+    `draft_max`: drafted tokens per sequence and step at most (llama.cpp, transformers).
 
     >>> model = qwenkit.load()  # the embedded Qwen2.5-Coder-0.5B-Instruct
     >>> print(model.chat("Write a haiku about tea").content)
@@ -123,6 +128,8 @@ def load_with(ref: str, options: LoadOptions) -> Model:
             n_threads=o.n_threads,
             image_max_tokens=o.image_max_tokens,
             prefix_cache_tokens=o.prefix_cache_tokens,
+            speculative=speculation(o.speculative),
+            draft_max=o.draft_max,
         )
         eng = TransformersEngine(local.path, settings)
     elif chosen == "onnx":
@@ -152,6 +159,8 @@ def load_with(ref: str, options: LoadOptions) -> Model:
                 max_waiting=o.max_waiting,
                 mmproj=o.mmproj or local.mmproj,
                 image_max_tokens=o.image_max_tokens,
+                speculative=speculation(o.speculative),
+                draft_max=o.draft_max,
                 turn_start=ASSISTANT_TURN,
             ),
         )

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from qwenkit.engines.speculation import DEFAULT_DRAFT_MAX, speculation
 from qwenkit.errors import QwenkitError
 
 ENGINE_HELP = (
@@ -110,3 +111,17 @@ class LoadOptions(Options):
         "--distributed-executor-backend",
         help="vLLM: mp (one machine) or ray (a Ray cluster); default: vLLM's.",
     )
+    speculative: str = option(
+        "ngram",
+        "--speculative",
+        help="Speculative decoding for requests that do not say: ngram (draft from the context, verify in one "
+        "batch; lossless) or off.",
+    )
+    draft_max: int = option(
+        DEFAULT_DRAFT_MAX, "--draft-max", ge=0, le=64, help="Drafted tokens per sequence and step at most."
+    )
+
+    @field_validator("speculative")
+    @classmethod
+    def _known_speculation(cls, value: str) -> str:
+        return speculation(value)

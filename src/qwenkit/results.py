@@ -14,6 +14,8 @@ class Usage:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_prompt_tokens: int = 0
+    accepted_prediction_tokens: int = 0  # speculation: drafted tokens the output kept
+    rejected_prediction_tokens: int = 0  # drafted tokens verified and dropped
 
     @property
     def total_tokens(self) -> int:

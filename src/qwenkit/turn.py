@@ -82,6 +82,8 @@ class TurnDecoder:
             self.prompt_logprobs = delta.prompt_logprobs = chunk.prompt_logprobs
         if chunk.finish_reason is not None:
             self.usage.cached_prompt_tokens = chunk.cached_prompt_tokens
+            self.usage.accepted_prediction_tokens = chunk.accepted_draft_tokens
+            self.usage.rejected_prediction_tokens = chunk.rejected_draft_tokens
             if chunk.prompt_tokens:  # the engine's count, each image's slot expanded to its embeddings
                 self.usage.prompt_tokens = chunk.prompt_tokens
             delta.finish_reason = self._finish_reason(chunk.finish_reason, chunk.error)

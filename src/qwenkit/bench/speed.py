@@ -7,7 +7,9 @@ parallel level, that many requests submitted at once and their aggregate generat
 process's peak RSS (and GPU memory where torch sees one). Prompts are random ordinary tokens,
 distinct per request, so no prefix cache helps; end-of-turn tokens are suppressed so every
 request writes exactly `gen_tokens`. With `vs_llama_bench`, llama.cpp's `llama-bench` runs
-ppN/tgN on the same file and threads between qwenkit's repeats, in alternating order.
+ppN/tgN on the same file and threads between qwenkit's repeats, in alternating order. With
+`speculative`, each repeat also decodes a code-edit request (`bench/edits.py`: a standard-library
+module to copy with one name changed) greedily with speculative decoding off and on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from qwenkit.api import load, pick_engine
+from qwenkit.bench.edits import edit_cases
 from qwenkit.bench.llama_bench import LlamaBenchRound, llama_bench_binary, run_llama_bench
 from qwenkit.bench.memory import meminfo, peak_gpu_bytes, peak_rss_bytes, reset_peak_gpu, reset_peak_rss
 from qwenkit.bench.stats import Spread
@@ -48,6 +51,7 @@ class BenchConfig:
     threads: int | None = None
     dtype: str = "auto"
     vs_llama_bench: bool = False
+    speculative: bool = False  # also decode a code-edit request with speculation off and on
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1 or self.gen_tokens < 2:
@@ -60,7 +64,7 @@ class BenchConfig:
     def steps(self) -> int:
         """Phases of a whole run, each announced by one `step` call: per repeat, load, single stream,
         each parallel level (and llama-bench)."""
-        return self.repeat * (2 + len(self.parallel) + int(self.vs_llama_bench))
+        return self.repeat * (2 + len(self.parallel) + int(self.vs_llama_bench) + int(self.speculative))
 
 
 @dataclass
@@ -72,6 +76,8 @@ class _Round:
     aggregate_tps: dict[int, float]
     peak_rss_bytes: int
     peak_gpu_bytes: int | None
+    edit_decode_tps: dict[bool, float] = field(default_factory=dict)  # speculation off/on: tokens/s
+    edit_accepted: float = 0.0  # speculation on: share of drafted tokens accepted
 
 
 @dataclass
@@ -136,6 +142,16 @@ class BenchResult:
                 "decode_tokens_per_s": self.llama_bench_spread("decode_tps").to_dict(2),
             }
             out["qwenkit_over_llama_bench"] = self.ratios()
+        if c.speculative:
+            off = Spread.of([r.edit_decode_tps[False] for r in self.rounds])
+            on = Spread.of([r.edit_decode_tps[True] for r in self.rounds])
+            out["speculative"] = {
+                "case": edit_cases(1)[0].to_dict(),
+                "decode_tokens_per_s_off": off.to_dict(2),
+                "decode_tokens_per_s_on": on.to_dict(2),
+                "speedup": round(on.median / off.median, 3),
+                "accepted_share": Spread.of([r.edit_accepted for r in self.rounds]).to_dict(3),
+            }
         return out
 
 
@@ -151,8 +167,14 @@ class _Timing:
     error: str | None = None
 
 
-def timed_requests(engine: Engine, prompts: Sequence[list[int]], params: SamplingParams) -> tuple[list[_Timing], float]:
-    """Submit every prompt at once; per-request token timestamps, and the time the last one finished."""
+def timed_requests(
+    engine: Engine,
+    prompts: Sequence[list[int]],
+    params: SamplingParams,
+    on_last: Callable[[Chunk], None] = lambda _: None,
+) -> tuple[list[_Timing], float]:
+    """Submit every prompt at once; per-request token timestamps, and the time the last one finished
+    (`on_last` gets each request's last chunk)."""
     timings: list[_Timing] = []
     remaining = [len(prompts)]
     lock = threading.Lock()
@@ -164,6 +186,7 @@ def timed_requests(engine: Engine, prompts: Sequence[list[int]], params: Samplin
             t.stamps.extend([now] * len(chunk.token_ids))
             if chunk.finish_reason is not None:
                 t.error = chunk.error
+                on_last(chunk)
                 with lock:
                     remaining[0] -= 1
                     if remaining[0] == 0:
@@ -197,7 +220,7 @@ def _measure_round(config: BenchConfig, repeat: int, step: Callable[[str], None]
     model = load(
         c.model,
         engine=c.engine,
-        n_ctx=c.prompt_tokens + c.gen_tokens + 16,
+        n_ctx=max(c.prompt_tokens, EDIT_PROMPT_TOKENS if c.speculative else 0) + c.gen_tokens + 16,
         n_threads=c.threads,
         n_parallel=max(c.parallel),
         progress=False,
@@ -218,11 +241,33 @@ def _measure_round(config: BenchConfig, repeat: int, step: Callable[[str], None]
             prompts = [random_prompt(c.prompt_tokens, (repeat, 2, level, i)) for i in range(level)]
             timings, finished = timed_requests(engine, prompts, params)
             aggregate[level] = sum(len(t.stamps) for t in timings) / (finished - timings[0].submitted)
+        edit: dict[bool, float] = {}
+        accepted = 0.0
+        if c.speculative:
+            step("code edit, speculation off/on")
+            turn = model.prepare(edit_cases(1)[0].message, max_tokens=c.gen_tokens, temperature=0.0)
+            for on in (False, True):
+                edit[on], share = _edit_decode(engine, turn.prompt, c.gen_tokens, on)
+                accepted = share if on else accepted
         rss = peak_rss_bytes()
         gpu = peak_gpu_bytes()
     finally:
         model.close()
-    return _Round(load_s, ttft, c.prompt_tokens / ttft, decode, aggregate, rss, gpu)
+    return _Round(load_s, ttft, c.prompt_tokens / ttft, decode, aggregate, rss, gpu, edit, accepted)
+
+
+EDIT_PROMPT_TOKENS = 4096  # room for the code-edit prompt (a 300-line module is about 2,500 tokens)
+
+
+def _edit_decode(engine: Engine, prompt: list[int], gen_tokens: int, speculative: bool) -> tuple[float, float]:
+    """Greedy decode tokens/s of one request (after its first token), and the share of drafts accepted."""
+    last: list[Chunk] = []
+    params = SamplingParams(max_tokens=gen_tokens, temperature=0.0, speculative=speculative)
+    [timing], _ = timed_requests(engine, [prompt], params, last.append)
+    final = last[-1]
+    drafted = final.accepted_draft_tokens + final.rejected_draft_tokens
+    tps = (len(timing.stamps) - 1) / (timing.stamps[-1] - timing.stamps[0])
+    return tps, final.accepted_draft_tokens / drafted if drafted else 0.0
 
 
 def run_bench(config: BenchConfig, step: Callable[[str], None] = lambda _: None) -> BenchResult:

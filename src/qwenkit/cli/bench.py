@@ -45,6 +45,9 @@ def bench(
     threads: int | None = flag(LoadOptions, "n_threads"),
     dtype: str = flag(LoadOptions, "dtype"),
     vs: str | None = typer.Option(None, "--vs", help="Reference to run interleaved: llama-bench."),
+    speculative: bool = typer.Option(
+        False, "--speculative", help="Also decode a code-edit request with speculative decoding off and on."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG chart to this file."),
 ) -> None:
@@ -63,6 +66,7 @@ def bench(
         threads=threads,
         dtype=dtype,
         vs_llama_bench=vs is not None,
+        speculative=speculative,
     )
     with progress_bar() as bar:
         task = bar.add_task("starting", total=config.steps())
@@ -111,4 +115,10 @@ def bench_table(result: dict[str, Any]) -> Table:
         table.add_row(f"llama-bench tg{result['gen_tokens']}", *_fmt(ref["decode_tokens_per_s"]), "tok/s")
         table.add_row("prefill ratio (qwenkit/llama-bench)", f"{ratios['prefill']:.3f}", "", "", "x")
         table.add_row("decode ratio (qwenkit/llama-bench)", f"{ratios['decode']:.3f}", "", "", "x")
+    if "speculative" in result:
+        spec = result["speculative"]
+        table.add_row("code-edit decode, speculation off", *_fmt(spec["decode_tokens_per_s_off"]), "tok/s")
+        table.add_row("code-edit decode, speculation on", *_fmt(spec["decode_tokens_per_s_on"]), "tok/s")
+        table.add_row("speculation speedup", f"{spec['speedup']:.3f}", "", "", "x")
+        table.add_row("drafted tokens accepted", *_fmt(spec["accepted_share"], 100, 0), "%")
     return table

@@ -49,6 +49,8 @@ class SamplingParams:
     grammar: str | None = None  # a GBNF grammar constraining the output, where supported
     logprobs: int | None = None  # per generated token: its logprob and this many alternatives (None: off)
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (None: off)
+    speculative: bool | None = None  # draft from the context and verify (None: the engine's default)
+    draft_max: int | None = None  # drafted tokens per step at most (None: the engine's; capped by it)
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
@@ -64,6 +66,8 @@ class SamplingParams:
             raise ValueError("min_p must be in [0, 1]")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
+        if self.draft_max is not None and self.draft_max < 0:
+            raise ValueError("draft_max must be >= 0")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
@@ -125,6 +129,8 @@ class Chunk:
     error: str | None = None  # set with finish_reason "abort" when the engine failed the request
     cached_prompt_tokens: int = 0  # on the last chunk: prompt tokens reused from a cache
     prompt_tokens: int = 0  # on the last chunk: prompt positions the model attended, images expanded (0: unknown)
+    accepted_draft_tokens: int = 0  # on the last chunk: drafted tokens the sampler agreed with (speculation)
+    rejected_draft_tokens: int = 0  # on the last chunk: drafted tokens verified and dropped
     index: int = 0  # which of a request's `n` choices this chunk belongs to
     logprobs: list[TokenLogprob] | None = None  # one per sampled token in `token_ids` (forced ones have none)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # on a choice's first chunk; None for token 0
@@ -140,6 +146,8 @@ class EngineStats:
     kv_total_cells: int = 0
     prefix_hit_tokens: int = 0  # prompt tokens served from cache, since start
     prompt_tokens: int = 0  # prompt tokens submitted, since start
+    drafted_tokens: int = 0  # tokens drafted by speculation and verified, since start
+    accepted_draft_tokens: int = 0  # of those, the ones kept, since start
     prefix_cache_off: str | None = None  # why the prefix cache asked for is off for this model (None: it is not)
 
 

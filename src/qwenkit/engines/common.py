@@ -110,6 +110,8 @@ class StepLoop(ABC):
         self._closed = False
         self._prefix_hit_tokens = 0  # prompt tokens taken from a prefix cache, in all
         self._prompt_tokens = 0  # prompt tokens admitted, in all
+        self._drafted_tokens = 0  # speculative draft tokens verified, in all
+        self._accepted_draft_tokens = 0  # of which the sampler agreed with
         self.prefix_cache_off: str | None = None  # why a prefix cache asked for is off (EngineStats)
 
     def _start_thread(self, name: str) -> None:
@@ -135,6 +137,8 @@ class StepLoop(ABC):
                 kv_total_cells=total,
                 prefix_hit_tokens=self._prefix_hit_tokens,
                 prompt_tokens=self._prompt_tokens,
+                drafted_tokens=self._drafted_tokens,
+                accepted_draft_tokens=self._accepted_draft_tokens,
                 prefix_cache_off=self.prefix_cache_off,
             )
 

@@ -40,6 +40,8 @@ class RequestOutput:
         self.cached_prompt_tokens = 0
         self.prompt_tokens = 0  # the prompt as the model attended it (images expanded), for the last chunk
         self.prompt_logprobs: list[TokenLogprob | None] | None = None  # sent with the first chunk
+        self.drafted_tokens = 0  # speculation: drafted tokens verified for this request
+        self.accepted_draft_tokens = 0  # of those, the ones kept
         self._decoder = IncrementalDecoder()
         self._stopper = StopMatcher(params.stop)
 
@@ -105,6 +107,8 @@ class RequestOutput:
                 cached_prompt_tokens=self.cached_prompt_tokens,
                 prompt_tokens=self.prompt_tokens,
                 logprobs=logprobs,
+                accepted_draft_tokens=self.accepted_draft_tokens,
+                rejected_draft_tokens=self.drafted_tokens - self.accepted_draft_tokens,
             )
         )
 

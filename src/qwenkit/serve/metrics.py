@@ -35,6 +35,12 @@ class _SchedulerCollector(Collector):
         yield CounterMetricFamily(
             "qwenkit_prompt_tokens_scheduled", "Prompt tokens submitted to the engine", value=s.prompt_tokens
         )
+        yield CounterMetricFamily(
+            "qwenkit_spec_drafted_tokens", "Tokens drafted by speculative decoding and verified", value=s.drafted_tokens
+        )
+        yield CounterMetricFamily(
+            "qwenkit_spec_accepted_tokens", "Drafted tokens the output kept", value=s.accepted_draft_tokens
+        )
 
 
 class Metrics:

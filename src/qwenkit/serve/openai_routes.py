@@ -60,7 +60,9 @@ def usage_of(results: list[ChatResult]) -> UsageInfo:
         completion_tokens=completion,
         total_tokens=first.prompt_tokens + completion,
         completion_tokens_details=CompletionTokensDetails(
-            reasoning_tokens=sum(r.usage.reasoning_tokens for r in results)
+            reasoning_tokens=sum(r.usage.reasoning_tokens for r in results),
+            accepted_prediction_tokens=sum(r.usage.accepted_prediction_tokens for r in results),
+            rejected_prediction_tokens=sum(r.usage.rejected_prediction_tokens for r in results),
         ),
         prompt_tokens_details=PromptTokensDetails(cached_tokens=first.cached_prompt_tokens),
     )

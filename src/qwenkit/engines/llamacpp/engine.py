@@ -11,6 +11,7 @@ from qwenkit.engines.common import EngineBase
 from qwenkit.engines.llamacpp.model import LlamaModel, default_threads
 from qwenkit.engines.llamacpp.scheduler import Scheduler
 from qwenkit.engines.llamacpp.vision import VisionTower
+from qwenkit.engines.speculation import DEFAULT_DRAFT_MAX, Speculation
 from qwenkit.errors import QwenkitError
 
 DEFAULT_CTX = 8192
@@ -29,6 +30,8 @@ class LlamaCppSettings:
     mmproj: Path | None = None  # a Qwen-VL model's vision projector GGUF: the engine then takes images
     image_max_tokens: int | None = None  # LLM tokens per image at most (None: the projector's default)
     image_cache: int = 16  # encoded images kept, by sha256
+    speculative: Speculation = "ngram"  # the default for requests; each may turn it on or off
+    draft_max: int = DEFAULT_DRAFT_MAX  # drafted tokens per sequence and step at most (0: never speculate)
     # Models with recurrent layers (Qwen3.5, Qwen3-Next) keep context checkpoints per slot, at
     # most `ctx_checkpoints`, one before each prompt's end and one after each `turn_start`
     # (a chat template's assistant-turn opening, e.g. "<|im_start|>assistant\n") in a prompt.
@@ -64,6 +67,8 @@ class LlamaCppEngine(EngineBase):
                 n_threads=threads,
                 max_waiting=s.max_waiting,
                 vision=self.vision_tower,
+                speculative=s.speculative == "ngram",
+                draft_max=s.draft_max,
                 turn_start=tuple(self.model.tokenize(s.turn_start, special=True)) if s.turn_start else (),
                 max_checkpoints=s.ctx_checkpoints,
             )

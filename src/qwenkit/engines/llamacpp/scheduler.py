@@ -10,6 +10,14 @@ adapter sets cannot share a `llama_decode`: each step decodes one batch per adap
 (every group advances every step, none starves), starting with the set already applied, so one
 adapter alone costs no switch. A slot's cache is reused only by a request on the same adapter set.
 
+Speculation (prompt lookup, `engines/speculation.py`): a decoding slot whose last tokens occurred
+earlier in its context appends the tokens that followed them there to its one token, with a logits
+row for each; its sampler then samples every row in order exactly as plain decoding would, the
+draft is kept while the samples agree with it, and the cells of the rest are removed from its KV
+stream. Speculating and plain slots share the step; the decoding slots share one slot's worth of
+drafted positions per step (`draft_max`), so prompt chunks keep their room and a busy batch does
+not spend compute on guesses.
+
 Slots and their prefix cache: `slots.py`; images (vision models): `image_step.py`.
 """
 
@@ -50,6 +58,7 @@ from qwenkit.engines.llamacpp.slots import (
 )
 from qwenkit.engines.llamacpp.vision import VisionTower
 from qwenkit.engines.output import RequestOutput
+from qwenkit.engines.speculation import DraftLength, NgramDrafter
 from qwenkit.errors import QwenkitError
 
 T = TypeVar("T")
@@ -62,7 +71,14 @@ log = logging.getLogger("qwenkit.scheduler")
 SCORED_CHUNK = 16
 
 
-def context_params(*, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int) -> C.llama_context_params:
+def max_drafted(*, n_parallel: int, n_batch: int, draft_max: int) -> int:
+    """Drafted positions one step verifies at most: one slot's full draft, within half a batch."""
+    return min(draft_max, max(n_batch, n_parallel) // 2)
+
+
+def context_params(
+    *, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int, draft_max: int = 0
+) -> C.llama_context_params:
     """The llama.cpp context the scheduler runs: `n_ctx` tokens per slot, one KV stream per slot."""
     params: C.llama_context_params = C.llama_context_default_params()
     params.n_ctx = n_ctx * n_parallel
@@ -71,8 +87,10 @@ def context_params(*, n_ctx: int, n_parallel: int, n_batch: int, n_threads: int)
     params.n_seq_max = n_parallel
     # Each step samples one logits row per slot, plus the rows of one prompt being scored:
     # reserving outputs for a whole batch (llama.cpp's default) would hold n_batch x n_vocab
-    # floats, about 300 MiB for Qwen, that are never written.
-    params.n_outputs_max = n_parallel + SCORED_CHUNK
+    # floats, about 300 MiB for Qwen, that are never written. Drafts add a row per drafted position.
+    params.n_outputs_max = (
+        n_parallel + SCORED_CHUNK + max_drafted(n_parallel=n_parallel, n_batch=n_batch, draft_max=draft_max)
+    )
     params.n_threads = n_threads
     params.n_threads_batch = n_threads
     # One KV stream per slot (as llama-server): a sequence attends only over its own cells,
@@ -97,6 +115,8 @@ class Scheduler(StepLoop):
         n_threads: int,
         max_waiting: int = 64,
         vision: VisionTower | None = None,
+        speculative: bool = False,
+        draft_max: int = 0,
         turn_start: tuple[int, ...] = (),
         max_checkpoints: int = 8,
     ) -> None:
@@ -111,7 +131,12 @@ class Scheduler(StepLoop):
         self.n_ctx = n_ctx
         self.n_batch = max(n_batch, n_parallel)
         self.max_waiting = max_waiting
-        params = context_params(n_ctx=n_ctx, n_parallel=n_parallel, n_batch=n_batch, n_threads=n_threads)
+        self.speculative = speculative  # the default for requests that do not say
+        self.draft_max = draft_max  # drafted tokens per slot and step at most (0: never speculate)
+        self.max_drafted = max_drafted(n_parallel=n_parallel, n_batch=n_batch, draft_max=draft_max)
+        params = context_params(
+            n_ctx=n_ctx, n_parallel=n_parallel, n_batch=n_batch, n_threads=n_threads, draft_max=draft_max
+        )
         self.ctx = C.llama_init_from_model(model.ptr, params)
         if not self.ctx:
             raise QwenkitError(f"llama.cpp could not create a context of {params.n_ctx} tokens (out of memory?)")
@@ -291,6 +316,17 @@ class Scheduler(StepLoop):
         slot.out.prompt_tokens = len(keys)
         slot.prompt_logprobs = [None] if scored else None
         slot.top_logprobs = request.params.logprobs
+        limit = self._draft_limit(request)
+        # a cache with recurrent layers cannot drop a rejected guess: those models do not speculate
+        speculates = limit > 0 and not images and not self.recurrent
+        slot.drafter = NgramDrafter(request.prompt) if speculates else None
+        slot.draft_length = DraftLength(limit) if slot.drafter is not None else None
+
+    def _draft_limit(self, request: Request) -> int:
+        """Tokens `request` may draft per step (0: it does not speculate)."""
+        p = request.params
+        on = self.speculative if p.speculative is None else p.speculative
+        return min(self.draft_max, self.draft_max if p.draft_max is None else p.draft_max) if on else 0
 
     def _reachable(self, slot: Slot, keys: list[Key], adapters: Adapters) -> int:
         """How many of `keys` `slot`'s cache can give (a cache with recurrent layers only to a
@@ -357,7 +393,14 @@ class Scheduler(StepLoop):
         # Decoding slots (one token) first so a long prompt never starves running streams.
         active.sort(key=lambda s: len(s.feed))
         batch, n, budget = self.batch, 0, self.n_batch
-        taken: list[tuple[Slot, int, int | None, int]] = []  # slot, tokens taken, logits row, first row
+        # One slot's worth of drafts per step, shared by the decoding slots: a batch of several
+        # sequences already keeps a CPU busy, where every further verified position costs nearly a
+        # whole token's compute and only the accepted ones pay it back.
+        decoding = sum(1 for s in active if len(s.feed) == 1 and s.drafter is not None)
+        share = max(1, self.draft_max // max(decoding, 1))
+        drafts_left = self.max_drafted
+        # slot, tokens taken, logits row, first row, draft
+        taken: list[tuple[Slot, int, int | None, int, list[int]]] = []
         scored = False  # one prompt scored per step: the output buffer has room for one
         for slot in active:
             if n >= budget:
@@ -377,36 +420,77 @@ class Scheduler(StepLoop):
                 take = min(take, SCORED_CHUNK)
             if take <= 0:
                 continue
+            room = min(share, drafts_left, budget - n - 1)
+            draft = self._draft(slot, room) if take == len(slot.feed) == 1 else []
+            drafts_left -= len(draft)
             pos0 = slot.end_pos
-            for i in range(take):
-                batch.token[n + i] = cast(int, slot.feed[i])
+            for i, token in enumerate([*cast(list[int], slot.feed[:take]), *draft]):
+                batch.token[n + i] = token
                 batch.pos[n + i] = pos0 + i
                 batch.n_seq_id[n + i] = 1
                 batch.seq_id[n + i][0] = slot.seq_id
-                batch.logits[n + i] = scoring
+                batch.logits[n + i] = scoring or bool(draft)
             row = None
             if take == len(slot.feed):
                 row = n + take - 1
                 batch.logits[row] = True
-            taken.append((slot, take, row, n))
-            n += take
+            taken.append((slot, take, row, n, draft))
+            n += take + len(draft)
         if n:
             batch.n_tokens = n
             rc = C.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise QwenkitError(f"llama_decode returned {rc}")
         now = time.monotonic()
-        for slot, take, row, first in taken:
+        for slot, take, row, first, draft in taken:
             if slot.prompt_logprobs is not None:
                 self._score_prompt(slot, take, first)
             slot.extend_text(cast(list[int], slot.feed[:take]))
             del slot.feed[:take]
             slot.last_used = now
-            if row is not None:
+            if draft:
+                assert row is not None
+                self._verify(slot, row, draft)
+            elif row is not None:
                 self._on_token(slot, row)
         waiting = next((s for s in active if s.busy and s.feed and isinstance(s.feed[0], tuple)), None)
         if waiting is not None:
             self._decode_image(waiting)
+
+    def _draft(self, slot: Slot, room: int) -> list[int]:
+        """The tokens a decoding slot guesses follow its next one (none when it does not speculate,
+        is scoring its prompt, or has no room: batch, `max_tokens`, context)."""
+        if slot.drafter is None or slot.draft_length is None or slot.prompt_logprobs is not None:
+            return []
+        out = slot.running()[0]
+        limit = min(
+            room,
+            slot.draft_length.next(),
+            out.params.max_tokens - len(out.generated) - 1,
+            self.n_ctx - slot.end_pos - 2,
+        )
+        return slot.drafter.draft(limit)
+
+    def _verify(self, slot: Slot, row: int, draft: list[int]) -> None:
+        """Sample the rows of a slot's next token and its draft in order, as plain decoding would,
+        keeping each drafted cell while the sample before it equals it; the rest leave the cache."""
+        out = slot.running()[0]
+        out.drafted_tokens += len(draft)
+        self._drafted_tokens += len(draft)
+        kept = 0
+        for i, guess in enumerate(draft):
+            self._on_token(slot, row + i, guess)
+            if slot.feed != [guess]:  # another token, the request ended, or tokens were forced
+                break
+            slot.extend_text([guess])  # its cell already holds what the next step would compute
+            slot.feed = []
+            kept += 1
+        else:
+            self._on_token(slot, row + len(draft))
+        if kept < len(draft):
+            C.llama_memory_seq_rm(self.mem, slot.seq_id, slot.end_pos, -1)
+        if slot.draft_length is not None:  # gone when the request ended in this step
+            slot.draft_length.record(len(draft), kept)
 
     def _decode_image(self, slot: Slot) -> None:
         assert self.images is not None
@@ -435,9 +519,13 @@ class Scheduler(StepLoop):
         if len(scored) == len(prompt):
             out.prompt_logprobs, slot.prompt_logprobs = scored, None
 
-    def _on_token(self, slot: Slot, row: int) -> None:
+    def _on_token(self, slot: Slot, row: int, guess: int | None = None) -> None:
+        """Sample the slot's next token from `row` and hand it on; `guess` is the token drafted there."""
         out, sampler = slot.running()
         token = sampler.sample(self.ctx, row)
+        if token == guess:  # counted before `on_token`, which may send the last chunk
+            out.accepted_draft_tokens += 1
+            self._accepted_draft_tokens += 1
         top = slot.top_logprobs
         logprob = None if top is None else token_logprob(self.ctx, row, self.model.n_vocab, token, top)
         self._admit_followers(slot)
@@ -445,6 +533,8 @@ class Scheduler(StepLoop):
         for forced in feed[1:]:
             sampler.accept(forced)
         slot.feed = list[Key](feed)
+        if slot.drafter is not None:
+            slot.drafter.extend(feed)
 
     def _finish(self, slot: Slot, reason: FinishReason, *, error: str | None = None) -> None:
         slot.running()[0].finish(reason, error=error)
@@ -455,6 +545,7 @@ class Scheduler(StepLoop):
         slot.feed = []
         slot.images = {}
         slot.prompt_logprobs = None
+        slot.drafter = slot.draft_length = None
         slot.marks = set()
         if slot.sampler:
             slot.sampler.close()

@@ -24,6 +24,7 @@ from qwenkit.engines.llamacpp.checkpoints import Checkpoint, nearest
 from qwenkit.engines.llamacpp.sampler import SamplerChain
 from qwenkit.engines.llamacpp.vision import PreparedImage
 from qwenkit.engines.output import RequestOutput
+from qwenkit.engines.speculation import DraftLength, NgramDrafter
 
 #: A cache entry: a text token id, or (image sha256, index) for one of an image's LLM tokens.
 Key = int | tuple[str, int]
@@ -47,6 +48,8 @@ class Slot:
         self.followers: list[Request] = []  # the other choices of an n > 1 request, admitted after its prefill
         self.prompt_logprobs: list[TokenLogprob | None] | None = None  # while the prompt is scored
         self.top_logprobs: int | None = None  # the request's `logprobs` (None: none computed)
+        self.drafter: NgramDrafter | None = None  # its context's n-grams, while it speculates
+        self.draft_length: DraftLength | None = None
         self.checkpoints: list[Checkpoint] = []  # recurrent states saved along `cached` (hybrid models)
         self.marks: set[int] = set()  # cache lengths at which the running prompt saves a checkpoint
 

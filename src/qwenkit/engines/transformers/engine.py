@@ -61,6 +61,8 @@ class TransformersEngine(VocabEngine):
             n_threads=s.n_threads,
             vision=self.images,
             prefix_cache_tokens=2 * self.n_ctx if s.prefix_cache_tokens is None else s.prefix_cache_tokens,
+            speculative=s.speculative == "ngram",
+            draft_max=s.draft_max,
         )
         self._n_vocab = self.worker.n_vocab  # kept past close(), like the other metadata
 

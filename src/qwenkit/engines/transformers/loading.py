@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from qwenkit.engines.speculation import DEFAULT_DRAFT_MAX, Speculation
 from qwenkit.errors import ModelLoadError, QwenkitError
 
 DTYPES = {
@@ -48,6 +49,8 @@ class TransformersSettings:
         scaled down to at most this many 28x28 cells); None: the checkpoint's `max_pixels`.
     prefix_cache_tokens: the most tokens of finished sequences' KV kept to start requests that
         share a prefix with them (0: none); None: twice the context length.
+    speculative, draft_max: prompt-lookup speculation, the default for requests ("ngram" or
+        "off"), and the most tokens a row drafts per step (0: never).
     """
 
     dtype: str = "auto"
@@ -60,6 +63,8 @@ class TransformersSettings:
     n_threads: int | None = None
     image_max_tokens: int | None = None
     prefix_cache_tokens: int | None = None
+    speculative: Speculation = "ngram"
+    draft_max: int = DEFAULT_DRAFT_MAX
 
     def __post_init__(self) -> None:
         if str(self.dtype).lower() not in DTYPES:

@@ -48,6 +48,7 @@ from qwenkit.engines.base import Chunk, FinishReason, QueueFull, Request, TokenL
 from qwenkit.engines.common import StepLoop
 from qwenkit.engines.hf_vocab import Vocab
 from qwenkit.engines.output import RequestOutput
+from qwenkit.engines.speculation import DraftLength, NgramDrafter
 from qwenkit.engines.transformers.prefix_cache import Entry, Key, LayerKV, PrefixCache
 from qwenkit.engines.transformers.sampling import RowSampler, check_params, logprob_of
 from qwenkit.engines.transformers.vision import EncoderCache, ImagePreprocessor, VisionInputs, mrope_positions
@@ -86,6 +87,12 @@ class _Row:
             n_ctx=worker.n_ctx,
             on_finish=self.release,
         )
+        p = request.params
+        on = worker.speculative if p.speculative is None else p.speculative
+        limit = min(worker.draft_max, worker.draft_max if p.draft_max is None else p.draft_max) if on else 0
+        speculates = limit > 0 and not request.images
+        self.drafter = NgramDrafter(request.prompt) if speculates else None  # prompt lookup
+        self.draft_length = DraftLength(limit) if speculates else None
 
     def release(self) -> None:
         """Leave the batch (before the last chunk is sent, so stats are already right)."""
@@ -112,9 +119,13 @@ class Worker(StepLoop):
         n_threads: int | None = None,
         vision: ImagePreprocessor | None = None,
         prefix_cache_tokens: int = 0,
+        speculative: bool = False,
+        draft_max: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
+        self.speculative = speculative  # the default for requests that do not say
+        self.draft_max = draft_max
         self.vision = vision
         # M-RoPE models (Qwen2.5-VL) take [3, rows, columns] positions; kept before any peft wrapping
         inner = getattr(model, "model", None)
@@ -458,17 +469,66 @@ class Worker(StepLoop):
     def _decode(self) -> None:
         cache, mask = self._running()
         # A filler column would still advance a recurrent state (decay, convolution): with such
-        # layers every row runs one token per step, forced tokens over the next steps unsampled.
+        # layers every row runs one token per step, forced tokens over the next steps unsampled,
+        # and nothing is drafted (a rejected guess could not be taken back out of the state).
         later = {id(row): row.feed[1:] for row in self.rows} if self.recurrent else {}
         for row in self.rows:
             row.feed = row.feed[:1] if self.recurrent else row.feed
-        logits, self.mask = self._forward(self.rows, cache, mask)
+        drafts = [[] if self.recurrent else self._draft(row) for row in self.rows]
+        for row, draft in zip(self.rows, drafts, strict=True):
+            row.feed = row.feed + draft
+        every = any(drafts)  # a drafting row needs the logits of each of its columns
+        fed = [len(row.feed) for row in self.rows]
+        logits, self.mask = self._forward(self.rows, cache, mask, every=every)
         for i, row in enumerate(self.rows):
             if later.get(id(row)):
                 row.feed = later[id(row)]
-            elif row.request is not None:
+            elif row.request is None:
+                continue
+            elif not every:
                 self._on_token(row, logits[i])
+            elif drafts[i]:
+                self._verify(i, row, logits[i, -fed[i] :], drafts[i])
+            else:
+                self._on_token(row, logits[i, -1])
         self._compact()
+
+    def _draft(self, row: _Row) -> list[int]:
+        """The tokens a decoding row guesses follow its next one (prompt lookup), within
+        `max_tokens` and the context."""
+        if row.drafter is None or row.draft_length is None or len(row.feed) != 1:
+            return []
+        limit = min(
+            row.draft_length.next(),
+            row.params.max_tokens - len(row.generated) - 1,
+            self.n_ctx - row.pos - 3,
+        )
+        return row.drafter.draft(limit)
+
+    def _verify(self, index: int, row: _Row, logits: torch.Tensor, draft: list[int]) -> None:
+        """Sample a row's next token and drafted positions in order, as plain decoding would; keep
+        the drafted columns while the sample before each equals it, and mask out the rest."""
+        base = row.pos - len(draft) - 1  # the row's tokens before this step
+        row.out.drafted_tokens += len(draft)
+        self._drafted_tokens += len(draft)
+        kept = 0
+        for j, guess in enumerate(draft):
+            self._on_token(row, logits[j], used=base + j + 1, guess=guess)
+            if row.out.finished or row.feed != [guess]:
+                break
+            row.feed = []
+            kept += 1
+        else:
+            self._on_token(row, logits[len(draft)], used=base + len(draft) + 1)
+        rejected = len(draft) - kept
+        if rejected:
+            assert self.mask is not None
+            self.mask[index, -rejected:] = 0
+            row.pos -= rejected
+            del row.tokens[-rejected:]
+        self._accepted_draft_tokens += kept
+        if row.draft_length is not None:
+            row.draft_length.record(len(draft), kept)
 
     def _compact(self) -> None:
         """Drop finished rows from the cache, and the leading columns nobody uses any more."""
@@ -499,14 +559,20 @@ class Worker(StepLoop):
     def _reset(self) -> None:
         self.rows, self.cache, self.mask = [], None, None
 
-    def _on_token(self, row: _Row, logits: torch.Tensor) -> None:
+    def _on_token(self, row: _Row, logits: torch.Tensor, *, used: int | None = None, guess: int | None = None) -> None:
+        """Sample a row's next token from `logits`; `used`: positions filled (default: the row's),
+        `guess`: the token drafted there."""
         scores = row.sampler.scores(logits, row.generated)
         token = row.sampler.pick(scores)
+        if token == guess:  # counted before `on_token`, which may send the last chunk
+            row.out.accepted_draft_tokens += 1
         top = row.params.logprobs
         logprob = None if top is None else logprob_of(scores[0], token, top)
-        feed = row.out.on_token(token, row.pos, logprob)
+        feed = row.out.on_token(token, row.pos if used is None else used, logprob)
         if not row.out.finished:
             row.feed = feed
+            if row.drafter is not None:
+                row.drafter.extend(feed)
 
     def _finish(self, row: _Row, reason: FinishReason, *, error: str | None = None) -> None:
         row.out.finish(reason, error=error)

@@ -80,6 +80,11 @@ class SamplingFields(RequestModel):
     logit_bias: dict[TokenKey, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         default=None, description="token id (a vocabulary index) -> bias"
     )
+    speculative: bool | Annotated[int, Field(ge=0, le=64)] | None = Field(
+        default=None,
+        description="qwenkit: speculative decoding from the context (lossless): false turns it off, "
+        "true on, a number is the most tokens drafted per step (0: off); default: the server's --speculative",
+    )
     user: str | None = Field(default=None, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -102,7 +107,14 @@ class SamplingFields(RequestModel):
             "seed": self.seed,
             "stop": tuple(self.stop or ()),
             "logit_bias": {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
+            **self._speculation(),
         }
+
+    def _speculation(self) -> dict[str, Any]:
+        value = self.speculative
+        if value is None or isinstance(value, bool):
+            return {"speculative": value}
+        return {"speculative": value > 0, "draft_max": value}
 
 
 def new_id(prefix: str) -> str:
@@ -111,6 +123,8 @@ def new_id(prefix: str) -> str:
 
 class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int = 0
+    accepted_prediction_tokens: int = 0  # speculation: drafted tokens the output kept
+    rejected_prediction_tokens: int = 0  # drafted tokens verified and dropped
 
 
 class PromptTokensDetails(BaseModel):
