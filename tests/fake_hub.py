@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar, Self
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -175,6 +177,21 @@ class FakeHub(FakeServer):
     def __init__(self) -> None:
         self.cut: dict[str, int] = {}
         super().__init__()
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """This process's environment for a qwenkit whose Hugging Face is this hub and whose
+        $QWENKIT_HOME is `home` (online, no Xet, no telemetry), plus `extra`."""
+        env = dict(
+            os.environ,
+            HF_ENDPOINT=self.url,
+            QWENKIT_HOME=str(home),
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HOME=str(home / "hf-home"),
+            **extra,
+        )
+        env.pop("HF_HUB_OFFLINE", None)
+        return env
 
     def info(self, repo: str, path: str) -> dict[str, object]:
         data = self.files[repo][path]

@@ -4,7 +4,6 @@ catalogue's resolver, downloaded once from a local fake Hub, then taken from the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,16 +22,7 @@ def hub_env(tiny_qwen3, tmp_path_factory) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("catalogue-home")
     with FakeHub() as hub:
         hub.add(REPO, FILE, Path(tiny_qwen3).read_bytes())
-        env = dict(
-            os.environ,
-            HF_ENDPOINT=hub.url,
-            QWENKIT_HOME=str(home),
-            HF_HUB_DISABLE_XET="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
-            HF_HOME=str(home / "hf-home"),
-        )
-        env.pop("HF_HUB_OFFLINE", None)
-        yield env
+        yield hub.env(home)
 
 
 def qwenkit(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

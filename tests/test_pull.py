@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -17,16 +16,7 @@ REPO, FILE = "Qwen/Qwen3-0.6B-GGUF", "Qwen3-0.6B-Q8_0.gguf"  # what `qwen3-0.6b:
 
 
 def qwenkit(hub: FakeHub, home, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        HF_ENDPOINT=hub.url,
-        QWENKIT_HOME=str(home),
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HOME=str(home / "hf-home"),
-        QWENKIT_PROGRESS="1",
-    )
-    env.pop("HF_HUB_OFFLINE", None)
+    env = hub.env(home, QWENKIT_PROGRESS="1")
     cmd = [sys.executable, "-c", "from qwenkit.cli import main; main()", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 

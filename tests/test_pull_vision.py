@@ -3,7 +3,6 @@ from a local fake Hub, and loading the name gives a llama.cpp engine that takes 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -22,21 +21,8 @@ m.close()
 """
 
 
-def hub_env(hub: FakeHub, home) -> dict[str, str]:
-    env = dict(
-        os.environ,
-        HF_ENDPOINT=hub.url,
-        QWENKIT_HOME=str(home),
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HOME=str(home / "hf-home"),
-    )
-    env.pop("HF_HUB_OFFLINE", None)
-    return env
-
-
 def run(hub: FakeHub, home, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=hub_env(hub, home), timeout=300)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=hub.env(home), timeout=300)
 
 
 def test_pull_fetches_the_mmproj_and_the_name_loads_the_pair(tiny_vl_gguf, tmp_path):
@@ -52,7 +38,7 @@ def test_pull_fetches_the_mmproj_and_the_name_loads_the_pair(tiny_vl_gguf, tmp_p
         assert res.returncode == 0, res.stderr
         assert res.stdout.split() == ["True", MMPROJ]
         # the server loads the pair by the catalogue name alone
-        with start_server("qwen2.5-vl-3b-instruct", "--served-model-name", "m", env=hub_env(hub, tmp_path)) as server:
+        with start_server("qwen2.5-vl-3b-instruct", "--served-model-name", "m", env=hub.env(tmp_path)) as server:
             reply = server.client().chat.completions.create(
                 model="m", messages=image_message(data_uri(png((5, 90, 200), (84, 84)))), max_tokens=3
             )
